@@ -1,0 +1,934 @@
+//! The in-process backend: one lock per queue around a priority heap, a delayed heap, the job
+//! store and the retention lists. Jobs last until the process exits.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+
+use super::{
+    Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
+};
+use crate::error::{QueueError, Result};
+use crate::job::{now, IdMap, Job, JobId, JobState, Timestamp};
+
+/// A waiting job's place: higher priority first, then lower sequence (FIFO).
+#[derive(PartialEq, Eq)]
+struct Ready {
+    priority: u8,
+    seq: u64,
+    id: JobId,
+}
+
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A delayed job's place, earliest due first (wrapped in `Reverse` in a max-heap).
+#[derive(PartialEq)]
+struct Due {
+    at: Timestamp,
+    seq: u64,
+    id: JobId,
+}
+
+impl Eq for Due {}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.at
+            .total_cmp(&other.at)
+            .then_with(|| self.seq.cmp(&other.seq))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Heaps hold entries that may have gone stale (a cleared or moved job); an entry counts only if
+/// the stored job is still in the state and place the entry describes.
+struct QueueState {
+    jobs: IdMap<Job>,
+    waiting: BinaryHeap<Ready>,
+    delayed: BinaryHeap<Reverse<Due>>,
+    waiting_count: u64,
+    delayed_count: u64,
+    active_count: u64,
+    completed: VecDeque<(Timestamp, JobId)>,
+    failed: VecDeque<(Timestamp, JobId)>,
+    completed_total: u64,
+    failed_total: u64,
+    paused: bool,
+    next_seq: u64,
+    /// Workers blocked in `fetch`, so pushes skip the notify when nobody listens.
+    fetchers_waiting: usize,
+    retention: Retention,
+}
+
+impl QueueState {
+    fn new(retention: Retention) -> Self {
+        QueueState {
+            jobs: IdMap::default(),
+            waiting: BinaryHeap::new(),
+            delayed: BinaryHeap::new(),
+            waiting_count: 0,
+            delayed_count: 0,
+            active_count: 0,
+            completed: VecDeque::new(),
+            failed: VecDeque::new(),
+            completed_total: 0,
+            failed_total: 0,
+            paused: false,
+            next_seq: 0,
+            fetchers_waiting: 0,
+            retention,
+        }
+    }
+
+    fn insert(&mut self, mut job: Job) {
+        if job.seq == 0 {
+            self.next_seq += 1;
+            job.seq = self.next_seq;
+        }
+        match job.state {
+            JobState::Delayed => {
+                self.delayed.push(Reverse(Due {
+                    at: job.due_at(),
+                    seq: job.seq,
+                    id: job.id,
+                }));
+                self.delayed_count += 1;
+            }
+            _ => {
+                job.state = JobState::Waiting;
+                self.waiting.push(Ready {
+                    priority: job.priority as u8,
+                    seq: job.seq,
+                    id: job.id,
+                });
+                self.waiting_count += 1;
+            }
+        }
+        self.jobs.insert(job.id, job);
+    }
+
+    /// Pops the next live waiting job and marks it active.
+    fn take_next(&mut self, started_at: Timestamp) -> Option<Job> {
+        while let Some(entry) = self.waiting.pop() {
+            let Some(job) = self.jobs.get_mut(&entry.id) else {
+                continue;
+            };
+            if job.state != JobState::Waiting || job.seq != entry.seq {
+                continue;
+            }
+            job.state = JobState::Active;
+            job.attempts += 1;
+            job.started_at = Some(started_at);
+            self.waiting_count -= 1;
+            self.active_count += 1;
+            return Some(job.clone());
+        }
+        None
+    }
+
+    fn promote_due(&mut self, now: Timestamp) -> usize {
+        let mut promoted = 0;
+        while let Some(Reverse(entry)) = self.delayed.peek() {
+            if entry.at > now {
+                break;
+            }
+            let Reverse(entry) = self.delayed.pop().expect("peeked");
+            let Some(job) = self.jobs.get_mut(&entry.id) else {
+                continue;
+            };
+            if job.state != JobState::Delayed || job.seq != entry.seq {
+                continue;
+            }
+            job.state = JobState::Waiting;
+            self.delayed_count -= 1;
+            self.waiting_count += 1;
+            self.waiting.push(Ready {
+                priority: job.priority as u8,
+                seq: job.seq,
+                id: job.id,
+            });
+            promoted += 1;
+        }
+        promoted
+    }
+
+    /// Drops finished jobs beyond the retention count or age.
+    fn expire(&mut self, now: Timestamp) {
+        let cutoff = now - self.retention.ttl;
+        let keep_completed = self.retention.keep_completed;
+        let keep_failed = self.retention.keep_failed;
+        for (list, keep, state) in [
+            (&mut self.completed, keep_completed, JobState::Completed),
+            (&mut self.failed, keep_failed, JobState::Failed),
+        ] {
+            while let Some(&(at, id)) = list.front() {
+                if list.len() <= keep && at > cutoff {
+                    break;
+                }
+                list.pop_front();
+                // The job may have moved on (a retried failure): only drop it if it has not.
+                if let Some(job) = self.jobs.get(&id) {
+                    let finished_at = job
+                        .extras()
+                        .and_then(|e| e.completed_at.or(e.failed_at));
+                    if job.state == state && finished_at == Some(at) {
+                        self.jobs.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Timestamp> {
+        let ttl = self.retention.ttl;
+        [
+            self.delayed.peek().map(|Reverse(d)| d.at),
+            self.completed.front().map(|(at, _)| at + ttl),
+            self.failed.front().map(|(at, _)| at + ttl),
+        ]
+        .into_iter()
+        .flatten()
+        .min_by(f64::total_cmp)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiting_count == 0 && self.delayed_count == 0 && self.active_count == 0
+    }
+
+    fn counts(&self) -> QueueCounts {
+        QueueCounts {
+            waiting: self.waiting_count,
+            delayed: self.delayed_count,
+            active: self.active_count,
+            completed: self.completed_total,
+            failed: self.failed_total,
+            paused: self.paused,
+        }
+    }
+}
+
+struct MemoryQueue {
+    state: Mutex<QueueState>,
+    /// Signalled when jobs become waiting (or on `wake`), for workers blocked in `fetch`.
+    ready: Condvar,
+}
+
+impl MemoryQueue {
+    fn notify_fetchers(&self, state: &QueueState, count: usize) {
+        if state.fetchers_waiting == 0 || state.paused {
+            return;
+        }
+        if count == 1 {
+            self.ready.notify_one();
+        } else {
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// Wakes callers of `wait_finished` / `wait_idle`; notifies only when someone waits.
+#[derive(Default)]
+struct FinishSignal {
+    lock: Mutex<u64>,
+    changed: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl FinishSignal {
+    fn notify(&self) {
+        if self.waiters.load(AtomicOrdering::SeqCst) > 0 {
+            *self.lock.lock() += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Runs `check` until it returns `Some`, waiting for a notification between tries.
+    fn wait_until<T>(
+        &self,
+        timeout: Option<Duration>,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        // Registered before the first check: a finish after it bumps the generation.
+        self.waiters.fetch_add(1, AtomicOrdering::SeqCst);
+        let result = loop {
+            let seen = *self.lock.lock();
+            if let Some(found) = check() {
+                break Some(found);
+            }
+            let mut generation = self.lock.lock();
+            if *generation != seen {
+                continue;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if self.changed.wait_until(&mut generation, deadline).timed_out()
+                        && *generation == seen
+                    {
+                        drop(generation);
+                        break check();
+                    }
+                }
+                None => self.changed.wait(&mut generation),
+            }
+        };
+        self.waiters.fetch_sub(1, AtomicOrdering::SeqCst);
+        result
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryBackend {
+    queues: RwLock<HashMap<Arc<str>, Arc<MemoryQueue>>>,
+    processed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+    finished: FinishSignal,
+    schedules: Mutex<HashMap<Arc<str>, ScheduleRecord>>,
+    last_ticks: Mutex<HashMap<Arc<str>, Timestamp>>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn queue(&self, name: &str) -> Result<Arc<MemoryQueue>> {
+        self.queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| QueueError::Other(format!("queue {name:?} does not exist")))
+    }
+
+    fn find<T>(&self, f: impl Fn(&mut QueueState) -> Option<T>) -> Option<T> {
+        let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
+        queues.iter().find_map(|q| f(&mut q.state.lock()))
+    }
+}
+
+fn lock_state(queue: &MemoryQueue, may_block: bool) -> Option<MutexGuard<'_, QueueState>> {
+    if may_block {
+        Some(queue.state.lock())
+    } else {
+        queue.state.try_lock()
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()> {
+        if let Some(existing) = self.queues.read().get(queue) {
+            existing.state.lock().retention = retention;
+            return Ok(());
+        }
+        self.queues
+            .write()
+            .entry(queue.clone())
+            .or_insert_with(|| {
+                Arc::new(MemoryQueue {
+                    state: Mutex::new(QueueState::new(retention)),
+                    ready: Condvar::new(),
+                })
+            });
+        Ok(())
+    }
+
+    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
+        let handle = if may_block {
+            self.queues.read().get(queue).cloned()
+        } else {
+            match self.queues.try_read() {
+                Some(map) => map.get(queue).cloned(),
+                None => return Ok(false),
+            }
+        };
+        let handle =
+            handle.ok_or_else(|| QueueError::Other(format!("queue {queue:?} does not exist")))?;
+        let Some(mut state) = lock_state(&handle, may_block) else {
+            return Ok(false);
+        };
+        let before = state.waiting_count;
+        for job in jobs.drain(..) {
+            state.insert(job);
+        }
+        let became_waiting = (state.waiting_count - before) as usize;
+        if became_waiting > 0 {
+            handle.notify_fetchers(&state, became_waiting);
+        }
+        Ok(true)
+    }
+
+    fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
+        let handle = self.queue(queue)?;
+        let deadline = Instant::now() + request.wait;
+        let mut state = handle.state.lock();
+        loop {
+            if cancel.load(AtomicOrdering::Acquire) {
+                return Ok(Vec::new());
+            }
+            if !state.paused && state.waiting_count > 0 {
+                break;
+            }
+            state.fetchers_waiting += 1;
+            let timed_out = handle.ready.wait_until(&mut state, deadline).timed_out();
+            state.fetchers_waiting -= 1;
+            if timed_out {
+                return Ok(Vec::new());
+            }
+        }
+        let share = request.share.max(1) as u64;
+        let fair = state.waiting_count.div_ceil(share) as usize;
+        let take = fair.clamp(1, request.max.max(1));
+        let started_at = now();
+        let mut jobs = Vec::with_capacity(take);
+        while jobs.len() < take {
+            match state.take_next(started_at) {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+        }
+        // More work remains: let the next blocked worker have it.
+        if state.waiting_count > 0 && state.fetchers_waiting > 0 {
+            handle.ready.notify_one();
+        }
+        Ok(jobs)
+    }
+
+    fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
+        let handle = self.queue(queue)?;
+        let mut earliest: Option<Timestamp> = None;
+        let (mut processed, mut failed, mut retried) = (0u64, 0u64, 0u64);
+        {
+            let mut state = handle.state.lock();
+            for ack in acks {
+                let Some(job) = state.jobs.get_mut(&ack.id) else {
+                    continue;
+                };
+                if job.state != JobState::Active || job.attempts != ack.attempt {
+                    continue;
+                }
+                match ack.settlement {
+                    Settlement::Completed { result } => {
+                        job.state = JobState::Completed;
+                        let extras = job.extras_mut();
+                        extras.result = result;
+                        extras.completed_at = Some(ack.at);
+                        extras.error = None;
+                        extras.traceback = None;
+                        state.completed.push_back((ack.at, ack.id));
+                        state.completed_total += 1;
+                        processed += 1;
+                    }
+                    Settlement::Retry {
+                        due,
+                        error,
+                        traceback,
+                    } => {
+                        let extras = job.extras_mut();
+                        extras.error = Some(error);
+                        extras.traceback = traceback;
+                        job.scheduled_at = Some(due);
+                        job.state = JobState::Delayed;
+                        // A retry queues behind the jobs pushed meanwhile.
+                        state.next_seq += 1;
+                        let seq = state.next_seq;
+                        let job = state.jobs.get_mut(&ack.id).expect("present");
+                        job.seq = seq;
+                        state.delayed.push(Reverse(Due {
+                            at: due,
+                            seq,
+                            id: ack.id,
+                        }));
+                        state.delayed_count += 1;
+                        earliest = Some(earliest.map_or(due, |e| e.min(due)));
+                        retried += 1;
+                    }
+                    Settlement::Failed { error, traceback } => {
+                        job.state = JobState::Failed;
+                        let extras = job.extras_mut();
+                        extras.error = Some(error);
+                        extras.traceback = traceback;
+                        extras.failed_at = Some(ack.at);
+                        state.failed.push_back((ack.at, ack.id));
+                        state.failed_total += 1;
+                        failed += 1;
+                    }
+                }
+                state.active_count -= 1;
+            }
+            let now = now();
+            if state.promote_due(now) > 0 {
+                handle.notify_fetchers(&state, usize::MAX);
+            }
+            state.expire(now);
+        }
+        self.processed.fetch_add(processed, AtomicOrdering::Relaxed);
+        self.failed.fetch_add(failed, AtomicOrdering::Relaxed);
+        self.retried.fetch_add(retried, AtomicOrdering::Relaxed);
+        self.finished.notify();
+        Ok(earliest)
+    }
+
+    fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let handle = self.queue(queue)?;
+        let mut state = handle.state.lock();
+        let mut released = 0;
+        for returned in jobs {
+            let Some(job) = state.jobs.get_mut(&returned.id) else {
+                continue;
+            };
+            if job.state != JobState::Active || job.attempts != returned.attempts {
+                continue;
+            }
+            job.state = JobState::Waiting;
+            job.attempts -= 1;
+            job.started_at = None;
+            let entry = Ready {
+                priority: job.priority as u8,
+                seq: job.seq,
+                id: job.id,
+            };
+            state.waiting.push(entry);
+            state.active_count -= 1;
+            state.waiting_count += 1;
+            released += 1;
+        }
+        handle.notify_fetchers(&state, released);
+        Ok(())
+    }
+
+    fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
+        let handle = self.queue(queue)?;
+        let mut state = handle.state.lock();
+        let promoted = state.promote_due(now);
+        if promoted > 0 {
+            handle.notify_fetchers(&state, promoted);
+        }
+        state.expire(now);
+        Ok(state.next_event())
+    }
+
+    fn wake(&self, queue: &str) {
+        if let Ok(handle) = self.queue(queue) {
+            let _state = handle.state.lock();
+            handle.ready.notify_all();
+        }
+    }
+
+    fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        Ok(self.find(|state| state.jobs.get(&id).cloned()))
+    }
+
+    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+        let handle = self.queue(queue)?;
+        let guard = handle.state.lock();
+        let finished_list = |list: &VecDeque<(Timestamp, JobId)>, wanted: JobState| {
+            // Newest first; skip entries whose job has moved on.
+            list.iter()
+                .rev()
+                .filter_map(|(_, id)| guard.jobs.get(id))
+                .filter(|job| job.state == wanted)
+                .take(limit)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut jobs: Vec<Job> = match state {
+            Some(JobState::Completed) => return Ok(finished_list(&guard.completed, JobState::Completed)),
+            Some(JobState::Failed) => return Ok(finished_list(&guard.failed, JobState::Failed)),
+            Some(wanted) => guard
+                .jobs
+                .values()
+                .filter(|job| job.state == wanted)
+                .cloned()
+                .collect(),
+            None => guard.jobs.values().cloned().collect(),
+        };
+        // Run order: active, then waiting by priority and FIFO, then delayed by due time, then
+        // finished ones newest first.
+        let rank = |job: &Job| match job.state {
+            JobState::Active => 0,
+            JobState::Waiting => 1,
+            JobState::Delayed => 2,
+            JobState::Completed | JobState::Failed => 3,
+        };
+        jobs.sort_by(|a, b| {
+            rank(a).cmp(&rank(b)).then_with(|| match a.state {
+                JobState::Waiting | JobState::Active => b
+                    .priority
+                    .cmp(&a.priority)
+                    .then_with(|| a.seq.cmp(&b.seq)),
+                JobState::Delayed => a.due_at().total_cmp(&b.due_at()),
+                _ => b.seq.cmp(&a.seq),
+            })
+        });
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    fn retry_failed(&self, id: JobId) -> Result<bool> {
+        let retried = self.find(|state| {
+            let job = state.jobs.get_mut(&id)?;
+            if job.state != JobState::Failed {
+                return Some(false);
+            }
+            job.attempts = 0;
+            job.started_at = None;
+            job.scheduled_at = None;
+            job.seq = 0;
+            let extras = job.extras_mut();
+            extras.failed_at = None;
+            let job = state.jobs.remove(&id).expect("present");
+            state.insert(job);
+            Some(true)
+        });
+        if retried == Some(true) {
+            // `insert` bumped the waiting count; wake a worker of that queue.
+            let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
+            for q in queues {
+                let state = q.state.lock();
+                if state.jobs.contains_key(&id) {
+                    q.notify_fetchers(&state, 1);
+                }
+            }
+        }
+        Ok(retried.unwrap_or(false))
+    }
+
+    fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let handle = self.queue(queue)?;
+        let mut state = handle.state.lock();
+        state.paused = paused;
+        if !paused && state.waiting_count > 0 {
+            handle.ready.notify_all();
+        }
+        Ok(())
+    }
+
+    fn clear(&self, queue: &str) -> Result<usize> {
+        let handle = self.queue(queue)?;
+        let removed = {
+            let mut state = handle.state.lock();
+            let before = state.jobs.len();
+            state
+                .jobs
+                .retain(|_, job| !matches!(job.state, JobState::Waiting | JobState::Delayed));
+            state.waiting.clear();
+            state.delayed.clear();
+            state.waiting_count = 0;
+            state.delayed_count = 0;
+            before - state.jobs.len()
+        };
+        self.finished.notify();
+        Ok(removed)
+    }
+
+    fn delete(&self, queue: &str) -> Result<bool> {
+        let removed = self.queues.write().remove(queue);
+        if let Some(handle) = &removed {
+            handle.ready.notify_all();
+        }
+        self.finished.notify();
+        Ok(removed.is_some())
+    }
+
+    fn counts(&self, queue: &str) -> Result<QueueCounts> {
+        Ok(self.queue(queue)?.state.lock().counts())
+    }
+
+    fn queue_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self.queues.read().keys().map(|k| k.to_string()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn totals(&self) -> Result<Totals> {
+        Ok(Totals {
+            processed: self.processed.load(AtomicOrdering::Relaxed),
+            failed: self.failed.load(AtomicOrdering::Relaxed),
+            retried: self.retried.load(AtomicOrdering::Relaxed),
+        })
+    }
+
+    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
+        // Outer `None`: keep waiting. Inner `None`: the job is unknown (or gone).
+        let found = self.finished.wait_until(timeout, || {
+            match self.find(|state| state.jobs.get(&id).cloned()) {
+                Some(job) if job.state.is_finished() => Some(Some(job)),
+                Some(_) => None,
+                None => Some(None),
+            }
+        });
+        Ok(found.flatten())
+    }
+
+    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
+        let idle = self.finished.wait_until(timeout, || {
+            let queues: Vec<Arc<MemoryQueue>> = match queue {
+                Some(name) => self.queues.read().get(name).cloned().into_iter().collect(),
+                None => self.queues.read().values().cloned().collect(),
+            };
+            queues
+                .iter()
+                .all(|q| q.state.lock().is_idle())
+                .then_some(())
+        });
+        Ok(idle.is_some())
+    }
+
+    fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
+        self.schedules
+            .lock()
+            .insert(schedule.id.clone(), schedule.clone());
+        Ok(())
+    }
+
+    fn remove_schedule(&self, id: &str) -> Result<bool> {
+        self.last_ticks.lock().remove(id);
+        Ok(self.schedules.lock().remove(id).is_some())
+    }
+
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(self.schedules.lock().values().cloned().collect())
+    }
+
+    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool> {
+        let mut ticks = self.last_ticks.lock();
+        match ticks.get(id) {
+            Some(last) if *last >= tick => Ok(false),
+            _ => {
+                ticks.insert(Arc::from(id), tick);
+                Ok(true)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{JobOptions, Payload, Priority};
+
+    const RETENTION: Retention = Retention {
+        ttl: 3600.0,
+        keep_completed: 2,
+        keep_failed: 10,
+    };
+
+    fn setup() -> (MemoryBackend, Arc<str>) {
+        let backend = MemoryBackend::new();
+        let queue: Arc<str> = Arc::from("q");
+        backend.declare_queue(&queue, RETENTION).unwrap();
+        (backend, queue)
+    }
+
+    fn job(queue: &Arc<str>, n: u32, priority: Priority, delay: f64) -> Job {
+        let data: Payload = Arc::from(format!("{{\"n\":{n}}}").into_bytes());
+        let options = JobOptions {
+            priority,
+            delay,
+            ..Default::default()
+        };
+        Job::new(queue.clone(), data, options, 3, 300.0)
+    }
+
+    fn fetch_all(backend: &MemoryBackend, queue: &str) -> Vec<Job> {
+        let request = FetchRequest {
+            max: 1000,
+            share: 1,
+            wait: Duration::ZERO,
+        };
+        backend
+            .fetch(queue, request, &AtomicBool::new(false))
+            .unwrap()
+    }
+
+    fn names(jobs: &[Job]) -> Vec<String> {
+        jobs.iter()
+            .map(|j| String::from_utf8(j.data.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn heap_orders_by_priority_then_fifo() {
+        let (backend, queue) = setup();
+        let order = [
+            (1, Priority::Low),
+            (2, Priority::Normal),
+            (3, Priority::Critical),
+            (4, Priority::Normal),
+            (5, Priority::High),
+            (6, Priority::Critical),
+            (7, Priority::Low),
+        ];
+        let mut jobs: Vec<Job> = order.iter().map(|(n, p)| job(&queue, *n, *p, 0.0)).collect();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let fetched = fetch_all(&backend, &queue);
+        let expected: Vec<String> = [3, 6, 5, 2, 4, 1, 7]
+            .iter()
+            .map(|n| format!("{{\"n\":{n}}}"))
+            .collect();
+        assert_eq!(names(&fetched), expected);
+        assert!(fetched.iter().all(|j| j.attempts == 1 && j.state == JobState::Active));
+    }
+
+    #[test]
+    fn released_jobs_keep_their_place() {
+        let (backend, queue) = setup();
+        let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal, 0.0)).collect();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let request = FetchRequest { max: 2, share: 1, wait: Duration::ZERO };
+        let first = backend.fetch(&queue, request, &AtomicBool::new(false)).unwrap();
+        backend.release(&queue, &first).unwrap();
+        let again = fetch_all(&backend, &queue);
+        assert_eq!(names(&again), vec!["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+        assert_eq!(again[0].attempts, 1, "a released run is not counted");
+    }
+
+    #[test]
+    fn delayed_jobs_wait_for_tick() {
+        let (backend, queue) = setup();
+        let mut jobs = vec![job(&queue, 1, Priority::Normal, 60.0)];
+        let due = jobs[0].due_at();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        assert!(fetch_all(&backend, &queue).is_empty());
+        assert_eq!(backend.tick(&queue, due - 1.0).unwrap(), Some(due));
+        assert!(fetch_all(&backend, &queue).is_empty());
+        backend.tick(&queue, due).unwrap();
+        assert_eq!(fetch_all(&backend, &queue).len(), 1);
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_completed_jobs() {
+        let (backend, queue) = setup();
+        let mut jobs: Vec<Job> = (1..=4).map(|n| job(&queue, n, Priority::Normal, 0.0)).collect();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let fetched = fetch_all(&backend, &queue);
+        let at = now();
+        let acks = fetched
+            .iter()
+            .map(|j| Ack {
+                id: j.id,
+                attempt: 1,
+                at,
+                settlement: Settlement::Completed { result: None },
+            })
+            .collect();
+        backend.settle(&queue, acks).unwrap();
+        let kept = backend.list_jobs(&queue, Some(JobState::Completed), 10).unwrap();
+        assert_eq!(names(&kept), vec!["{\"n\":4}", "{\"n\":3}"]);
+        let counts = backend.counts(&queue).unwrap();
+        assert_eq!((counts.completed, counts.active), (4, 0));
+        // Age: everything finished more than `ttl` ago goes.
+        backend.tick(&queue, at + RETENTION.ttl + 1.0).unwrap();
+        assert!(backend.list_jobs(&queue, Some(JobState::Completed), 10).unwrap().is_empty());
+        assert!(backend.get_job(fetched[3].id).unwrap().is_none());
+    }
+
+    #[test]
+    fn stale_acks_are_ignored_and_failed_jobs_retry() {
+        let (backend, queue) = setup();
+        let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+        let id = jobs[0].id;
+        backend.push(&queue, &mut jobs, true).unwrap();
+        fetch_all(&backend, &queue);
+        let fail = |attempt| Ack {
+            id,
+            attempt,
+            at: now(),
+            settlement: Settlement::Failed { error: "E: boom".into(), traceback: None },
+        };
+        backend.settle(&queue, vec![fail(7)]).unwrap();
+        assert_eq!(backend.get_job(id).unwrap().unwrap().state, JobState::Active);
+        backend.settle(&queue, vec![fail(1)]).unwrap();
+        let failed = backend.get_job(id).unwrap().unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert_eq!(failed.extras().unwrap().error.as_deref(), Some("E: boom"));
+        assert!(backend.retry_failed(id).unwrap());
+        let again = fetch_all(&backend, &queue);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].attempts, 1);
+        assert!(!backend.retry_failed(id).unwrap(), "only failed jobs can be retried");
+    }
+
+    #[test]
+    fn blocked_fetch_wakes_on_push() {
+        let (backend, queue) = setup();
+        let backend = Arc::new(backend);
+        let worker = {
+            let backend = backend.clone();
+            let queue = queue.clone();
+            std::thread::spawn(move || {
+                let request = FetchRequest { max: 10, share: 1, wait: Duration::from_secs(30) };
+                backend.fetch(&queue, request, &AtomicBool::new(false)).unwrap()
+            })
+        };
+        // Wait until the worker is really blocked, then push.
+        while backend.queue(&queue).unwrap().state.lock().fetchers_waiting == 0 {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let got = worker.join().unwrap();
+        assert_eq!(got.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn paused_queues_hand_out_nothing() {
+        let (backend, queue) = setup();
+        backend.set_paused(&queue, true).unwrap();
+        let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+        backend.push(&queue, &mut jobs, true).unwrap();
+        assert!(fetch_all(&backend, &queue).is_empty());
+        assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
+        backend.set_paused(&queue, false).unwrap();
+        assert_eq!(fetch_all(&backend, &queue).len(), 1);
+    }
+
+    #[test]
+    fn fair_share_splits_a_backlog() {
+        let (backend, queue) = setup();
+        let mut jobs: Vec<Job> = (1..=10).map(|n| job(&queue, n, Priority::Normal, 0.0)).collect();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let request = FetchRequest { max: 256, share: 5, wait: Duration::ZERO };
+        let got = backend.fetch(&queue, request, &AtomicBool::new(false)).unwrap();
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn cron_ticks_are_claimed_once() {
+        let backend = MemoryBackend::new();
+        assert!(backend.claim_tick("s", 100.0).unwrap());
+        assert!(!backend.claim_tick("s", 100.0).unwrap());
+        assert!(backend.claim_tick("s", 101.0).unwrap());
+    }
+}

@@ -1,0 +1,156 @@
+//! Storage backends. The engine decides *what* happens to a job (retry, fail, complete); a
+//! backend only stores jobs and moves them between states atomically.
+//!
+//! Every method may block (a lock, a round trip to Redis, a disk write), so callers run them
+//! without the Python GIL; the few `try_` methods never block and exist so that the push path can
+//! skip releasing the GIL when nothing would wait.
+
+pub mod memory;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::job::{Job, JobId, JobState, Payload, Priority, Timestamp};
+
+/// How long finished jobs are kept, per queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Retention {
+    /// Seconds after finishing.
+    pub ttl: f64,
+    pub keep_completed: usize,
+    pub keep_failed: usize,
+}
+
+/// How one run of a job ended, as decided by the engine.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    Completed {
+        result: Option<Payload>,
+    },
+    /// The run failed and attempts remain: the job waits until `due`, then runs again.
+    Retry {
+        due: Timestamp,
+        error: String,
+        traceback: Option<String>,
+    },
+    /// The run failed and no attempts remain.
+    Failed {
+        error: String,
+        traceback: Option<String>,
+    },
+}
+
+/// The end of one run, sent back to the backend.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ack {
+    pub id: JobId,
+    /// The attempt this run was; an ack for an older attempt (a run the backend already gave up
+    /// on) is ignored.
+    pub attempt: u32,
+    pub at: Timestamp,
+    pub settlement: Settlement,
+}
+
+/// What `fetch` should take.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchRequest {
+    /// At most this many jobs.
+    pub max: usize,
+    /// How many workers share the queue: a fetch takes about `waiting / share` jobs, so one
+    /// worker does not hoard a backlog its peers could run.
+    pub share: usize,
+    /// Block at most this long for a first job.
+    pub wait: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    pub waiting: u64,
+    pub delayed: u64,
+    /// Taken by a worker (running, or about to run in its current batch).
+    pub active: u64,
+    /// Totals since the queue was created.
+    pub completed: u64,
+    pub failed: u64,
+    pub paused: bool,
+}
+
+/// Manager-wide totals since the backend was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub processed: u64,
+    pub failed: u64,
+    pub retried: u64,
+}
+
+/// A cron schedule as stored.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleRecord {
+    pub id: Arc<str>,
+    pub name: Option<String>,
+    pub queue: Arc<str>,
+    pub cron: String,
+    pub data: Payload,
+    pub priority: Priority,
+    pub attempts: Option<u32>,
+    pub timeout: Option<f64>,
+    pub tags: Vec<String>,
+    pub metadata: Option<Payload>,
+}
+
+pub trait Backend: Send + Sync + 'static {
+    fn kind(&self) -> &'static str;
+
+    /// Makes sure the queue exists, and sets how long its finished jobs are kept.
+    fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()>;
+
+    /// Stores new jobs (waiting or delayed) all together or not at all. With `may_block` false
+    /// the call returns `Ok(false)` instead of waiting and changes nothing.
+    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool>;
+
+    /// Takes waiting jobs (highest priority first, FIFO within one) and marks them active with one
+    /// more attempt. Blocks up to `request.wait` for a first job; returns early, maybe empty, when
+    /// `cancel` is set and `wake` is called.
+    fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>>;
+
+    /// Records how runs ended. Returns the earliest new due time among retried jobs, so that the
+    /// engine can make sure the queue's timer fires by then.
+    fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>>;
+
+    /// Hands back jobs that were fetched but never started: waiting again, in their old place,
+    /// with the attempt not counted.
+    fn release(&self, queue: &str, jobs: &[Job]) -> Result<()>;
+
+    /// Makes due delayed jobs waiting and drops finished jobs past their retention. Returns when
+    /// it next has something to do.
+    fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>>;
+
+    /// Wakes workers blocked in `fetch` on this queue so they can see a cancel flag.
+    fn wake(&self, queue: &str);
+
+    fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>>;
+    /// A failed job back to waiting with its attempts reset; false if it is not failed.
+    fn retry_failed(&self, id: JobId) -> Result<bool>;
+    fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
+    /// Removes waiting and delayed jobs; returns how many.
+    fn clear(&self, queue: &str) -> Result<usize>;
+    /// Removes the queue and all its jobs.
+    fn delete(&self, queue: &str) -> Result<bool>;
+    fn counts(&self, queue: &str) -> Result<QueueCounts>;
+    fn queue_names(&self) -> Result<Vec<String>>;
+    fn totals(&self) -> Result<Totals>;
+
+    /// Blocks until the job is completed or failed; `None` on timeout or for an unknown job.
+    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>>;
+    /// Blocks until the queue (or every queue) has no waiting, delayed or active job.
+    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool>;
+
+    fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()>;
+    fn remove_schedule(&self, id: &str) -> Result<bool>;
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>>;
+    /// True for exactly one caller per schedule and tick, whichever process asks.
+    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool>;
+}

@@ -1,0 +1,397 @@
+//! Jobs, priorities, states and push options: the data every backend stores.
+
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use uuid::Uuid;
+
+use crate::error::{QueueError, Result};
+
+/// A job's id: a random (v4) UUID, kept as 16 bytes and shown as text only at the boundary.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh random id. `fastrand` (a per-thread generator) instead of `getrandom` keeps a
+    /// syscall off the push path; ids need to be unique, not unpredictable.
+    pub fn random() -> Self {
+        let bytes = fastrand::u128(..).to_le_bytes();
+        JobId(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Uuid::try_parse(text).ok().map(JobId)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// Job ids are random, so their low 64 bits are already a good hash: no need to run SipHash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+}
+
+pub type IdMap<V> = std::collections::HashMap<JobId, V, BuildHasherDefault<IdHasher>>;
+
+/// Serialised JSON, shared between the store and the workers without copying.
+pub type Payload = Arc<[u8]>;
+
+/// Seconds since the Unix epoch (UTC); `f64` keeps microseconds for centuries.
+pub type Timestamp = f64;
+
+pub fn now() -> Timestamp {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub enum Priority {
+    Low = 0,
+    #[default]
+    Normal = 5,
+    High = 10,
+    Critical = 15,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 4] = [
+        Priority::Low,
+        Priority::Normal,
+        Priority::High,
+        Priority::Critical,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+            Priority::Critical => "critical",
+        }
+    }
+
+    pub fn from_level(level: i64) -> Result<Self> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| *p as i64 == level)
+            .ok_or_else(|| {
+                QueueError::InvalidJob(format!(
+                    "unknown priority {level}: use 0 (low), 5 (normal), 10 (high) or 15 (critical)"
+                ))
+            })
+    }
+}
+
+impl FromStr for Priority {
+    type Err = QueueError;
+    fn from_str(text: &str) -> Result<Self> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str() == text)
+            .ok_or_else(|| {
+                QueueError::InvalidJob(format!(
+                    "unknown priority {text:?}: use \"low\", \"normal\", \"high\" or \"critical\""
+                ))
+            })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum JobState {
+    Waiting,
+    Delayed,
+    Active,
+    Completed,
+    Failed,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Waiting,
+        JobState::Delayed,
+        JobState::Active,
+        JobState::Completed,
+        JobState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Delayed => "delayed",
+            JobState::Active => "active",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed)
+    }
+}
+
+impl FromStr for JobState {
+    type Err = QueueError;
+    fn from_str(text: &str) -> Result<Self> {
+        JobState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                QueueError::InvalidJob(format!(
+                    "unknown status {text:?}: use waiting, delayed, active, completed or failed"
+                ))
+            })
+    }
+}
+
+/// What a push may say about one job. `None` means "the queue's default".
+#[derive(Clone, Debug, Default)]
+pub struct JobOptions {
+    pub priority: Priority,
+    /// Seconds from now before the job becomes visible.
+    pub delay: f64,
+    /// Absolute due time; wins over `delay` when both are given.
+    pub scheduled_at: Option<Timestamp>,
+    /// Total runs allowed.
+    pub attempts: Option<u32>,
+    pub timeout: Option<f64>,
+    pub tags: Vec<String>,
+    /// A JSON object.
+    pub metadata: Option<Payload>,
+    pub schedule_id: Option<Arc<str>>,
+}
+
+impl JobOptions {
+    pub fn validate(&self) -> Result<()> {
+        check_seconds("delay", self.delay)?;
+        if let Some(timeout) = self.timeout {
+            check_seconds("timeout", timeout)?;
+            if timeout == 0.0 {
+                return Err(QueueError::InvalidJob("timeout must be > 0 seconds".into()));
+            }
+        }
+        if let Some(at) = self.scheduled_at {
+            if !at.is_finite() {
+                return Err(QueueError::InvalidJob("scheduled_at must be a finite time".into()));
+            }
+        }
+        if self.attempts == Some(0) {
+            return Err(QueueError::InvalidJob("attempts must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+pub fn check_seconds(what: &str, value: f64) -> Result<()> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(QueueError::InvalidJob(format!(
+            "{what} must be a finite number of seconds >= 0, got {value}"
+        )));
+    }
+    Ok(())
+}
+
+/// Fields that most jobs never set live behind one pointer, which keeps a queued job small.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobExtras {
+    pub tags: Vec<String>,
+    pub metadata: Option<Payload>,
+    pub result: Option<Payload>,
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+    pub schedule_id: Option<Arc<str>>,
+    pub completed_at: Option<Timestamp>,
+    pub failed_at: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: Arc<str>,
+    pub data: Payload,
+    pub priority: Priority,
+    pub state: JobState,
+    /// Runs started so far.
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// The delay asked for at push, in seconds.
+    pub delay: f64,
+    pub timeout: Option<f64>,
+    pub created_at: Timestamp,
+    /// When the job becomes (or became) visible, if it was delayed, retried or scheduled.
+    pub scheduled_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    /// Position in the FIFO order within a priority; kept when a job is handed back unrun.
+    pub seq: u64,
+    pub extras: Option<Box<JobExtras>>,
+}
+
+impl Job {
+    /// A new job, waiting or delayed according to `options` (already validated).
+    pub fn new(
+        queue: Arc<str>,
+        data: Payload,
+        options: JobOptions,
+        default_attempts: u32,
+        default_timeout: f64,
+    ) -> Self {
+        let created_at = now();
+        let due = options
+            .scheduled_at
+            .or((options.delay > 0.0).then(|| created_at + options.delay));
+        let extras = (!options.tags.is_empty()
+            || options.metadata.is_some()
+            || options.schedule_id.is_some())
+        .then(|| {
+            Box::new(JobExtras {
+                tags: options.tags,
+                metadata: options.metadata,
+                schedule_id: options.schedule_id,
+                ..JobExtras::default()
+            })
+        });
+        Job {
+            id: JobId::random(),
+            queue,
+            data,
+            priority: options.priority,
+            state: if due.is_some_and(|d| d > created_at) {
+                JobState::Delayed
+            } else {
+                JobState::Waiting
+            },
+            attempts: 0,
+            max_attempts: options.attempts.unwrap_or(default_attempts).max(1),
+            delay: options.delay,
+            timeout: options.timeout.or(Some(default_timeout)),
+            created_at,
+            scheduled_at: due,
+            started_at: None,
+            seq: 0,
+            extras,
+        }
+    }
+
+    pub fn extras(&self) -> Option<&JobExtras> {
+        self.extras.as_deref()
+    }
+
+    pub fn extras_mut(&mut self) -> &mut JobExtras {
+        self.extras.get_or_insert_with(Box::default)
+    }
+
+    /// When a delayed job becomes visible.
+    pub fn due_at(&self) -> Timestamp {
+        self.scheduled_at.unwrap_or(self.created_at)
+    }
+
+    /// Rough serialised size, checked against `max_job_bytes`.
+    pub fn encoded_len(&self) -> usize {
+        let extras = self.extras().map_or(0, |e| {
+            e.tags.iter().map(|t| t.len() + 3).sum::<usize>()
+                + e.metadata.as_ref().map_or(0, |m| m.len())
+        });
+        self.data.len() + extras + self.queue.len()
+    }
+}
+
+/// Queue names end up in Redis keys and file names: keep them printable and bounded.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(QueueError::InvalidQueueName(
+            "queue name must not be empty".into(),
+        ));
+    }
+    if name.chars().count() > 200 {
+        return Err(QueueError::InvalidQueueName(format!(
+            "queue name is longer than 200 characters ({})",
+            name.chars().count()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(QueueError::InvalidQueueName(format!(
+            "queue name {name:?} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priorities_parse_and_order() {
+        assert_eq!("high".parse::<Priority>().unwrap(), Priority::High);
+        assert_eq!(Priority::from_level(15).unwrap(), Priority::Critical);
+        assert!("urgent".parse::<Priority>().is_err());
+        assert!(Priority::from_level(3).is_err());
+        assert!(Priority::Critical > Priority::High && Priority::High > Priority::Normal);
+    }
+
+    #[test]
+    fn queue_names_are_checked() {
+        assert!(validate_queue_name("emails").is_ok());
+        assert!(validate_queue_name("").is_err());
+        assert!(validate_queue_name(&"x".repeat(201)).is_err());
+        assert!(validate_queue_name(&"é".repeat(200)).is_ok());
+        assert!(validate_queue_name("a\nb").is_err());
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let bad = [
+            JobOptions { delay: -1.0, ..Default::default() },
+            JobOptions { delay: f64::NAN, ..Default::default() },
+            JobOptions { timeout: Some(-2.0), ..Default::default() },
+            JobOptions { timeout: Some(0.0), ..Default::default() },
+            JobOptions { attempts: Some(0), ..Default::default() },
+        ];
+        for options in bad {
+            assert!(options.validate().is_err(), "{options:?}");
+        }
+        assert!(JobOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn delayed_jobs_start_delayed() {
+        let queue: Arc<str> = Arc::from("q");
+        let data: Payload = Arc::from(&b"{}"[..]);
+        let options = JobOptions { delay: 5.0, ..Default::default() };
+        let job = Job::new(queue.clone(), data.clone(), options, 4, 300.0);
+        assert_eq!(job.state, JobState::Delayed);
+        assert!(job.due_at() >= job.created_at + 5.0);
+        let job = Job::new(queue, data, JobOptions::default(), 4, 300.0);
+        assert_eq!(job.state, JobState::Waiting);
+        assert_eq!(job.max_attempts, 4);
+    }
+
+    #[test]
+    fn ids_are_unique_and_round_trip() {
+        let a = JobId::random();
+        let b = JobId::random();
+        assert_ne!(a, b);
+        assert_eq!(JobId::parse(&a.to_string()), Some(a));
+        assert_eq!(a.0.get_version_num(), 4);
+    }
+}

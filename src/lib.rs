@@ -1,0 +1,29 @@
+//! rnode-queue: a job queue engine for Python.
+//!
+//! The engine (`job`, `backoff`, `backend`, `scheduler`, `worker`, `manager`) is plain Rust that
+//! `cargo test` exercises without Python; `py` is the PyO3 boundary, and this file the module
+//! `rnode_queue._core` that the Python package wraps.
+
+pub mod backend;
+pub mod backoff;
+pub mod error;
+pub mod job;
+pub mod manager;
+pub mod scheduler;
+pub mod worker;
+
+mod py;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+#[pyo3(name = "_core")]
+fn rnode_queue_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py::errors::register(module)?;
+    module.add_class::<py::engine::PyEngine>()?;
+    module.add_class::<py::job::PyJob>()?;
+    module.add_class::<py::job::PyStats>()?;
+    module.add_class::<py::dispatch::PyCompletion>()?;
+    Ok(())
+}

@@ -1,0 +1,730 @@
+//! The engine behind a `QueueManager`: the queue registry and its settings, pushes, settling
+//! runs (retry with backoff, or fail), worker pools, cron schedules, stats and shutdown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::{Ack, Backend, QueueCounts, Retention, ScheduleRecord, Settlement, Totals};
+use crate::backoff::Backoff;
+use crate::error::{QueueError, Result};
+use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload, Timestamp};
+use crate::scheduler::{CronSchedule, TimerKey, Timers};
+use crate::worker::{Executor, Pool, RunOutcome};
+
+/// A queue's settings. Also the engine's defaults for queues nobody configured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueConfig {
+    pub concurrency: usize,
+    /// Retries after the first run: a job runs at most `max_retries + 1` times by default.
+    pub max_retries: u32,
+    pub timeout: f64,
+    pub backoff: Backoff,
+    pub retention: Retention,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            concurrency: 5,
+            max_retries: 3,
+            timeout: 300.0,
+            backoff: Backoff::Exponential {
+                base: 1.0,
+                cap: crate::backoff::DEFAULT_CAP,
+                jitter: 0.0,
+            },
+            retention: Retention {
+                ttl: 86_400.0,
+                keep_completed: 10_000,
+                keep_failed: 100_000,
+            },
+        }
+    }
+}
+
+impl QueueConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.concurrency == 0 {
+            return Err(QueueError::InvalidJob("concurrency must be at least 1".into()));
+        }
+        crate::job::check_seconds("timeout", self.timeout)?;
+        if self.timeout == 0.0 {
+            return Err(QueueError::InvalidJob("timeout must be > 0 seconds".into()));
+        }
+        crate::job::check_seconds("ttl", self.retention.ttl)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub defaults: QueueConfig,
+    pub max_job_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            defaults: QueueConfig::default(),
+            max_job_bytes: 1 << 20,
+        }
+    }
+}
+
+struct QueueEntry {
+    name: Arc<str>,
+    config: RwLock<Arc<QueueConfig>>,
+}
+
+/// Queue stats as users see them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Not started yet: waiting, delayed, or taken in a worker's batch but not begun.
+    pub size: u64,
+    /// Running right now in this process's workers.
+    pub processing: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub waiting: u64,
+    pub delayed: u64,
+    pub paused: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    pub totals: Totals,
+    pub active_workers: u64,
+    pub queue_sizes: Vec<(String, u64)>,
+}
+
+/// A schedule as listed to users.
+#[derive(Clone, Debug)]
+pub struct ScheduleInfo {
+    pub record: ScheduleRecord,
+    pub next_run: Option<Timestamp>,
+}
+
+struct CronEntry {
+    record: ScheduleRecord,
+    cron: CronSchedule,
+    next_run: Option<Timestamp>,
+}
+
+pub struct Engine {
+    backend: Arc<dyn Backend>,
+    options: EngineOptions,
+    queues: RwLock<HashMap<Arc<str>, Arc<QueueEntry>>>,
+    pools: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
+    schedules: Mutex<HashMap<Arc<str>, CronEntry>>,
+    timers: Arc<Timers>,
+    closed: AtomicBool,
+    /// Sync run deadlines are nanoseconds since this instant.
+    epoch: Instant,
+    /// The shortest timeout any job may have (f64 bits): the watchdog never sleeps longer.
+    min_timeout: AtomicU64,
+    this: Weak<Engine>,
+}
+
+/// Why a push did not happen yet.
+pub enum Pushed {
+    Done(Vec<JobId>),
+    /// Only with `may_block = false`: it would have had to wait for a lock. Nothing changed.
+    WouldBlock,
+}
+
+impl Engine {
+    pub fn new(backend: Arc<dyn Backend>, options: EngineOptions) -> Result<Arc<Engine>> {
+        options.defaults.validate()?;
+        let engine = Arc::new_cyclic(|this| Engine {
+            backend,
+            min_timeout: AtomicU64::new(options.defaults.timeout.to_bits()),
+            options,
+            queues: RwLock::new(HashMap::new()),
+            pools: Mutex::new(HashMap::new()),
+            schedules: Mutex::new(HashMap::new()),
+            timers: Arc::new(Timers::default()),
+            closed: AtomicBool::new(false),
+            epoch: Instant::now(),
+            this: this.clone(),
+        });
+        engine.timers.start(Arc::downgrade(&engine));
+        // Schedules kept by a persistent backend start ticking again.
+        for record in engine.backend.load_schedules()? {
+            engine.install_schedule(record)?;
+        }
+        for name in engine.backend.queue_names()? {
+            engine.ensure_queue(&name)?;
+        }
+        Ok(engine)
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub fn defaults(&self) -> &QueueConfig {
+        &self.options.defaults
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(QueueError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn lower_min_timeout(&self, timeout: f64) {
+        let mut current = self.min_timeout.load(Ordering::Relaxed);
+        while timeout < f64::from_bits(current) {
+            match self.min_timeout.compare_exchange_weak(
+                current,
+                timeout.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    // ---- queues ------------------------------------------------------------------------------
+
+    /// Creates a queue, or changes the settings of an existing one.
+    pub fn create_queue(&self, name: &str, config: QueueConfig) -> Result<()> {
+        self.check_open()?;
+        validate_queue_name(name)?;
+        config.validate()?;
+        let entry = self.ensure_queue(name)?;
+        self.backend.declare_queue(&entry.name, config.retention)?;
+        self.lower_min_timeout(config.timeout);
+        *entry.config.write() = Arc::new(config);
+        Ok(())
+    }
+
+    /// The queue, created with the defaults if it does not exist.
+    fn ensure_queue(&self, name: &str) -> Result<Arc<QueueEntry>> {
+        if let Some(entry) = self.queues.read().get(name) {
+            return Ok(entry.clone());
+        }
+        validate_queue_name(name)?;
+        let name: Arc<str> = Arc::from(name);
+        self.backend
+            .declare_queue(&name, self.options.defaults.retention)?;
+        let entry = self
+            .queues
+            .write()
+            .entry(name.clone())
+            .or_insert_with(|| {
+                Arc::new(QueueEntry {
+                    name: name.clone(),
+                    config: RwLock::new(Arc::new(self.options.defaults.clone())),
+                })
+            })
+            .clone();
+        // Delayed jobs or retention a persistent backend already holds get their timer.
+        self.timers.arm(TimerKey::Queue(name), now());
+        Ok(entry)
+    }
+
+    pub fn declare_queue(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        self.ensure_queue(name).map(|_| ())
+    }
+
+    pub fn queue_config(&self, name: &str) -> Result<QueueConfig> {
+        self.check_open()?;
+        validate_queue_name(name)?;
+        let entry = self.queues.read().get(name).cloned();
+        Ok(match entry {
+            Some(entry) => (**entry.config.read()).clone(),
+            None => self.options.defaults.clone(),
+        })
+    }
+
+    fn config_of(&self, queue: &str) -> Arc<QueueConfig> {
+        match self.queues.read().get(queue) {
+            Some(entry) => entry.config.read().clone(),
+            None => Arc::new(self.options.defaults.clone()),
+        }
+    }
+
+    pub fn queue_names(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        self.backend.queue_names()
+    }
+
+    fn known_queue(&self, name: &str) -> Result<()> {
+        validate_queue_name(name)?;
+        if self.queues.read().contains_key(name) {
+            Ok(())
+        } else {
+            Err(QueueError::Other(format!("queue {name:?} does not exist")))
+        }
+    }
+
+    pub fn pause_queue(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        self.ensure_queue(name)?;
+        self.backend.set_paused(name, true)
+    }
+
+    pub fn resume_queue(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        self.ensure_queue(name)?;
+        self.backend.set_paused(name, false)
+    }
+
+    pub fn clear_queue(&self, name: &str) -> Result<usize> {
+        self.check_open()?;
+        self.known_queue(name)?;
+        self.backend.clear(name)
+    }
+
+    /// Stops the queue's workers (after their current job) and removes the queue and its jobs.
+    pub fn delete_queue(&self, name: &str) -> Result<bool> {
+        self.check_open()?;
+        validate_queue_name(name)?;
+        let pool = self.pools.lock().remove(name);
+        if let Some(pool) = &pool {
+            pool.request_stop(self);
+        }
+        self.queues.write().remove(name);
+        self.timers.disarm(&TimerKey::Queue(Arc::from(name)));
+        self.backend.delete(name)
+    }
+
+    pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {
+        self.check_open()?;
+        self.known_queue(name)?;
+        let counts = self.backend.counts(name)?;
+        let running = self.pools.lock().get(name).map_or(0, |p| p.running()) as u64;
+        Ok(Self::stats_from(counts, running))
+    }
+
+    fn stats_from(counts: QueueCounts, running: u64) -> QueueStats {
+        let running = running.min(counts.active);
+        QueueStats {
+            size: counts.waiting + counts.delayed + (counts.active - running),
+            processing: running,
+            completed: counts.completed,
+            failed: counts.failed,
+            waiting: counts.waiting,
+            delayed: counts.delayed,
+            paused: counts.paused,
+        }
+    }
+
+    pub fn stats(&self) -> Result<EngineStats> {
+        self.check_open()?;
+        let pools: Vec<(Arc<str>, Arc<Pool>)> = self
+            .pools
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let running: HashMap<Arc<str>, u64> = pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.running() as u64))
+            .collect();
+        let mut queue_sizes = Vec::new();
+        for name in self.backend.queue_names()? {
+            let counts = self.backend.counts(&name)?;
+            let stats = Self::stats_from(counts, running.get(name.as_str()).copied().unwrap_or(0));
+            queue_sizes.push((name, stats.size));
+        }
+        Ok(EngineStats {
+            totals: self.backend.totals()?,
+            active_workers: running.values().sum(),
+            queue_sizes,
+        })
+    }
+
+    // ---- jobs --------------------------------------------------------------------------------
+
+    /// Validates and stores new jobs, all or none. With `may_block` false nothing waits for a
+    /// lock: the caller gets `WouldBlock` and tries again where waiting is allowed.
+    pub fn push(
+        &self,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+        may_block: bool,
+    ) -> Result<Pushed> {
+        self.check_open()?;
+        let entry = match self.queues.try_read() {
+            Some(map) => map.get(queue).cloned(),
+            None if may_block => self.queues.read().get(queue).cloned(),
+            None => return Ok(Pushed::WouldBlock),
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None if may_block => self.ensure_queue(queue)?,
+            None => {
+                validate_queue_name(queue)?;
+                return Ok(Pushed::WouldBlock);
+            }
+        };
+        let config = match entry.config.try_read() {
+            Some(config) => config.clone(),
+            None if may_block => entry.config.read().clone(),
+            None => return Ok(Pushed::WouldBlock),
+        };
+        let mut jobs = Vec::with_capacity(specs.len());
+        let mut earliest_due: Option<Timestamp> = None;
+        for (data, options) in specs {
+            options.validate()?;
+            if let Some(timeout) = options.timeout {
+                self.lower_min_timeout(timeout);
+            }
+            let job = Job::new(
+                entry.name.clone(),
+                data.clone(),
+                options.clone(),
+                config.max_retries.saturating_add(1),
+                config.timeout,
+            );
+            let size = job.encoded_len();
+            if size > self.options.max_job_bytes {
+                return Err(QueueError::JobTooLarge {
+                    size,
+                    limit: self.options.max_job_bytes,
+                });
+            }
+            if job.state == JobState::Delayed {
+                let due = job.due_at();
+                earliest_due = Some(earliest_due.map_or(due, |e| e.min(due)));
+            }
+            jobs.push(job);
+        }
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        if !self.backend.push(&entry.name, &mut jobs, may_block)? {
+            return Ok(Pushed::WouldBlock);
+        }
+        if let Some(due) = earliest_due {
+            self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
+        }
+        Ok(Pushed::Done(ids))
+    }
+
+    pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.check_open()?;
+        self.backend.get_job(id)
+    }
+
+    pub fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+        self.check_open()?;
+        validate_queue_name(queue)?;
+        if !self.queues.read().contains_key(queue) {
+            return Ok(Vec::new());
+        }
+        self.backend.list_jobs(queue, state, limit)
+    }
+
+    pub fn retry_job(&self, id: JobId) -> Result<bool> {
+        self.check_open()?;
+        self.backend.retry_failed(id)
+    }
+
+    pub fn wait_for_job(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
+        self.check_open()?;
+        self.backend.wait_finished(id, timeout)
+    }
+
+    pub fn join(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
+        self.check_open()?;
+        if let Some(name) = queue {
+            validate_queue_name(name)?;
+        }
+        self.backend.wait_idle(queue, timeout)
+    }
+
+    // ---- running jobs ------------------------------------------------------------------------
+
+    /// Starts workers for a queue. One handler per queue.
+    pub fn process(
+        &self,
+        queue: &str,
+        executor: Arc<dyn Executor>,
+        concurrency: Option<usize>,
+    ) -> Result<()> {
+        self.check_open()?;
+        let entry = self.ensure_queue(queue)?;
+        let concurrency = concurrency.unwrap_or(entry.config.read().concurrency);
+        if concurrency == 0 {
+            return Err(QueueError::InvalidJob("concurrency must be at least 1".into()));
+        }
+        let engine = self.this.upgrade().ok_or(QueueError::Closed)?;
+        let mut pools = self.pools.lock();
+        if pools.contains_key(&entry.name) {
+            return Err(QueueError::Other(format!(
+                "queue {:?} already has a handler",
+                &*entry.name
+            )));
+        }
+        let pool = Pool::start(&engine, entry.name.clone(), executor, concurrency);
+        if !pool.is_async() {
+            self.timers.arm(TimerKey::Watchdog, now());
+        }
+        pools.insert(entry.name.clone(), pool);
+        Ok(())
+    }
+
+    /// Nanoseconds since the epoch when a run of `job` starting now times out (0: never).
+    pub fn deadline_for(&self, job: &Job) -> u64 {
+        match job.timeout {
+            Some(timeout) => {
+                let at = self.epoch.elapsed() + Duration::from_secs_f64(timeout.min(1e9));
+                at.as_nanos().min(u64::MAX as u128) as u64
+            }
+            None => 0,
+        }
+    }
+
+    /// Decides what each finished run means for its job and records it.
+    pub fn settle(&self, queue: &str, outcomes: Vec<(Job, RunOutcome)>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        let config = self.config_of(queue);
+        let at = now();
+        let acks = outcomes
+            .into_iter()
+            .map(|(job, outcome)| {
+                let settlement = match outcome {
+                    RunOutcome::Success(result) => Settlement::Completed { result },
+                    RunOutcome::Failure { error, traceback } => {
+                        Self::failure(&config, &job, at, error, traceback)
+                    }
+                    RunOutcome::TimedOut => {
+                        let limit = job.timeout.unwrap_or(config.timeout);
+                        let error = format!("TimeoutError: job timed out after {limit}s");
+                        Self::failure(&config, &job, at, error, None)
+                    }
+                };
+                Ack {
+                    id: job.id,
+                    attempt: job.attempts,
+                    at,
+                    settlement,
+                }
+            })
+            .collect();
+        if let Ok(Some(due)) = self.backend.settle(queue, acks) {
+            self.timers.arm(TimerKey::Queue(Arc::from(queue)), due);
+        }
+    }
+
+    fn failure(
+        config: &QueueConfig,
+        job: &Job,
+        at: Timestamp,
+        error: String,
+        traceback: Option<String>,
+    ) -> Settlement {
+        if job.attempts < job.max_attempts {
+            Settlement::Retry {
+                due: at + config.backoff.delay(job.attempts),
+                error,
+                traceback,
+            }
+        } else {
+            Settlement::Failed { error, traceback }
+        }
+    }
+
+    pub fn release(&self, queue: &str, jobs: &[Job]) {
+        let _ = self.backend.release(queue, jobs);
+    }
+
+    /// A worker's fetch failed. Returns whether it should keep going (after a pause).
+    pub fn backend_failed(&self, queue: &str, error: &QueueError) -> bool {
+        match error {
+            QueueError::Backend(_) if !self.is_closed() => {
+                // Back off instead of spinning while the backend is down.
+                std::thread::sleep(Duration::from_millis(500));
+                self.queues.read().contains_key(queue)
+            }
+            _ => false,
+        }
+    }
+
+    pub fn on_timer(&self, key: &TimerKey) {
+        if self.is_closed() {
+            return;
+        }
+        match key {
+            TimerKey::Queue(queue) => {
+                if !self.queues.read().contains_key(queue) {
+                    return;
+                }
+                match self.backend.tick(queue, now()) {
+                    Ok(Some(next)) => self.timers.arm(key.clone(), next),
+                    Ok(None) => {}
+                    // Backend down: try again shortly.
+                    Err(_) => self.timers.arm(key.clone(), now() + 1.0),
+                }
+            }
+            TimerKey::Cron(id) => self.fire_schedule(id),
+            TimerKey::Watchdog => self.check_timeouts(),
+        }
+    }
+
+    fn check_timeouts(&self) {
+        let Some(engine) = self.this.upgrade() else {
+            return;
+        };
+        let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
+        if !pools.iter().any(|p| !p.is_async()) {
+            return;
+        }
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let earliest = pools
+            .iter()
+            .filter_map(|pool| pool.check_timeouts(&engine, now_ns))
+            .min();
+        // Any run that starts from now on ends no sooner than `min_timeout` from now.
+        let mut wait = f64::from_bits(self.min_timeout.load(Ordering::Relaxed));
+        if let Some(deadline) = earliest {
+            wait = wait.min(deadline.saturating_sub(now_ns) as f64 / 1e9);
+        }
+        self.timers
+            .arm(TimerKey::Watchdog, now() + wait.max(crate::scheduler::WATCHDOG_MIN));
+    }
+
+    // ---- cron --------------------------------------------------------------------------------
+
+    /// Declares a cron schedule; declaring the same one again changes nothing.
+    pub fn schedule(&self, record: ScheduleRecord) -> Result<Arc<str>> {
+        self.check_open()?;
+        validate_queue_name(&record.queue)?;
+        CronSchedule::parse(&record.cron)?;
+        self.ensure_queue(&record.queue)?;
+        let id = record.id.clone();
+        if let Some(existing) = self.schedules.lock().get(&id) {
+            if existing.record == record {
+                return Ok(id);
+            }
+        }
+        self.backend.save_schedule(&record)?;
+        self.install_schedule(record)?;
+        Ok(id)
+    }
+
+    fn install_schedule(&self, record: ScheduleRecord) -> Result<()> {
+        let cron = CronSchedule::parse(&record.cron)?;
+        let next_run = cron.next_after(now());
+        let id = record.id.clone();
+        self.schedules.lock().insert(
+            id.clone(),
+            CronEntry {
+                record,
+                cron,
+                next_run,
+            },
+        );
+        if let Some(at) = next_run {
+            self.timers.disarm(&TimerKey::Cron(id.clone()));
+            self.timers.arm(TimerKey::Cron(id), at);
+        }
+        Ok(())
+    }
+
+    pub fn unschedule(&self, id: &str) -> Result<bool> {
+        self.check_open()?;
+        let known = self.schedules.lock().remove(id).is_some();
+        self.timers.disarm(&TimerKey::Cron(Arc::from(id)));
+        let stored = self.backend.remove_schedule(id)?;
+        Ok(known || stored)
+    }
+
+    pub fn schedules(&self) -> Result<Vec<ScheduleInfo>> {
+        self.check_open()?;
+        let mut list: Vec<ScheduleInfo> = self
+            .schedules
+            .lock()
+            .values()
+            .map(|e| ScheduleInfo {
+                record: e.record.clone(),
+                next_run: e.next_run,
+            })
+            .collect();
+        list.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        Ok(list)
+    }
+
+    fn fire_schedule(&self, id: &Arc<str>) {
+        let (record, tick, next) = {
+            let mut schedules = self.schedules.lock();
+            let Some(entry) = schedules.get_mut(id) else {
+                return;
+            };
+            let Some(tick) = entry.next_run else {
+                return;
+            };
+            if tick > now() {
+                // Woken early (a re-declared schedule): keep waiting.
+                self.timers.arm(TimerKey::Cron(id.clone()), tick);
+                return;
+            }
+            // Ticks missed while nothing ran are skipped: the next run is the next future tick.
+            entry.next_run = entry.cron.next_after(now().max(tick));
+            (entry.record.clone(), tick, entry.next_run)
+        };
+        if let Some(next) = next {
+            self.timers.arm(TimerKey::Cron(id.clone()), next);
+        }
+        if !matches!(self.backend.claim_tick(id, tick), Ok(true)) {
+            return;
+        }
+        let options = JobOptions {
+            priority: record.priority,
+            scheduled_at: Some(tick),
+            attempts: record.attempts,
+            timeout: record.timeout,
+            tags: record.tags.clone(),
+            metadata: record.metadata.clone(),
+            schedule_id: Some(record.id.clone()),
+            ..JobOptions::default()
+        };
+        let _ = self.push(&record.queue, &[(record.data.clone(), options)], true);
+    }
+
+    // ---- shutdown ----------------------------------------------------------------------------
+
+    /// Stops taking jobs and waits up to `timeout` for running ones. True if all finished.
+    pub fn close(&self, timeout: Duration) -> bool {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return self.pools.lock().is_empty();
+        }
+        let deadline = Instant::now() + timeout;
+        let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
+        for pool in &pools {
+            pool.request_stop(self);
+        }
+        let finished = pools.iter().all(|pool| pool.wait_stopped(deadline));
+        if finished {
+            self.pools.lock().clear();
+        }
+        self.timers.stop();
+        finished
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        for pool in self.pools.lock().values() {
+            pool.request_stop(self);
+        }
+        self.timers.stop();
+    }
+}

@@ -1,0 +1,627 @@
+//! `Engine`: the engine's Python face. Arguments are checked and converted here with the GIL;
+//! everything that may wait runs with the GIL released.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyList, PyMapping, PyString, PyTzInfo};
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Backend, Retention, ScheduleRecord};
+use crate::backoff::Backoff;
+use crate::error::QueueError;
+use crate::job::{JobId, JobOptions, JobState, Payload, Priority, Timestamp};
+use crate::manager::{Engine, EngineOptions, Pushed, QueueConfig, QueueStats};
+use crate::py::convert::to_payload;
+use crate::py::dispatch::PyExecutor;
+use crate::py::errors::invalid_job;
+use crate::py::job::{datetime, PyJob, PyStats};
+
+const BACKENDS: [&str; 3] = ["memory", "redis", "file"];
+const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "never"];
+
+#[pyclass(frozen, name = "Engine", module = "rnode_queue._core")]
+pub struct PyEngine {
+    engine: Arc<Engine>,
+    backend: &'static str,
+}
+
+fn payload(object: &Bound<'_, PyAny>, what: &str) -> PyResult<Payload> {
+    to_payload(object).map_err(|message| invalid_job(format!("{what}: {message}")))
+}
+
+fn priority(value: Option<&Bound<'_, PyAny>>) -> PyResult<Priority> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(Priority::Normal);
+    };
+    if let Ok(text) = value.cast::<PyString>() {
+        return Ok(text.to_cow()?.parse::<Priority>()?);
+    }
+    if value.is_instance_of::<PyInt>() && !value.is_instance_of::<PyBool>() {
+        let level: i64 = value
+            .extract()
+            .map_err(|_| invalid_job("unknown priority: use 0, 5, 10 or 15"))?;
+        return Ok(Priority::from_level(level)?);
+    }
+    Err(invalid_job(format!(
+        "priority must be \"low\", \"normal\", \"high\", \"critical\" or 0/5/10/15, got {}",
+        value.repr()?
+    )))
+}
+
+fn seconds(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<f64>> {
+    match value.filter(|v| !v.is_none()) {
+        None => Ok(None),
+        Some(v) if v.is_instance_of::<PyBool>() => {
+            Err(invalid_job(format!("{what} must be a number of seconds, got a bool")))
+        }
+        Some(v) => v
+            .extract::<f64>()
+            .map(Some)
+            .map_err(|_| invalid_job(format!("{what} must be a number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()))),
+    }
+}
+
+fn attempts(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u32>> {
+    match value.filter(|v| !v.is_none()) {
+        None => Ok(None),
+        Some(v) if v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyBool>() => {
+            let n: i64 = v.extract().map_err(|_| invalid_job("attempts is too large"))?;
+            if n < 1 {
+                return Err(invalid_job(format!("attempts must be at least 1, got {n}")));
+            }
+            Ok(Some(u32::try_from(n).map_err(|_| invalid_job("attempts is too large"))?))
+        }
+        Some(v) => Err(invalid_job(format!("attempts must be an int, got {}", v.repr()?))),
+    }
+}
+
+fn tags(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(Vec::new());
+    };
+    if value.is_instance_of::<PyString>() {
+        return Err(invalid_job("tags must be a list of str, not a str"));
+    }
+    let mut out = Vec::new();
+    for item in value
+        .try_iter()
+        .map_err(|_| invalid_job("tags must be a list of str"))?
+    {
+        let item = item?;
+        let text = item
+            .cast::<PyString>()
+            .map_err(|_| invalid_job("tags must be a list of str"))?;
+        out.push(text.to_cow()?.into_owned());
+    }
+    Ok(out)
+}
+
+fn metadata(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Payload>> {
+    match value.filter(|v| !v.is_none()) {
+        None => Ok(None),
+        Some(v) if v.is_instance_of::<PyDict>() => payload(v, "metadata").map(Some),
+        Some(v) => Err(invalid_job(format!("metadata must be a dict, got {}", v.get_type().name()?))),
+    }
+}
+
+/// A datetime as a Unix timestamp; a naive datetime is taken as UTC.
+fn timestamp(value: &Bound<'_, PyAny>) -> PyResult<Timestamp> {
+    let py = value.py();
+    if !value.is_instance_of::<PyDateTime>() {
+        return Err(invalid_job(format!(
+            "expected a datetime, got {}",
+            value.get_type().name()?
+        )));
+    }
+    let aware = if value.getattr("tzinfo")?.is_none() {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("tzinfo", PyTzInfo::utc(py)?)?;
+        value.call_method("replace", (), Some(&kwargs))?
+    } else {
+        value.clone()
+    };
+    aware.call_method0("timestamp")?.extract()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn job_options(
+    priority_value: Option<&Bound<'_, PyAny>>,
+    delay: Option<&Bound<'_, PyAny>>,
+    attempts_value: Option<&Bound<'_, PyAny>>,
+    timeout: Option<&Bound<'_, PyAny>>,
+    tags_value: Option<&Bound<'_, PyAny>>,
+    metadata_value: Option<&Bound<'_, PyAny>>,
+    scheduled_at: Option<&Bound<'_, PyAny>>,
+) -> PyResult<JobOptions> {
+    let options = JobOptions {
+        priority: priority(priority_value)?,
+        delay: seconds(delay, "delay")?.unwrap_or(0.0),
+        scheduled_at: match scheduled_at.filter(|v| !v.is_none()) {
+            Some(at) => Some(timestamp(at)?),
+            None => None,
+        },
+        attempts: attempts(attempts_value)?,
+        timeout: seconds(timeout, "timeout")?,
+        tags: tags(tags_value)?,
+        metadata: metadata(metadata_value)?,
+        schedule_id: None,
+    };
+    options.validate()?;
+    Ok(options)
+}
+
+const OPTION_KEYS: [&str; 7] = [
+    "priority",
+    "delay",
+    "attempts",
+    "timeout",
+    "tags",
+    "metadata",
+    "scheduled_at",
+];
+
+/// One `push_batch` item: `{"data": ..., "options": {...}}`.
+fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOptions)> {
+    let at = |message: String| invalid_job(format!("push_batch item {index}: {message}"));
+    let item = item
+        .cast::<PyMapping>()
+        .map_err(|_| at("each item must be a dict like {\"data\": ..., \"options\": {...}}".into()))?;
+    let data = item
+        .get_item("data")
+        .map_err(|_| at("missing \"data\"".into()))?;
+    let data = to_payload(&data).map_err(|m| at(m))?;
+    let options = match item.get_item("options") {
+        Ok(options) if !options.is_none() => options,
+        _ => return Ok((data, JobOptions::default())),
+    };
+    let options = options
+        .cast::<PyDict>()
+        .map_err(|_| at("\"options\" must be a dict".into()))?;
+    for key in options.keys() {
+        let key = key.str()?.to_string();
+        if !OPTION_KEYS.contains(&key.as_str()) {
+            return Err(at(format!(
+                "unknown option {key:?} (known: {})",
+                OPTION_KEYS.join(", ")
+            )));
+        }
+    }
+    let get = |key: &str| options.get_item(key).ok().flatten();
+    let parsed = job_options(
+        get("priority").as_ref(),
+        get("delay").as_ref(),
+        get("attempts").as_ref(),
+        get("timeout").as_ref(),
+        get("tags").as_ref(),
+        get("metadata").as_ref(),
+        get("scheduled_at").as_ref(),
+    )
+    .map_err(|e| Python::attach(|py| at(e.value(py).to_string())))?;
+    Ok((data, parsed))
+}
+
+impl PyEngine {
+    /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
+    fn push_specs(&self, py: Python<'_>, queue: &str, specs: &[(Payload, JobOptions)]) -> PyResult<Vec<JobId>> {
+        if let Pushed::Done(ids) = self.engine.push(queue, specs, false)? {
+            return Ok(ids);
+        }
+        match py.detach(|| self.engine.push(queue, specs, true))? {
+            Pushed::Done(ids) => Ok(ids),
+            Pushed::WouldBlock => unreachable!("a blocking push always completes"),
+        }
+    }
+
+    fn duration(timeout: Option<f64>) -> PyResult<Option<Duration>> {
+        match timeout {
+            None => Ok(None),
+            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t.min(1e9)))),
+            Some(t) => Err(invalid_job(format!("timeout must be >= 0 seconds, got {t}"))),
+        }
+    }
+}
+
+fn queue_stats_dict<'py>(py: Python<'py>, stats: QueueStats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("size", stats.size)?;
+    dict.set_item("processing", stats.processing)?;
+    dict.set_item("completed", stats.completed)?;
+    dict.set_item("failed", stats.failed)?;
+    dict.set_item("waiting", stats.waiting)?;
+    dict.set_item("delayed", stats.delayed)?;
+    dict.set_item("paused", stats.paused)?;
+    Ok(dict)
+}
+
+/// Same queue, cron and data → same id, so every process can declare its schedules at start.
+fn schedule_id(queue: &str, cron: &str, data: &[u8]) -> String {
+    // Key order must not matter: hash the data with its keys sorted.
+    let canonical = serde_json::from_slice::<serde_json::Value>(data)
+        .and_then(|v| serde_json::to_vec(&v))
+        .unwrap_or_else(|_| data.to_vec());
+    let mut key = Vec::with_capacity(queue.len() + cron.len() + canonical.len() + 2);
+    key.extend_from_slice(queue.as_bytes());
+    key.push(0);
+    key.extend_from_slice(cron.split_whitespace().collect::<Vec<_>>().join(" ").as_bytes());
+    key.push(0);
+    key.extend_from_slice(&canonical);
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &key).to_string()
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (
+        backend = "memory", *, path = None, url = None, prefix = "rnode:queue",
+        max_job_bytes = 1_048_576, lease = 30.0, fsync = "everysec", concurrency = 5,
+        max_retries = 3, timeout = 300.0, retry_delay = 1.0, backoff = "exponential",
+        ttl = 86_400.0, keep_completed = 10_000, keep_failed = 100_000
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        backend: &str,
+        path: Option<&str>,
+        url: Option<&str>,
+        prefix: &str,
+        max_job_bytes: usize,
+        lease: f64,
+        fsync: &str,
+        concurrency: usize,
+        max_retries: u32,
+        timeout: f64,
+        retry_delay: f64,
+        backoff: &str,
+        ttl: f64,
+        keep_completed: usize,
+        keep_failed: usize,
+    ) -> PyResult<Self> {
+        let _ = (path, url, prefix);
+        if !BACKENDS.contains(&backend) {
+            return Err(QueueError::Backend(format!(
+                "unknown backend {backend:?}: use \"memory\", \"redis\" or \"file\""
+            ))
+            .into());
+        }
+        if !FSYNC_POLICIES.contains(&fsync) {
+            return Err(invalid_job(format!(
+                "fsync must be \"always\", \"everysec\" or \"never\", got {fsync:?}"
+            )));
+        }
+        if !(lease.is_finite() && lease > 0.0) {
+            return Err(invalid_job(format!("lease must be > 0 seconds, got {lease}")));
+        }
+        if max_job_bytes == 0 {
+            return Err(invalid_job("max_job_bytes must be at least 1"));
+        }
+        let defaults = QueueConfig {
+            concurrency,
+            max_retries,
+            timeout,
+            backoff: Backoff::parse(backoff, retry_delay, None, None, None)?,
+            retention: Retention {
+                ttl,
+                keep_completed,
+                keep_failed,
+            },
+        };
+        let store: Arc<dyn Backend> = match backend {
+            "memory" => Arc::new(MemoryBackend::new()),
+            other => {
+                return Err(QueueError::Backend(format!(
+                    "the {other} backend is not available in this build yet; use backend=\"memory\""
+                ))
+                .into())
+            }
+        };
+        let options = EngineOptions {
+            defaults,
+            max_job_bytes,
+        };
+        let engine = py.detach(|| Engine::new(store, options))?;
+        Ok(PyEngine {
+            engine,
+            backend: BACKENDS.iter().find(|b| **b == backend).copied().unwrap_or("memory"),
+        })
+    }
+
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+
+    #[pyo3(signature = (
+        name, *, concurrency = None, retry_delay = None, max_retries = None, timeout = None,
+        backoff = None, custom_delays = None, backoff_cap = None, jitter = None, ttl = None,
+        keep_completed = None, keep_failed = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_queue(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        concurrency: Option<usize>,
+        retry_delay: Option<f64>,
+        max_retries: Option<u32>,
+        timeout: Option<f64>,
+        backoff: Option<&str>,
+        custom_delays: Option<Vec<f64>>,
+        backoff_cap: Option<f64>,
+        jitter: Option<f64>,
+        ttl: Option<f64>,
+        keep_completed: Option<usize>,
+        keep_failed: Option<usize>,
+    ) -> PyResult<()> {
+        let defaults = self.engine.defaults();
+        let base = match &defaults.backoff {
+            Backoff::Fixed { delay } => *delay,
+            Backoff::Exponential { base, .. } => *base,
+            Backoff::Custom { delays } => delays.first().copied().unwrap_or(1.0),
+        };
+        let config = QueueConfig {
+            concurrency: concurrency.unwrap_or(defaults.concurrency),
+            max_retries: max_retries.unwrap_or(defaults.max_retries),
+            timeout: timeout.unwrap_or(defaults.timeout),
+            backoff: Backoff::parse(
+                backoff.unwrap_or(defaults.backoff.kind()),
+                retry_delay.unwrap_or(base),
+                backoff_cap,
+                jitter,
+                custom_delays,
+            )?,
+            retention: Retention {
+                ttl: ttl.unwrap_or(defaults.retention.ttl),
+                keep_completed: keep_completed.unwrap_or(defaults.retention.keep_completed),
+                keep_failed: keep_failed.unwrap_or(defaults.retention.keep_failed),
+            },
+        };
+        py.detach(|| self.engine.create_queue(name, config))?;
+        Ok(())
+    }
+
+    fn ensure_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.engine.declare_queue(name))?)
+    }
+
+    fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(py.detach(|| self.engine.queue_names())?)
+    }
+
+    fn queue_config<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let config = py.detach(|| self.engine.queue_config(name))?;
+        let dict = PyDict::new(py);
+        dict.set_item("concurrency", config.concurrency)?;
+        dict.set_item("max_retries", config.max_retries)?;
+        dict.set_item("timeout", config.timeout)?;
+        dict.set_item("backoff", config.backoff.kind())?;
+        match &config.backoff {
+            Backoff::Fixed { delay } => dict.set_item("retry_delay", delay)?,
+            Backoff::Exponential { base, cap, jitter } => {
+                dict.set_item("retry_delay", base)?;
+                dict.set_item("backoff_cap", cap)?;
+                dict.set_item("jitter", jitter)?;
+            }
+            Backoff::Custom { delays } => dict.set_item("custom_delays", delays.clone())?,
+        }
+        dict.set_item("ttl", config.retention.ttl)?;
+        dict.set_item("keep_completed", config.retention.keep_completed)?;
+        dict.set_item("keep_failed", config.retention.keep_failed)?;
+        Ok(dict)
+    }
+
+    #[pyo3(signature = (
+        queue, data, *, priority = None, delay = None, attempts = None, timeout = None,
+        tags = None, metadata = None, scheduled_at = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        data: &Bound<'_, PyAny>,
+        priority: Option<&Bound<'_, PyAny>>,
+        delay: Option<&Bound<'_, PyAny>>,
+        attempts: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+        scheduled_at: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let options = job_options(priority, delay, attempts, timeout, tags, metadata, scheduled_at)?;
+        let data = payload(data, "job data")?;
+        let ids = self.push_specs(py, queue, &[(data, options)])?;
+        Ok(ids[0].to_string())
+    }
+
+    fn push_batch(&self, py: Python<'_>, queue: &str, items: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
+        for (index, item) in items.try_iter()?.enumerate() {
+            specs.push(batch_item(&item?, index)?);
+        }
+        if specs.is_empty() {
+            crate::job::validate_queue_name(queue)?;
+            return Ok(Vec::new());
+        }
+        let ids = self.push_specs(py, queue, &specs)?;
+        Ok(ids.iter().map(JobId::to_string).collect())
+    }
+
+    #[pyo3(signature = (
+        queue, data, cron, *, name = None, priority = None, attempts = None, timeout = None,
+        tags = None, metadata = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn schedule(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        data: &Bound<'_, PyAny>,
+        cron: &str,
+        name: Option<&str>,
+        priority: Option<&Bound<'_, PyAny>>,
+        attempts: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        tags: Option<&Bound<'_, PyAny>>,
+        metadata: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        let options = job_options(priority, None, attempts, timeout, tags, metadata, None)?;
+        let data = payload(data, "job data")?;
+        if let Some(name) = name {
+            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+                return Err(invalid_job(
+                    "schedule name must be 1 to 200 characters without control characters",
+                ));
+            }
+        }
+        let id = match name {
+            Some(name) => name.to_string(),
+            None => schedule_id(queue, cron, &data),
+        };
+        let record = ScheduleRecord {
+            id: Arc::from(id.as_str()),
+            name: name.map(str::to_string),
+            queue: Arc::from(queue),
+            cron: cron.to_string(),
+            data,
+            priority: options.priority,
+            attempts: options.attempts,
+            timeout: options.timeout,
+            tags: options.tags,
+            metadata: options.metadata,
+        };
+        py.detach(|| self.engine.schedule(record))?;
+        Ok(id)
+    }
+
+    fn unschedule(&self, py: Python<'_>, schedule_id: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.engine.unschedule(schedule_id))?)
+    }
+
+    fn list_schedules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let schedules = py.detach(|| self.engine.schedules())?;
+        let list = PyList::empty(py);
+        for info in schedules {
+            let dict = PyDict::new(py);
+            let record = &info.record;
+            dict.set_item("id", &*record.id)?;
+            dict.set_item("name", record.name.as_deref())?;
+            dict.set_item("queue", &*record.queue)?;
+            dict.set_item("cron", &record.cron)?;
+            dict.set_item("data", crate::py::convert::from_json(py, &record.data)?)?;
+            dict.set_item("priority", record.priority.as_str())?;
+            dict.set_item("next_run", datetime(py, info.next_run)?)?;
+            list.append(dict)?;
+        }
+        Ok(list)
+    }
+
+    fn get_stats(&self, py: Python<'_>) -> PyResult<PyStats> {
+        Ok(PyStats::new(py.detach(|| self.engine.stats())?))
+    }
+
+    fn get_job(&self, py: Python<'_>, job_id: &str) -> PyResult<Option<PyJob>> {
+        let Some(id) = JobId::parse(job_id) else {
+            return Ok(None);
+        };
+        Ok(py.detach(|| self.engine.get_job(id))?.map(PyJob::new))
+    }
+
+    #[pyo3(signature = (queue, status = None, limit = 100))]
+    fn get_jobs(&self, py: Python<'_>, queue: &str, status: Option<&str>, limit: usize) -> PyResult<Vec<PyJob>> {
+        let state = status.map(str::parse::<JobState>).transpose()?;
+        let jobs = py.detach(|| self.engine.list_jobs(queue, state, limit))?;
+        Ok(jobs.into_iter().map(PyJob::new).collect())
+    }
+
+    fn retry_job(&self, py: Python<'_>, job_id: &str) -> PyResult<bool> {
+        let Some(id) = JobId::parse(job_id) else {
+            return Ok(false);
+        };
+        Ok(py.detach(|| self.engine.retry_job(id))?)
+    }
+
+    fn pause_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.engine.pause_queue(name))?)
+    }
+
+    fn resume_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.engine.resume_queue(name))?)
+    }
+
+    fn clear_queue(&self, py: Python<'_>, name: &str) -> PyResult<usize> {
+        Ok(py.detach(|| self.engine.clear_queue(name))?)
+    }
+
+    fn delete_queue(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        Ok(py.detach(|| self.engine.delete_queue(name))?)
+    }
+
+    fn queue_stats<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.engine.queue_stats(name))?;
+        queue_stats_dict(py, stats)
+    }
+
+    #[pyo3(signature = (queue, handler, *, concurrency = None, async_submit = None))]
+    fn process(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        handler: Py<PyAny>,
+        concurrency: Option<usize>,
+        async_submit: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        if !handler.bind(py).is_callable() {
+            return Err(QueueError::Other("the handler must be callable".into()).into());
+        }
+        if concurrency == Some(0) {
+            return Err(invalid_job("concurrency must be at least 1"));
+        }
+        let executor = Arc::new(PyExecutor::new(handler, async_submit));
+        Ok(py.detach(|| self.engine.process(queue, executor, concurrency))?)
+    }
+
+    #[pyo3(signature = (job_id, timeout = None))]
+    fn wait_for_job(&self, py: Python<'_>, job_id: &str, timeout: Option<f64>) -> PyResult<Option<PyJob>> {
+        let timeout = Self::duration(timeout)?;
+        let Some(id) = JobId::parse(job_id) else {
+            return Ok(None);
+        };
+        Ok(py.detach(|| self.engine.wait_for_job(id, timeout))?.map(PyJob::new))
+    }
+
+    #[pyo3(signature = (queue = None, timeout = None))]
+    fn join(&self, py: Python<'_>, queue: Option<&str>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = Self::duration(timeout)?;
+        Ok(py.detach(|| self.engine.join(queue, timeout))?)
+    }
+
+    #[pyo3(signature = (timeout = 30.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let timeout = Self::duration(Some(timeout))?.unwrap_or_default();
+        Ok(py.detach(|| self.engine.close(timeout)))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Engine(backend='{}', closed={})",
+            self.backend,
+            self.engine.is_closed()
+        )
+    }
+}
+
+impl Drop for PyEngine {
+    fn drop(&mut self) {
+        // Unclosed and unreachable: stop the workers without waiting for them.
+        if !self.engine.is_closed() {
+            self.engine.close(Duration::ZERO);
+        }
+    }
+}

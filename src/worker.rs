@@ -1,0 +1,538 @@
+//! The worker pool: dispatcher threads that take jobs from a backend in batches, run them through
+//! an `Executor` (the Python handler, in `py/`), and settle the results; plus the watchdog that
+//! abandons sync runs past their timeout.
+//!
+//! Nothing here knows about Python. An executor enters its thread once (Python attaches once, so
+//! the thread keeps its state) and hands the loop a `Session`; every wait in the loop goes
+//! through `Session::unlocked` (Python: the GIL released).
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::backend::FetchRequest;
+use crate::job::{Job, Payload};
+use crate::manager::Engine;
+
+/// Jobs taken per fetch at most: one GIL acquisition runs up to this many handlers.
+pub const MAX_BATCH: usize = 256;
+/// A blocked fetch wakes this often to notice a stopped pool even without a `wake`.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+
+/// How one run of a handler ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    Success(Option<Payload>),
+    Failure {
+        error: String,
+        traceback: Option<String>,
+    },
+    TimedOut,
+}
+
+impl RunOutcome {
+    pub fn from_panic(panic: Box<dyn Any + Send>) -> Self {
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        RunOutcome::Failure {
+            error: format!("PanicException: {text}"),
+            traceback: None,
+        }
+    }
+}
+
+/// Where handlers run: Python, or a plain closure in Rust tests.
+pub trait Executor: Send + Sync + 'static {
+    /// Async executors get batches through `Session::submit`; sync ones run jobs one by one.
+    fn is_async(&self) -> bool;
+    /// Runs `body` on the current thread, inside whatever context the handler needs.
+    fn enter(&self, body: &mut dyn FnMut(&mut dyn Session));
+}
+
+pub trait Session {
+    /// Runs `f` outside the handler's context (Python: without the GIL). Every wait goes here.
+    fn unlocked(&mut self, f: &mut (dyn FnMut() + Send));
+    /// Runs one job's handler to its end (sync executors).
+    fn run(&mut self, job: &Job) -> RunOutcome;
+    /// Starts jobs that will report through their `Completion` (async executors). Must not block.
+    fn submit(&mut self, jobs: Vec<(Job, Completion)>);
+}
+
+/// A fetched batch. Workers claim its jobs one at a time with `fetch_add`; the watchdog (or a
+/// stop) takes the unstarted rest with `swap`, so each job goes exactly one way.
+pub struct Batch {
+    pub jobs: Vec<Job>,
+    next: AtomicUsize,
+}
+
+impl Batch {
+    pub fn new(jobs: Vec<Job>) -> Self {
+        Batch {
+            jobs,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn claim(&self) -> Option<usize> {
+        let i = self.next.fetch_add(1, Ordering::AcqRel);
+        (i < self.jobs.len()).then_some(i)
+    }
+
+    /// The jobs nobody has started; afterwards `claim` finds nothing.
+    pub fn take_rest(&self) -> &[Job] {
+        let i = self.next.swap(self.jobs.len(), Ordering::AcqRel);
+        &self.jobs[i.min(self.jobs.len())..]
+    }
+}
+
+const IDLE: u64 = 0;
+const RUNNING: u64 = 1;
+const ABANDONED: u64 = 2;
+
+/// One worker thread's run state, shared with the watchdog. `state` packs a run counter with
+/// IDLE/RUNNING/ABANDONED so that a watchdog decision about an old run can never hit a new one.
+pub struct Slot {
+    state: AtomicU64,
+    /// Nanoseconds since the engine's epoch; 0 = no deadline.
+    deadline: AtomicU64,
+    current: AtomicUsize,
+    batch: Mutex<Option<Arc<Batch>>>,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            state: AtomicU64::new(IDLE),
+            deadline: AtomicU64::new(0),
+            current: AtomicUsize::new(0),
+            batch: Mutex::new(None),
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state.load(Ordering::Acquire) & 3 == RUNNING
+    }
+
+    fn begin(&self, index: usize, deadline: u64) -> u64 {
+        let run = (self.state.load(Ordering::Relaxed) >> 2) + 1;
+        self.current.store(index, Ordering::Relaxed);
+        self.deadline.store(deadline, Ordering::Relaxed);
+        self.state.store(run << 2 | RUNNING, Ordering::Release);
+        run
+    }
+
+    /// False if the watchdog abandoned this run meanwhile.
+    fn end(&self, run: u64) -> bool {
+        self.state
+            .compare_exchange(
+                run << 2 | RUNNING,
+                run << 2 | IDLE,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// If the current run is past its deadline, marks it abandoned and returns the batch and
+    /// the job's index in it.
+    fn abandon_if_late(&self, now: u64) -> Option<(Arc<Batch>, usize)> {
+        let state = self.state.load(Ordering::Acquire);
+        if state & 3 != RUNNING {
+            return None;
+        }
+        let deadline = self.deadline.load(Ordering::Acquire);
+        let index = self.current.load(Ordering::Acquire);
+        if deadline == 0 || now < deadline {
+            return None;
+        }
+        let batch = self.batch.lock().clone()?;
+        self.state
+            .compare_exchange(
+                state,
+                (state & !3) | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .ok()?;
+        Some((batch, index))
+    }
+
+    fn deadline_if_running(&self) -> Option<u64> {
+        let deadline = self.deadline.load(Ordering::Acquire);
+        (self.is_running() && deadline > 0).then_some(deadline)
+    }
+}
+
+/// Reports one async run. Dropping it unused reports a failure, so a job is never left active.
+pub struct Completion {
+    job: Option<Job>,
+    done: mpsc::Sender<(Job, RunOutcome)>,
+}
+
+impl Completion {
+    pub fn job(&self) -> Option<&Job> {
+        self.job.as_ref()
+    }
+
+    pub fn complete(&mut self, outcome: RunOutcome) -> bool {
+        match self.job.take() {
+            Some(job) => {
+                // The receiver is gone only once the pool has stopped waiting; nothing to do.
+                let _ = self.done.send((job, outcome));
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.complete(RunOutcome::Failure {
+            error: "RuntimeError: the async runner dropped the job without reporting it".into(),
+            traceback: None,
+        });
+    }
+}
+
+/// A queue's workers.
+pub struct Pool {
+    pub queue: Arc<str>,
+    concurrency: usize,
+    executor: Arc<dyn Executor>,
+    stop: AtomicBool,
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// Live threads, and a signal for `close` to wait on.
+    live: Mutex<usize>,
+    exited: Condvar,
+    /// Async pools: runs started and not yet reported.
+    in_flight: Mutex<usize>,
+    capacity: Condvar,
+}
+
+impl Pool {
+    pub fn start(
+        engine: &Arc<Engine>,
+        queue: Arc<str>,
+        executor: Arc<dyn Executor>,
+        concurrency: usize,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            queue,
+            concurrency: concurrency.max(1),
+            executor,
+            stop: AtomicBool::new(false),
+            slots: Mutex::new(Vec::new()),
+            live: Mutex::new(0),
+            exited: Condvar::new(),
+            in_flight: Mutex::new(0),
+            capacity: Condvar::new(),
+        });
+        if pool.executor.is_async() {
+            let (done_tx, done_rx) = mpsc::channel();
+            pool.spawn(engine, "feeder", move |pool, engine| {
+                pool.feed_async(&engine, done_tx)
+            });
+            pool.spawn(engine, "acker", move |pool, engine| {
+                pool.ack_async(&engine, done_rx)
+            });
+        } else {
+            for _ in 0..pool.concurrency {
+                pool.spawn_sync_worker(engine);
+            }
+        }
+        pool
+    }
+
+    pub fn is_async(&self) -> bool {
+        self.executor.is_async()
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        role: &str,
+        body: impl FnOnce(Arc<Pool>, Arc<Engine>) + Send + 'static,
+    ) {
+        *self.live.lock() += 1;
+        let pool = self.clone();
+        let engine = engine.clone();
+        let name = format!("rnq-{role}-{}", self.queue);
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let exiting = pool.clone();
+            // A panic in the loop itself (not in a handler) must not kill the process.
+            let _ = catch_unwind(AssertUnwindSafe(|| body(pool, engine)));
+            *exiting.live.lock() -= 1;
+            exiting.exited.notify_all();
+        });
+        if spawned.is_err() {
+            *self.live.lock() -= 1;
+        }
+    }
+
+    fn spawn_sync_worker(self: &Arc<Self>, engine: &Arc<Engine>) {
+        let slot = Arc::new(Slot::new());
+        self.slots.lock().push(slot.clone());
+        self.spawn(engine, "worker", move |pool, engine| {
+            pool.run_sync(&engine, &slot);
+            pool.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+        });
+    }
+
+    fn fetch_request(&self, max: usize) -> FetchRequest {
+        FetchRequest {
+            max,
+            share: self.concurrency,
+            wait: FETCH_WAIT,
+        }
+    }
+
+    fn run_sync(self: &Arc<Self>, engine: &Arc<Engine>, slot: &Arc<Slot>) {
+        let executor = self.executor.clone();
+        executor.enter(&mut |session| loop {
+            if self.stopped() {
+                return;
+            }
+            let mut fetched = Ok(Vec::new());
+            session.unlocked(&mut || {
+                fetched = engine
+                    .backend()
+                    .fetch(&self.queue, self.fetch_request(MAX_BATCH), &self.stop);
+            });
+            let jobs = match fetched {
+                Ok(jobs) if jobs.is_empty() => continue,
+                Ok(jobs) => jobs,
+                Err(error) => {
+                    if !engine.backend_failed(&self.queue, &error) {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let batch = Arc::new(Batch::new(jobs));
+            *slot.batch.lock() = Some(batch.clone());
+            let mut outcomes = Vec::with_capacity(batch.jobs.len());
+            let mut abandoned = false;
+            while !self.stopped() {
+                let Some(index) = batch.claim() else { break };
+                let job = &batch.jobs[index];
+                let run = slot.begin(index, engine.deadline_for(job));
+                let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
+                    .unwrap_or_else(RunOutcome::from_panic);
+                if !slot.end(run) {
+                    // The watchdog settled this run and started a replacement worker.
+                    abandoned = true;
+                    break;
+                }
+                outcomes.push((job.clone(), outcome));
+            }
+            session.unlocked(&mut || {
+                *slot.batch.lock() = None;
+                if !abandoned {
+                    engine.release(&self.queue, batch.take_rest());
+                }
+                engine.settle(&self.queue, std::mem::take(&mut outcomes));
+            });
+            if abandoned {
+                return;
+            }
+        });
+    }
+
+    fn feed_async(
+        self: &Arc<Self>,
+        engine: &Arc<Engine>,
+        done: mpsc::Sender<(Job, RunOutcome)>,
+    ) {
+        let executor = self.executor.clone();
+        executor.enter(&mut |session| loop {
+            let mut fetched = Ok(Vec::new());
+            session.unlocked(&mut || {
+                let free = {
+                    let mut in_flight = self.in_flight.lock();
+                    while *in_flight >= self.concurrency && !self.stopped() {
+                        self.capacity.wait_for(&mut in_flight, FETCH_WAIT);
+                    }
+                    self.concurrency.saturating_sub(*in_flight)
+                };
+                if self.stopped() || free == 0 {
+                    return;
+                }
+                let request = FetchRequest {
+                    share: 1,
+                    ..self.fetch_request(free.min(MAX_BATCH))
+                };
+                fetched = engine.backend().fetch(&self.queue, request, &self.stop);
+                if let Ok(jobs) = &fetched {
+                    *self.in_flight.lock() += jobs.len();
+                }
+            });
+            if self.stopped() {
+                if let Ok(jobs) = &fetched {
+                    let jobs = jobs.clone();
+                    session.unlocked(&mut || {
+                        engine.release(&self.queue, &jobs);
+                        self.finish_async(jobs.len());
+                    });
+                }
+                return;
+            }
+            match fetched {
+                Ok(jobs) if jobs.is_empty() => {}
+                Ok(jobs) => {
+                    let started = jobs
+                        .into_iter()
+                        .map(|job| {
+                            let completion = Completion {
+                                job: Some(job.clone()),
+                                done: done.clone(),
+                            };
+                            (job, completion)
+                        })
+                        .collect();
+                    session.submit(started);
+                }
+                Err(error) => {
+                    if !engine.backend_failed(&self.queue, &error) {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    fn ack_async(self: &Arc<Self>, engine: &Arc<Engine>, done: mpsc::Receiver<(Job, RunOutcome)>) {
+        loop {
+            let first = match done.recv_timeout(FETCH_WAIT) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.stopped() && *self.in_flight.lock() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
+            let mut outcomes = vec![first];
+            outcomes.extend(done.try_iter().take(MAX_BATCH));
+            let count = outcomes.len();
+            engine.settle(&self.queue, outcomes);
+            self.finish_async(count);
+            if self.stopped() && *self.in_flight.lock() == 0 {
+                return;
+            }
+        }
+    }
+
+    fn finish_async(&self, count: usize) {
+        let mut in_flight = self.in_flight.lock();
+        *in_flight = in_flight.saturating_sub(count);
+        self.capacity.notify_all();
+        self.exited.notify_all();
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Asks every thread to stop after its current job.
+    pub fn request_stop(&self, engine: &Engine) {
+        self.stop.store(true, Ordering::Release);
+        engine.backend().wake(&self.queue);
+        let _guard = self.in_flight.lock();
+        self.capacity.notify_all();
+    }
+
+    /// Waits until every thread has exited (and every async run reported); false on timeout.
+    pub fn wait_stopped(&self, deadline: Instant) -> bool {
+        let mut live = self.live.lock();
+        while *live > 0 {
+            if self.exited.wait_until(&mut live, deadline).timed_out() {
+                return *live == 0;
+            }
+        }
+        true
+    }
+
+    pub fn running(&self) -> usize {
+        if self.is_async() {
+            return *self.in_flight.lock();
+        }
+        self.slots.lock().iter().filter(|s| s.is_running()).count()
+    }
+
+    /// Abandons sync runs past their deadline: settles them as timed out, hands back the rest
+    /// of their batch, and starts a replacement worker. Returns the earliest live deadline.
+    pub fn check_timeouts(self: &Arc<Self>, engine: &Arc<Engine>, now: u64) -> Option<u64> {
+        if self.is_async() {
+            return None;
+        }
+        let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        let mut earliest: Option<u64> = None;
+        for slot in slots {
+            if let Some((batch, index)) = slot.abandon_if_late(now) {
+                let job = batch.jobs[index].clone();
+                engine.release(&self.queue, batch.take_rest());
+                engine.settle(&self.queue, vec![(job, RunOutcome::TimedOut)]);
+                self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+                if !self.stopped() {
+                    self.spawn_sync_worker(engine);
+                }
+            } else if let Some(deadline) = slot.deadline_if_running() {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        earliest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_hands_each_job_out_once() {
+        let queue: Arc<str> = Arc::from("q");
+        let jobs = (0..5)
+            .map(|_| {
+                Job::new(
+                    queue.clone(),
+                    Arc::from(&b"1"[..]),
+                    Default::default(),
+                    1,
+                    1.0,
+                )
+            })
+            .collect();
+        let batch = Batch::new(jobs);
+        assert_eq!(batch.claim(), Some(0));
+        assert_eq!(batch.claim(), Some(1));
+        assert_eq!(batch.take_rest().len(), 3);
+        assert_eq!(batch.claim(), None);
+        assert!(batch.take_rest().is_empty());
+    }
+
+    #[test]
+    fn slot_abandons_only_late_current_runs() {
+        let slot = Slot::new();
+        let queue: Arc<str> = Arc::from("q");
+        let job = Job::new(queue, Arc::from(&b"1"[..]), Default::default(), 1, 1.0);
+        *slot.batch.lock() = Some(Arc::new(Batch::new(vec![job])));
+        let run = slot.begin(0, 100);
+        assert!(slot.abandon_if_late(99).is_none());
+        assert!(slot.abandon_if_late(100).is_some());
+        assert!(!slot.end(run), "an abandoned run cannot end normally");
+        let run = slot.begin(0, 100);
+        assert!(slot.end(run));
+        assert!(slot.abandon_if_late(1000).is_none(), "an idle slot is never abandoned");
+    }
+}
