@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import sys
+import time
 from typing import Any
 
 # --------------------------------------------------------------------------- machine / process
@@ -41,6 +42,7 @@ def machine_info() -> dict[str, Any]:
         "nproc": cpu_count(),
         "python": f"{platform.python_implementation()} {platform.python_version()}",
         "platform": platform.platform(),
+        "load (1/5/15 min)": load_average(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
     }
 
@@ -60,6 +62,52 @@ def rss_bytes() -> int:
     except ImportError as exc:  # pragma: no cover - non-Linux without psutil
         raise RuntimeError("cannot read RSS: no /proc/self/statm and psutil not installed") from exc
     return int(psutil.Process().memory_info().rss)
+
+
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes spent busy (from /proc/stat), or None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    busy = sum(ticks[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class Interference:
+    """How much CPU other processes took while the benchmark ran (they skew every figure)."""
+
+    def __init__(self) -> None:
+        self.wall0 = time.perf_counter()
+        self.busy0 = _machine_busy_seconds()
+        self.own0 = _own_cpu_seconds()
+
+    def other_cpu(self) -> tuple[float, float] | None:
+        """(CPU seconds used by other processes, as a share of one core over the run)."""
+        busy = _machine_busy_seconds()
+        if busy is None or self.busy0 is None:
+            return None
+        other = max(0.0, (busy - self.busy0) - (_own_cpu_seconds() - self.own0))
+        wall = time.perf_counter() - self.wall0
+        return other, other / wall if wall > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- statistics

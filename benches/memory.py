@@ -564,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     started = time.perf_counter()
+    interference = C.Interference()
     summary: list[list[str]] = []
 
     conc_settings: list[tuple[str, int | None, int]] = [
@@ -797,8 +798,17 @@ def main(argv: list[str] | None = None) -> int:
     report.section("summary (rnode-queue vs targets)")
     C.Report.table(["figure", "rnode-queue", "target", "status"], summary)
     elapsed = time.perf_counter() - started
-    print(f"\n  total time {elapsed:.1f} s")
+    print(f"\n  total time {elapsed:.1f} s, load average at the end {C.load_average()}")
     report.info["elapsed_s"] = round(elapsed, 1)
+    other = interference.other_cpu()
+    if other is not None:
+        other_s, share = other
+        report.info["other_processes_cpu_s"] = round(other_s, 1)
+        print(
+            f"  CPU used by other processes during the run: {other_s:.1f} s ({share:.0%} of a core)"
+        )
+        if share > 0.10:
+            print("  !! the machine was not idle: every figure above is disturbed by that load")
     if report.problems:
         print(f"  {len(report.problems)} problem(s):")
         for p in report.problems:

@@ -182,6 +182,7 @@ impl Engine {
         }
     }
 
+    /// Makes sure the watchdog looks at least every `timeout` seconds from now on.
     fn lower_min_timeout(&self, timeout: f64) {
         let mut current = self.min_timeout.load(Ordering::Relaxed);
         while timeout < f64::from_bits(current) {
@@ -191,7 +192,11 @@ impl Engine {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => break,
+                Ok(_) => {
+                    // The watchdog may be asleep for the old, longer interval.
+                    self.timers.arm(TimerKey::Watchdog, now() + timeout);
+                    break;
+                }
                 Err(seen) => current = seen,
             }
         }
@@ -249,6 +254,17 @@ impl Engine {
             Some(entry) => (**entry.config.read()).clone(),
             None => self.options.defaults.clone(),
         })
+    }
+
+    /// Every queue's settings.
+    pub fn queue_configs(&self) -> Result<Vec<(String, QueueConfig)>> {
+        self.check_open()?;
+        Ok(self
+            .queues
+            .read()
+            .values()
+            .map(|entry| (entry.name.to_string(), (**entry.config.read()).clone()))
+            .collect())
     }
 
     fn config_of(&self, queue: &str) -> Arc<QueueConfig> {
@@ -478,15 +494,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Nanoseconds since the epoch when a run of `job` starting now times out (0: never).
+    /// Nanoseconds since the epoch when a run of `job` starting now times out.
     pub fn deadline_for(&self, job: &Job) -> u64 {
-        match job.timeout {
-            Some(timeout) => {
-                let at = self.epoch.elapsed() + Duration::from_secs_f64(timeout.min(1e9));
-                at.as_nanos().min(u64::MAX as u128) as u64
-            }
-            None => 0,
-        }
+        let at = self.epoch.elapsed() + Duration::from_secs_f64(job.timeout.min(1e9));
+        at.as_nanos().min(u64::MAX as u128) as u64
     }
 
     /// Decides what each finished run means for its job and records it.
@@ -505,7 +516,7 @@ impl Engine {
                         Self::failure(&config, &job, at, error, traceback)
                     }
                     RunOutcome::TimedOut => {
-                        let limit = job.timeout.unwrap_or(config.timeout);
+                        let limit = job.timeout;
                         let error = format!("TimeoutError: job timed out after {limit}s");
                         Self::failure(&config, &job, at, error, None)
                     }
@@ -726,5 +737,190 @@ impl Drop for Engine {
             pool.request_stop(self);
         }
         self.timers.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::worker::{Completion, Session};
+    use std::sync::atomic::AtomicUsize;
+
+    type Handler = dyn Fn(&Job) -> RunOutcome + Send + Sync;
+
+    /// Runs handlers as plain Rust closures on the worker threads.
+    struct ClosureExecutor(Arc<Handler>);
+
+    struct ClosureSession(Arc<Handler>);
+
+    impl Executor for ClosureExecutor {
+        fn is_async(&self) -> bool {
+            false
+        }
+        fn enter(&self, body: &mut dyn FnMut(&mut dyn Session)) {
+            body(&mut ClosureSession(self.0.clone()));
+        }
+    }
+
+    impl Session for ClosureSession {
+        fn unlocked(&mut self, f: &mut (dyn FnMut() + Send)) {
+            f();
+        }
+        fn run(&mut self, job: &Job) -> RunOutcome {
+            (self.0)(job)
+        }
+        fn submit(&mut self, _jobs: Vec<(Job, Completion)>) {
+            unreachable!("sync executor")
+        }
+    }
+
+    fn engine() -> Arc<Engine> {
+        Engine::new(Arc::new(MemoryBackend::new()), EngineOptions::default()).unwrap()
+    }
+
+    fn config(concurrency: usize, max_retries: u32, timeout: f64) -> QueueConfig {
+        QueueConfig {
+            concurrency,
+            max_retries,
+            timeout,
+            backoff: Backoff::Fixed { delay: 0.01 },
+            ..QueueConfig::default()
+        }
+    }
+
+    fn push(engine: &Engine, queue: &str, data: &str, options: JobOptions) -> JobId {
+        let spec = (Payload::from(data.as_bytes()), options);
+        match engine.push(queue, &[spec], true).unwrap() {
+            Pushed::Done(ids) => ids[0],
+            Pushed::WouldBlock => unreachable!(),
+        }
+    }
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(10));
+
+    #[test]
+    fn failing_jobs_retry_then_fail_then_retry_on_request() {
+        let engine = engine();
+        engine.create_queue("q", config(1, 2, 10.0)).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = runs.clone();
+        let handler: Arc<Handler> = Arc::new(move |_job: &Job| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            RunOutcome::Failure {
+                error: "ValueError: boom".into(),
+                traceback: None,
+            }
+        });
+        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        let id = push(&engine, "q", "1", JobOptions::default());
+        let job = engine.wait_for_job(id, WAIT).unwrap().expect("finished");
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 3);
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(job.extras().unwrap().error.as_deref(), Some("ValueError: boom"));
+        let totals = engine.stats().unwrap().totals;
+        assert_eq!((totals.failed, totals.retried), (1, 2));
+        assert!(engine.retry_job(id).unwrap());
+        // Wait for the second round to fail again.
+        assert!(engine.join(Some("q"), WAIT).unwrap());
+        assert_eq!(runs.load(Ordering::SeqCst), 6);
+        assert!(engine.close(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn sync_runs_past_their_timeout_are_abandoned_and_replaced() {
+        let engine = engine();
+        engine.create_queue("q", config(1, 0, 0.2)).unwrap();
+        let release = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+        let gate = release.clone();
+        let handler: Arc<Handler> = Arc::new(move |job: &Job| {
+            if &*job.data == b"\"stuck\"" {
+                let (lock, cv) = &*gate;
+                let mut released = lock.lock();
+                while !*released {
+                    cv.wait(&mut released);
+                }
+            }
+            RunOutcome::Success(None)
+        });
+        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        let stuck = push(&engine, "q", "\"stuck\"", JobOptions::default());
+        let job = engine.wait_for_job(stuck, WAIT).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.extras().unwrap().error.as_ref().unwrap().contains("timed out"));
+        // The only slot is stuck, yet a replacement worker runs the next job.
+        let next = push(&engine, "q", "\"fine\"", JobOptions::default());
+        let job = engine.wait_for_job(next, WAIT).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        *release.0.lock() = true;
+        release.1.notify_all();
+        // The late result of the abandoned run changes nothing.
+        assert!(engine.close(Duration::from_secs(5)));
+        assert_eq!(engine.backend().get_job(stuck).unwrap().unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn concurrency_is_reached_and_never_exceeded() {
+        let engine = engine();
+        engine.create_queue("q", config(4, 0, 10.0)).unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (r, p) = (running.clone(), peak.clone());
+        let handler: Arc<Handler> = Arc::new(move |_job: &Job| {
+            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(20));
+            r.fetch_sub(1, Ordering::SeqCst);
+            RunOutcome::Success(None)
+        });
+        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        for i in 0..40 {
+            push(&engine, "q", &i.to_string(), JobOptions::default());
+        }
+        assert!(engine.join(Some("q"), WAIT).unwrap());
+        assert_eq!(peak.load(Ordering::SeqCst), 4);
+        assert_eq!(engine.queue_stats("q").unwrap().completed, 40);
+        assert!(engine.close(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn delayed_jobs_run_on_time() {
+        let engine = engine();
+        engine.create_queue("q", config(1, 0, 10.0)).unwrap();
+        let handler: Arc<Handler> = Arc::new(|_job: &Job| RunOutcome::Success(None));
+        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        let options = JobOptions {
+            delay: 0.2,
+            ..JobOptions::default()
+        };
+        let id = push(&engine, "q", "1", options);
+        let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
+        let started = job.started_at.get().unwrap();
+        let due = job.due_at();
+        assert!(started >= due, "started {started} before due {due}");
+        assert!(started - due < 0.5, "started {:.3}s late", started - due);
+        assert!(engine.close(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn panics_in_handlers_fail_the_job() {
+        let engine = engine();
+        engine.create_queue("q", config(1, 0, 10.0)).unwrap();
+        let handler: Arc<Handler> = Arc::new(|_job: &Job| panic!("handler bug"));
+        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        let id = push(&engine, "q", "1", JobOptions::default());
+        let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert!(job.extras().unwrap().error.as_ref().unwrap().contains("handler bug"));
+        assert!(engine.close(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn closed_engines_refuse_work() {
+        let engine = engine();
+        assert!(engine.close(Duration::from_secs(1)));
+        let spec = (Payload::from(&b"1"[..]), JobOptions::default());
+        assert!(matches!(engine.push("q", &[spec], true), Err(QueueError::Closed)));
     }
 }

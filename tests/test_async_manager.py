@@ -129,8 +129,10 @@ def test_queue_operations(make_aqm: MakeAqm) -> None:
         assert seen == ["while paused"]
 
         await aw(q.pause())
-        paused_ids = [await aw(aqm.push("ops", i)) for i in range(3)]
+        paused_ids = [await aw(aqm.push("ops", i)) for i in range(2)]
+        paused_ids.append(await aw(q.push(2, priority="low")))
         assert len(await aw(aqm.get_jobs("ops", status="waiting"))) == 3
+        assert {j.id for j in await aw(q.get_jobs(status="waiting"))} == set(paused_ids)
         await aw(q.clear())
         assert await aw(aqm.get_jobs("ops", status="waiting")) == []
         assert (await aw(q.get_stats()))["size"] == 0

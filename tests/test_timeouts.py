@@ -39,7 +39,10 @@ def test_sync_handler_past_its_timeout(qm: QueueManager, where: str) -> None:
         # the only slot is replaced: the other jobs run while the stuck handler still blocks
         for job_id in quick:
             job = qm.wait_for(job_id, timeout=WAIT)
-            assert job is not None and job.status == "completed", job and job.error
+            assert job is not None and job.status == "completed", (
+                f"quick job {qm.get_job(job_id)!r} not done while the stuck one blocks; "
+                f"stuck job: {qm.get_job(stuck)!r}, queue stats: {q.get_stats()}"
+            )
         assert not returned.is_set()
 
         failed = qm.wait_for(stuck, timeout=WAIT)

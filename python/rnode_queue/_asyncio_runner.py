@@ -13,9 +13,10 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,18 +42,54 @@ def is_async_callable(obj: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-class _Deadline:
-    """Cancels a task when its timeout expires and remembers that it did."""
+class _Group:
+    """The jobs of one batch that share a timeout: one timer for all of them."""
 
-    __slots__ = ("expired", "task")
+    __slots__ = ("expired", "owner", "pending", "sealed", "tasks", "timer")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
-        self.task = task
+    def __init__(self, owner: set[_Group]) -> None:
+        self.owner = owner
+        self.tasks: list[asyncio.Task[None]] = []  # also keeps the tasks alive
+        self.pending = 0
+        self.sealed = False
         self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
 
-    def __call__(self) -> None:
-        if self.task.cancel():
-            self.expired = True
+    def expire(self) -> None:
+        self.expired = True
+        for task in self.tasks:
+            task.cancel()
+
+    def job_done(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.sealed:
+            self.close()
+
+    def seal(self) -> None:
+        self.sealed = True
+        if self.pending == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.owner.discard(self)
+
+
+if sys.version_info >= (3, 12):
+
+    def _new_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        # Eager: a handler that never suspends finishes here, without a trip through the loop.
+        return asyncio.Task(coro, loop=loop, eager_start=True)
+
+else:
+
+    def _new_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro)
 
 
 class AsyncioRunner:
@@ -65,8 +102,8 @@ class AsyncioRunner:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._closed = False
-        # The loop keeps only weak references to tasks: hold them until they finish.
-        self._tasks: set[asyncio.Task[None]] = set()
+        # The loop keeps only weak references to tasks: the groups hold them until they finish.
+        self._groups: set[_Group] = set()
         _runners.add(self)
 
     @property
@@ -80,7 +117,7 @@ class AsyncioRunner:
         self._ensure_loop()
         start = functools.partial(self._start_batch, handler)
 
-        def submit(batch: list[tuple[Job, float | None, Completion]]) -> None:
+        def submit(batch: list[tuple[Job, float, Completion]]) -> None:
             loop = self._loop
             if loop is None:  # after a fork: the child starts its own loop
                 loop = self._ensure_loop()
@@ -145,50 +182,43 @@ class AsyncioRunner:
         loop.stop()
 
     def _start_batch(
-        self, handler: AsyncHandler, batch: list[tuple[Job, float | None, Completion]]
+        self, handler: AsyncHandler, batch: Sequence[tuple[Job, float | None, Completion]]
     ) -> None:
         loop = asyncio.get_running_loop()
         run = self._run
-        tasks = self._tasks
+        groups: dict[float | None, _Group] = {}
         for job, timeout, completion in batch:
-            task = loop.create_task(run(loop, handler, job, timeout, completion))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            group = groups.get(timeout)
+            if group is None:
+                group = groups[timeout] = _Group(self._groups)
+                self._groups.add(group)
+                if timeout is not None:
+                    group.timer = loop.call_later(timeout, group.expire)
+            group.pending += 1
+            group.tasks.append(_new_task(loop, run(handler, job, completion, group)))
+        for group in groups.values():
+            group.seal()
 
     @staticmethod
-    async def _run(
-        loop: asyncio.AbstractEventLoop,
-        handler: AsyncHandler,
-        job: Job,
-        timeout: float | None,
-        completion: Completion,
-    ) -> None:
-        deadline: _Deadline | None = None
+    async def _run(handler: AsyncHandler, job: Job, completion: Completion, group: _Group) -> None:
         try:
-            if timeout is None:
+            try:
                 result = await handler(job)
-            else:
-                task = asyncio.current_task(loop)
-                assert task is not None
-                deadline = _Deadline(task)
-                timer = loop.call_later(timeout, deadline)
-                try:
-                    result = await handler(job)
-                finally:
-                    timer.cancel()
-        except BaseException as exc:  # incl. CancelledError, KeyboardInterrupt, SystemExit
-            if deadline is not None and deadline.expired:
+            except BaseException as exc:  # incl. CancelledError, KeyboardInterrupt, SystemExit
+                if group.expired:
+                    completion.timed_out()
+                else:
+                    completion.failure(exc)
+                return
+            if group.expired:  # the handler swallowed the cancellation
                 completion.timed_out()
-            else:
+                return
+            try:
+                completion.success(result)
+            except Exception as exc:  # e.g. a result that is not JSON-serialisable
                 completion.failure(exc)
-            return
-        if deadline is not None and deadline.expired:  # the handler swallowed the cancellation
-            completion.timed_out()
-            return
-        try:
-            completion.success(result)
-        except Exception as exc:  # e.g. a result that is not JSON-serialisable
-            completion.failure(exc)
+        finally:
+            group.job_done()
 
 
 _runners: weakref.WeakSet[AsyncioRunner] = weakref.WeakSet()
@@ -200,7 +230,7 @@ def _after_fork_in_child() -> None:
     for runner in list(_runners):
         runner._lock = threading.Lock()
         runner._loop = runner._thread = None
-        runner._tasks = set()
+        runner._groups = set()
 
 
 if hasattr(os, "register_at_fork"):

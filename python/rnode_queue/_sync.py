@@ -100,6 +100,30 @@ def _close_all_at_exit() -> None:
 
 atexit.register(_close_all_at_exit)
 
+# -- fork: a child gets a fresh engine with the same settings (see Engine._after_fork) -------
+
+_forking: list[Engine] = []
+
+
+def _before_fork() -> None:
+    for manager in list(_live):
+        engine = manager._engine
+        if not engine.closed:
+            engine._before_fork()
+            _forking.append(engine)
+
+
+def _after_fork(in_child: bool) -> None:
+    while _forking:
+        _forking.pop()._after_fork(in_child)
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=lambda: _after_fork(False),
+    after_in_child=lambda: _after_fork(True),
+)
+
 
 def _bind_fast(obj: object, base: type, engine: object, pairs: Sequence[tuple[str, str]]) -> None:
     """Bind engine methods as instance attributes unless a subclass overrides them."""

@@ -13,7 +13,7 @@ use super::{
     Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{now, IdMap, Job, JobId, JobState, Timestamp};
+use crate::job::{now, IdMap, Job, JobId, JobState, MaybeTime, Timestamp};
 
 /// A waiting job's place: higher priority first, then lower sequence (FIFO).
 #[derive(PartialEq, Eq)]
@@ -64,7 +64,8 @@ impl PartialOrd for Due {
 /// Heaps hold entries that may have gone stale (a cleared or moved job); an entry counts only if
 /// the stored job is still in the state and place the entry describes.
 struct QueueState {
-    jobs: IdMap<Job>,
+    /// Boxed: the table moves small entries when it grows, and stays dense when mostly empty.
+    jobs: IdMap<Box<Job>>,
     waiting: BinaryHeap<Ready>,
     delayed: BinaryHeap<Reverse<Due>>,
     waiting_count: u64,
@@ -125,7 +126,7 @@ impl QueueState {
                 self.waiting_count += 1;
             }
         }
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Box::new(job));
     }
 
     /// Pops the next live waiting job and marks it active.
@@ -139,10 +140,10 @@ impl QueueState {
             }
             job.state = JobState::Active;
             job.attempts += 1;
-            job.started_at = Some(started_at);
+            job.started_at = MaybeTime::from(Some(started_at));
             self.waiting_count -= 1;
             self.active_count += 1;
-            return Some(job.clone());
+            return Some((**job).clone());
         }
         None
     }
@@ -452,7 +453,7 @@ impl Backend for MemoryBackend {
                         let extras = job.extras_mut();
                         extras.error = Some(error);
                         extras.traceback = traceback;
-                        job.scheduled_at = Some(due);
+                        job.scheduled_at = Some(due).into();
                         job.state = JobState::Delayed;
                         // A retry queues behind the jobs pushed meanwhile.
                         state.next_seq += 1;
@@ -510,7 +511,7 @@ impl Backend for MemoryBackend {
             }
             job.state = JobState::Waiting;
             job.attempts -= 1;
-            job.started_at = None;
+            job.started_at = MaybeTime::NONE;
             let entry = Ready {
                 priority: job.priority as u8,
                 seq: job.seq,
@@ -544,7 +545,7 @@ impl Backend for MemoryBackend {
     }
 
     fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        Ok(self.find(|state| state.jobs.get(&id).cloned()))
+        Ok(self.find(|state| state.jobs.get(&id).map(|j| (**j).clone())))
     }
 
     fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
@@ -557,7 +558,7 @@ impl Backend for MemoryBackend {
                 .filter_map(|(_, id)| guard.jobs.get(id))
                 .filter(|job| job.state == wanted)
                 .take(limit)
-                .cloned()
+                .map(|job| (**job).clone())
                 .collect::<Vec<_>>()
         };
         let mut jobs: Vec<Job> = match state {
@@ -567,9 +568,9 @@ impl Backend for MemoryBackend {
                 .jobs
                 .values()
                 .filter(|job| job.state == wanted)
-                .cloned()
+                .map(|job| (**job).clone())
                 .collect(),
-            None => guard.jobs.values().cloned().collect(),
+            None => guard.jobs.values().map(|job| (**job).clone()).collect(),
         };
         // Run order: active, then waiting by priority and FIFO, then delayed by due time, then
         // finished ones newest first.
@@ -600,13 +601,13 @@ impl Backend for MemoryBackend {
                 return Some(false);
             }
             job.attempts = 0;
-            job.started_at = None;
-            job.scheduled_at = None;
+            job.started_at = MaybeTime::NONE;
+            job.scheduled_at = MaybeTime::NONE;
             job.seq = 0;
             let extras = job.extras_mut();
             extras.failed_at = None;
             let job = state.jobs.remove(&id).expect("present");
-            state.insert(job);
+            state.insert(*job);
             Some(true)
         });
         if retried == Some(true) {
@@ -680,7 +681,7 @@ impl Backend for MemoryBackend {
     fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
         // Outer `None`: keep waiting. Inner `None`: the job is unknown (or gone).
         let found = self.finished.wait_until(timeout, || {
-            match self.find(|state| state.jobs.get(&id).cloned()) {
+            match self.find(|state| state.jobs.get(&id).map(|j| (**j).clone())) {
                 Some(job) if job.state.is_finished() => Some(Some(job)),
                 Some(_) => None,
                 None => Some(None),
@@ -729,6 +730,7 @@ impl Backend for MemoryBackend {
             }
         }
     }
+
 }
 
 #[cfg(test)]

@@ -147,7 +147,12 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> RunOutcome {
                 .and_then(|m| m.getattr("format_exception"))
                 .map(Bound::unbind)
         })
-        .and_then(|format| format.bind(py).call1((err.value(py),)))
+        .and_then(|format| {
+            let traceback = err.traceback(py).map(Bound::into_any);
+            format
+                .bind(py)
+                .call1((err.get_type(py), err.value(py), traceback))
+        })
         .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)))
         .and_then(|text| text.extract::<String>())
         .ok();

@@ -1,6 +1,7 @@
 //! `Engine`: the engine's Python face. Arguments are checked and converted here with the GIL;
 //! everything that may wait runs with the GIL released.
 
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,14 @@ const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "never"];
 
 #[pyclass(frozen, name = "Engine", module = "rnode_queue._core")]
 pub struct PyEngine {
-    engine: Arc<Engine>,
+    /// From `Arc::into_raw`. Replaced only in a forked child, where the parent's engine is
+    /// leaked: its locks may be held by threads that do not exist there. Never freed before
+    /// `self` is dropped, so a `&Engine` taken from it stays valid while `self` lives.
+    engine: AtomicPtr<Engine>,
     backend: &'static str,
+    options: EngineOptions,
+    /// Queue settings taken just before `fork`, for the child's fresh engine.
+    fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig)>>,
 }
 
 fn payload(object: &Bound<'_, PyAny>, what: &str) -> PyResult<Payload> {
@@ -203,12 +210,21 @@ fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOp
 }
 
 impl PyEngine {
+    fn engine(&self) -> &Engine {
+        // SAFETY: see the field: the pointer comes from `Arc::into_raw` and outlives `self`.
+        unsafe { &*self.engine.load(Ordering::Acquire) }
+    }
+
+    fn create_engine(&self) -> Result<Arc<Engine>, QueueError> {
+        open_engine(self.backend, self.options.clone())
+    }
+
     /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
     fn push_specs(&self, py: Python<'_>, queue: &str, specs: &[(Payload, JobOptions)]) -> PyResult<Vec<JobId>> {
-        if let Pushed::Done(ids) = self.engine.push(queue, specs, false)? {
+        if let Pushed::Done(ids) = self.engine().push(queue, specs, false)? {
             return Ok(ids);
         }
-        match py.detach(|| self.engine.push(queue, specs, true))? {
+        match py.detach(|| self.engine().push(queue, specs, true))? {
             Pushed::Done(ids) => Ok(ids),
             Pushed::WouldBlock => unreachable!("a blocking push always completes"),
         }
@@ -220,6 +236,34 @@ impl PyEngine {
             Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t.min(1e9)))),
             Some(t) => Err(invalid_job(format!("timeout must be >= 0 seconds, got {t}"))),
         }
+    }
+}
+
+/// Python runs signal handlers (Ctrl-C) only between bytecodes: long waits are cut into
+/// slices, and pending signals are handled between them.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+/// Calls `attempt` with the time it may wait, until it returns `Some` or `timeout` passes.
+fn wait_interruptibly<T: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    mut attempt: impl FnMut(Duration) -> Result<Option<T>, QueueError> + Send,
+) -> PyResult<Option<T>> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(std::time::Instant::now())
+                .min(SIGNAL_SLICE),
+            None => SIGNAL_SLICE,
+        };
+        if let Some(found) = py.detach(|| attempt(slice))? {
+            return Ok(Some(found));
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(None);
+        }
+        py.check_signals()?;
     }
 }
 
@@ -307,23 +351,17 @@ impl PyEngine {
                 keep_failed,
             },
         };
-        let store: Arc<dyn Backend> = match backend {
-            "memory" => Arc::new(MemoryBackend::new()),
-            other => {
-                return Err(QueueError::Backend(format!(
-                    "the {other} backend is not available in this build yet; use backend=\"memory\""
-                ))
-                .into())
-            }
-        };
         let options = EngineOptions {
             defaults,
             max_job_bytes,
         };
-        let engine = py.detach(|| Engine::new(store, options))?;
+        let backend = BACKENDS.iter().find(|b| **b == backend).copied().unwrap_or("memory");
+        let engine = py.detach(|| open_engine(backend, options.clone()))?;
         Ok(PyEngine {
-            engine,
-            backend: BACKENDS.iter().find(|b| **b == backend).copied().unwrap_or("memory"),
+            engine: AtomicPtr::new(Arc::into_raw(engine).cast_mut()),
+            backend,
+            options,
+            fork_snapshot: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -334,7 +372,7 @@ impl PyEngine {
 
     #[getter]
     fn closed(&self) -> bool {
-        self.engine.is_closed()
+        self.engine().is_closed()
     }
 
     #[pyo3(signature = (
@@ -359,7 +397,7 @@ impl PyEngine {
         keep_completed: Option<usize>,
         keep_failed: Option<usize>,
     ) -> PyResult<()> {
-        let defaults = self.engine.defaults();
+        let defaults = self.engine().defaults();
         let base = match &defaults.backoff {
             Backoff::Fixed { delay } => *delay,
             Backoff::Exponential { base, .. } => *base,
@@ -382,20 +420,20 @@ impl PyEngine {
                 keep_failed: keep_failed.unwrap_or(defaults.retention.keep_failed),
             },
         };
-        py.detach(|| self.engine.create_queue(name, config))?;
+        py.detach(|| self.engine().create_queue(name, config))?;
         Ok(())
     }
 
     fn ensure_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        Ok(py.detach(|| self.engine.declare_queue(name))?)
+        Ok(py.detach(|| self.engine().declare_queue(name))?)
     }
 
     fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        Ok(py.detach(|| self.engine.queue_names())?)
+        Ok(py.detach(|| self.engine().queue_names())?)
     }
 
     fn queue_config<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let config = py.detach(|| self.engine.queue_config(name))?;
+        let config = py.detach(|| self.engine().queue_config(name))?;
         let dict = PyDict::new(py);
         dict.set_item("concurrency", config.concurrency)?;
         dict.set_item("max_retries", config.max_retries)?;
@@ -496,16 +534,16 @@ impl PyEngine {
             tags: options.tags,
             metadata: options.metadata,
         };
-        py.detach(|| self.engine.schedule(record))?;
+        py.detach(|| self.engine().schedule(record))?;
         Ok(id)
     }
 
     fn unschedule(&self, py: Python<'_>, schedule_id: &str) -> PyResult<bool> {
-        Ok(py.detach(|| self.engine.unschedule(schedule_id))?)
+        Ok(py.detach(|| self.engine().unschedule(schedule_id))?)
     }
 
     fn list_schedules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let schedules = py.detach(|| self.engine.schedules())?;
+        let schedules = py.detach(|| self.engine().schedules())?;
         let list = PyList::empty(py);
         for info in schedules {
             let dict = PyDict::new(py);
@@ -523,20 +561,20 @@ impl PyEngine {
     }
 
     fn get_stats(&self, py: Python<'_>) -> PyResult<PyStats> {
-        Ok(PyStats::new(py.detach(|| self.engine.stats())?))
+        Ok(PyStats::new(py.detach(|| self.engine().stats())?))
     }
 
     fn get_job(&self, py: Python<'_>, job_id: &str) -> PyResult<Option<PyJob>> {
         let Some(id) = JobId::parse(job_id) else {
             return Ok(None);
         };
-        Ok(py.detach(|| self.engine.get_job(id))?.map(PyJob::new))
+        Ok(py.detach(|| self.engine().get_job(id))?.map(PyJob::new))
     }
 
     #[pyo3(signature = (queue, status = None, limit = 100))]
     fn get_jobs(&self, py: Python<'_>, queue: &str, status: Option<&str>, limit: usize) -> PyResult<Vec<PyJob>> {
         let state = status.map(str::parse::<JobState>).transpose()?;
-        let jobs = py.detach(|| self.engine.list_jobs(queue, state, limit))?;
+        let jobs = py.detach(|| self.engine().list_jobs(queue, state, limit))?;
         Ok(jobs.into_iter().map(PyJob::new).collect())
     }
 
@@ -544,27 +582,27 @@ impl PyEngine {
         let Some(id) = JobId::parse(job_id) else {
             return Ok(false);
         };
-        Ok(py.detach(|| self.engine.retry_job(id))?)
+        Ok(py.detach(|| self.engine().retry_job(id))?)
     }
 
     fn pause_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        Ok(py.detach(|| self.engine.pause_queue(name))?)
+        Ok(py.detach(|| self.engine().pause_queue(name))?)
     }
 
     fn resume_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
-        Ok(py.detach(|| self.engine.resume_queue(name))?)
+        Ok(py.detach(|| self.engine().resume_queue(name))?)
     }
 
     fn clear_queue(&self, py: Python<'_>, name: &str) -> PyResult<usize> {
-        Ok(py.detach(|| self.engine.clear_queue(name))?)
+        Ok(py.detach(|| self.engine().clear_queue(name))?)
     }
 
     fn delete_queue(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        Ok(py.detach(|| self.engine.delete_queue(name))?)
+        Ok(py.detach(|| self.engine().delete_queue(name))?)
     }
 
     fn queue_stats<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let stats = py.detach(|| self.engine.queue_stats(name))?;
+        let stats = py.detach(|| self.engine().queue_stats(name))?;
         queue_stats_dict(py, stats)
     }
 
@@ -584,7 +622,7 @@ impl PyEngine {
             return Err(invalid_job("concurrency must be at least 1"));
         }
         let executor = Arc::new(PyExecutor::new(handler, async_submit));
-        Ok(py.detach(|| self.engine.process(queue, executor, concurrency))?)
+        Ok(py.detach(|| self.engine().process(queue, executor, concurrency))?)
     }
 
     #[pyo3(signature = (job_id, timeout = None))]
@@ -593,35 +631,86 @@ impl PyEngine {
         let Some(id) = JobId::parse(job_id) else {
             return Ok(None);
         };
-        Ok(py.detach(|| self.engine.wait_for_job(id, timeout))?.map(PyJob::new))
+        let engine = self.engine();
+        // Outer `Some`: done waiting; inner `None`: the job is unknown (or was removed).
+        let found = wait_interruptibly(py, timeout, |slice| {
+            if let Some(job) = engine.wait_for_job(id, Some(slice))? {
+                return Ok(Some(Some(job)));
+            }
+            Ok(engine.get_job(id)?.is_none().then_some(None))
+        })?;
+        Ok(found.flatten().map(PyJob::new))
     }
 
     #[pyo3(signature = (queue = None, timeout = None))]
     fn join(&self, py: Python<'_>, queue: Option<&str>, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = Self::duration(timeout)?;
-        Ok(py.detach(|| self.engine.join(queue, timeout))?)
+        let engine = self.engine();
+        let idle = wait_interruptibly(py, timeout, |slice| {
+            Ok(engine.join(queue, Some(slice))?.then_some(()))
+        })?;
+        Ok(idle.is_some())
     }
 
     #[pyo3(signature = (timeout = 30.0))]
     fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         let timeout = Self::duration(Some(timeout))?.unwrap_or_default();
-        Ok(py.detach(|| self.engine.close(timeout)))
+        Ok(py.detach(|| self.engine().close(timeout)))
+    }
+
+    /// For `os.register_at_fork(before=...)`: notes the queue settings for a child.
+    fn _before_fork(&self) {
+        if let Ok(configs) = self.engine().queue_configs() {
+            *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = configs;
+        }
+    }
+
+    /// For `os.register_at_fork(after_in_child=...)`. Threads do not survive `fork`, and
+    /// the parent's locks may be held by threads the child does not have: the child gets a
+    /// fresh engine with the same settings and queue settings, and no jobs (they stay the
+    /// parent's, so none runs twice), schedules or workers.
+    fn _after_fork(&self, in_child: bool) -> PyResult<()> {
+        let configs = std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
+        if !in_child || self.engine().is_closed() {
+            return Ok(());
+        }
+        let fresh = self.create_engine()?;
+        for (name, config) in configs {
+            fresh.create_queue(&name, config)?;
+        }
+        // The old engine is leaked on purpose (dropping it would take its locks).
+        self.engine.store(Arc::into_raw(fresh).cast_mut(), Ordering::Release);
+        Ok(())
     }
 
     fn __repr__(&self) -> String {
         format!(
             "Engine(backend='{}', closed={})",
             self.backend,
-            self.engine.is_closed()
+            self.engine().is_closed()
         )
     }
 }
 
 impl Drop for PyEngine {
     fn drop(&mut self) {
+        // SAFETY: the pointer came from `Arc::into_raw` and nothing else will use it.
+        let engine = unsafe { Arc::from_raw(*self.engine.get_mut()) };
         // Unclosed and unreachable: stop the workers without waiting for them.
-        if !self.engine.is_closed() {
-            self.engine.close(Duration::ZERO);
+        if !engine.is_closed() {
+            engine.close(Duration::ZERO);
         }
     }
+}
+
+fn open_engine(backend: &str, options: EngineOptions) -> Result<Arc<Engine>, QueueError> {
+    let store: Arc<dyn Backend> = match backend {
+        "memory" => Arc::new(MemoryBackend::new()),
+        other => {
+            return Err(QueueError::Backend(format!(
+                "the {other} backend is not available in this build yet; use backend=\"memory\""
+            )))
+        }
+    };
+    Engine::new(store, options)
 }

@@ -88,7 +88,7 @@ impl PyJob {
     }
 
     #[getter]
-    fn timeout(&self) -> Option<f64> {
+    fn timeout(&self) -> f64 {
         self.job.timeout
     }
 
@@ -99,12 +99,12 @@ impl PyJob {
 
     #[getter]
     fn scheduled_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDateTime>>> {
-        datetime(py, self.job.scheduled_at)
+        datetime(py, self.job.scheduled_at.get())
     }
 
     #[getter]
     fn started_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDateTime>>> {
-        datetime(py, self.job.started_at)
+        datetime(py, self.job.started_at.get())
     }
 
     #[getter]
