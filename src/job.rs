@@ -210,7 +210,9 @@ impl JobOptions {
         }
         if let Some(at) = self.scheduled_at {
             if !at.is_finite() {
-                return Err(QueueError::InvalidJob("scheduled_at must be a finite time".into()));
+                return Err(QueueError::InvalidJob(
+                    "scheduled_at must be a finite time".into(),
+                ));
             }
         }
         if self.attempts == Some(0) {
@@ -277,7 +279,7 @@ impl Job {
         let created_at = now();
         let due = options
             .scheduled_at
-            .or((options.delay > 0.0).then(|| created_at + options.delay));
+            .or((options.delay > 0.0).then_some(created_at + options.delay));
         let extras = (!options.tags.is_empty()
             || options.metadata.is_some()
             || options.schedule_id.is_some())
@@ -380,11 +382,26 @@ mod tests {
     #[test]
     fn options_are_validated() {
         let bad = [
-            JobOptions { delay: -1.0, ..Default::default() },
-            JobOptions { delay: f64::NAN, ..Default::default() },
-            JobOptions { timeout: Some(-2.0), ..Default::default() },
-            JobOptions { timeout: Some(0.0), ..Default::default() },
-            JobOptions { attempts: Some(0), ..Default::default() },
+            JobOptions {
+                delay: -1.0,
+                ..Default::default()
+            },
+            JobOptions {
+                delay: f64::NAN,
+                ..Default::default()
+            },
+            JobOptions {
+                timeout: Some(-2.0),
+                ..Default::default()
+            },
+            JobOptions {
+                timeout: Some(0.0),
+                ..Default::default()
+            },
+            JobOptions {
+                attempts: Some(0),
+                ..Default::default()
+            },
         ];
         for options in bad {
             assert!(options.validate().is_err(), "{options:?}");
@@ -396,7 +413,10 @@ mod tests {
     fn delayed_jobs_start_delayed() {
         let queue: Arc<str> = Arc::from("q");
         let data: Payload = Arc::from(&b"{}"[..]);
-        let options = JobOptions { delay: 5.0, ..Default::default() };
+        let options = JobOptions {
+            delay: 5.0,
+            ..Default::default()
+        };
         let job = Job::new(queue.clone(), data.clone(), options, 4, 300.0);
         assert_eq!(job.state, JobState::Delayed);
         assert!(job.due_at() >= job.created_at + 5.0);
@@ -408,7 +428,11 @@ mod tests {
     #[test]
     fn queued_jobs_stay_small() {
         // 120 bytes fit a 128-byte allocation: the memory target (1M jobs < 400 MB) needs it.
-        assert!(std::mem::size_of::<Job>() <= 120, "{}", std::mem::size_of::<Job>());
+        assert!(
+            std::mem::size_of::<Job>() <= 120,
+            "{}",
+            std::mem::size_of::<Job>()
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ impl Default for QueueConfig {
 impl QueueConfig {
     pub fn validate(&self) -> Result<()> {
         if self.concurrency == 0 {
-            return Err(QueueError::InvalidJob("concurrency must be at least 1".into()));
+            return Err(QueueError::InvalidJob(
+                "concurrency must be at least 1".into(),
+            ));
         }
         crate::job::check_seconds("timeout", self.timeout)?;
         if self.timeout == 0.0 {
@@ -436,7 +438,12 @@ impl Engine {
         self.backend.get_job(id)
     }
 
-    pub fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+    pub fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
         self.check_open()?;
         validate_queue_name(queue)?;
         if !self.queues.read().contains_key(queue) {
@@ -476,7 +483,9 @@ impl Engine {
         let entry = self.ensure_queue(queue)?;
         let concurrency = concurrency.unwrap_or(entry.config.read().concurrency);
         if concurrency == 0 {
-            return Err(QueueError::InvalidJob("concurrency must be at least 1".into()));
+            return Err(QueueError::InvalidJob(
+                "concurrency must be at least 1".into(),
+            ));
         }
         let engine = self.this.upgrade().ok_or(QueueError::Closed)?;
         let mut pools = self.pools.lock();
@@ -501,24 +510,24 @@ impl Engine {
     }
 
     /// Decides what each finished run means for its job and records it.
-    pub fn settle(&self, queue: &str, outcomes: Vec<(Job, RunOutcome)>) {
-        if outcomes.is_empty() {
+    pub fn settle<'a>(&self, queue: &str, runs: impl IntoIterator<Item = (&'a Job, RunOutcome)>) {
+        let mut runs = runs.into_iter().peekable();
+        if runs.peek().is_none() {
             return;
         }
         let config = self.config_of(queue);
         let at = now();
-        let acks = outcomes
-            .into_iter()
+        let acks = runs
             .map(|(job, outcome)| {
                 let settlement = match outcome {
                     RunOutcome::Success(result) => Settlement::Completed { result },
                     RunOutcome::Failure { error, traceback } => {
-                        Self::failure(&config, &job, at, error, traceback)
+                        Self::failure(&config, job, at, error, traceback)
                     }
                     RunOutcome::TimedOut => {
                         let limit = job.timeout;
                         let error = format!("TimeoutError: job timed out after {limit}s");
-                        Self::failure(&config, &job, at, error, None)
+                        Self::failure(&config, job, at, error, None)
                     }
                 };
                 Ack {
@@ -607,8 +616,10 @@ impl Engine {
         if let Some(deadline) = earliest {
             wait = wait.min(deadline.saturating_sub(now_ns) as f64 / 1e9);
         }
-        self.timers
-            .arm(TimerKey::Watchdog, now() + wait.max(crate::scheduler::WATCHDOG_MIN));
+        self.timers.arm(
+            TimerKey::Watchdog,
+            now() + wait.max(crate::scheduler::WATCHDOG_MIN),
+        );
     }
 
     // ---- cron --------------------------------------------------------------------------------
@@ -812,13 +823,18 @@ mod tests {
                 traceback: None,
             }
         });
-        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
         let id = push(&engine, "q", "1", JobOptions::default());
         let job = engine.wait_for_job(id, WAIT).unwrap().expect("finished");
         assert_eq!(job.state, JobState::Failed);
         assert_eq!(job.attempts, 3);
         assert_eq!(runs.load(Ordering::SeqCst), 3);
-        assert_eq!(job.extras().unwrap().error.as_deref(), Some("ValueError: boom"));
+        assert_eq!(
+            job.extras().unwrap().error.as_deref(),
+            Some("ValueError: boom")
+        );
         let totals = engine.stats().unwrap().totals;
         assert_eq!((totals.failed, totals.retried), (1, 2));
         assert!(engine.retry_job(id).unwrap());
@@ -844,11 +860,19 @@ mod tests {
             }
             RunOutcome::Success(None)
         });
-        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
         let stuck = push(&engine, "q", "\"stuck\"", JobOptions::default());
         let job = engine.wait_for_job(stuck, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
-        assert!(job.extras().unwrap().error.as_ref().unwrap().contains("timed out"));
+        assert!(job
+            .extras()
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("timed out"));
         // The only slot is stuck, yet a replacement worker runs the next job.
         let next = push(&engine, "q", "\"fine\"", JobOptions::default());
         let job = engine.wait_for_job(next, WAIT).unwrap().unwrap();
@@ -857,7 +881,10 @@ mod tests {
         release.1.notify_all();
         // The late result of the abandoned run changes nothing.
         assert!(engine.close(Duration::from_secs(5)));
-        assert_eq!(engine.backend().get_job(stuck).unwrap().unwrap().state, JobState::Failed);
+        assert_eq!(
+            engine.backend().get_job(stuck).unwrap().unwrap().state,
+            JobState::Failed
+        );
     }
 
     #[test]
@@ -874,7 +901,9 @@ mod tests {
             r.fetch_sub(1, Ordering::SeqCst);
             RunOutcome::Success(None)
         });
-        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
         for i in 0..40 {
             push(&engine, "q", &i.to_string(), JobOptions::default());
         }
@@ -889,7 +918,9 @@ mod tests {
         let engine = engine();
         engine.create_queue("q", config(1, 0, 10.0)).unwrap();
         let handler: Arc<Handler> = Arc::new(|_job: &Job| RunOutcome::Success(None));
-        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
         let options = JobOptions {
             delay: 0.2,
             ..JobOptions::default()
@@ -908,11 +939,19 @@ mod tests {
         let engine = engine();
         engine.create_queue("q", config(1, 0, 10.0)).unwrap();
         let handler: Arc<Handler> = Arc::new(|_job: &Job| panic!("handler bug"));
-        engine.process("q", Arc::new(ClosureExecutor(handler)), None).unwrap();
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
         let id = push(&engine, "q", "1", JobOptions::default());
         let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
-        assert!(job.extras().unwrap().error.as_ref().unwrap().contains("handler bug"));
+        assert!(job
+            .extras()
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .contains("handler bug"));
         assert!(engine.close(Duration::from_secs(5)));
     }
 
@@ -921,6 +960,9 @@ mod tests {
         let engine = engine();
         assert!(engine.close(Duration::from_secs(1)));
         let spec = (Payload::from(&b"1"[..]), JobOptions::default());
-        assert!(matches!(engine.push("q", &[spec], true), Err(QueueError::Closed)));
+        assert!(matches!(
+            engine.push("q", &[spec], true),
+            Err(QueueError::Closed)
+        ));
     }
 }

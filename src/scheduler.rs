@@ -237,7 +237,13 @@ mod tests {
 
     #[test]
     fn bad_cron_is_rejected() {
-        for bad in ["", "* * *", "61 * * * *", "* * * * * * * *", "hello world * * *"] {
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "hello world * * *",
+        ] {
             assert!(CronSchedule::parse(bad).is_err(), "{bad:?}");
         }
     }

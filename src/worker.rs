@@ -304,9 +304,10 @@ impl Pool {
             }
             let mut fetched = Ok(Vec::new());
             session.unlocked(&mut || {
-                fetched = engine
-                    .backend()
-                    .fetch(&self.queue, self.fetch_request(MAX_BATCH), &self.stop);
+                fetched =
+                    engine
+                        .backend()
+                        .fetch(&self.queue, self.fetch_request(MAX_BATCH), &self.stop);
             });
             let jobs = match fetched {
                 Ok(jobs) if jobs.is_empty() => continue,
@@ -333,14 +334,17 @@ impl Pool {
                     abandoned = true;
                     break;
                 }
-                outcomes.push((job.clone(), outcome));
+                outcomes.push((index, outcome));
             }
             session.unlocked(&mut || {
                 *slot.batch.lock() = None;
                 if !abandoned {
                     engine.release(&self.queue, batch.take_rest());
                 }
-                engine.settle(&self.queue, std::mem::take(&mut outcomes));
+                let runs = outcomes
+                    .drain(..)
+                    .map(|(i, outcome)| (&batch.jobs[i], outcome));
+                engine.settle(&self.queue, runs);
             });
             if abandoned {
                 return;
@@ -348,11 +352,7 @@ impl Pool {
         });
     }
 
-    fn feed_async(
-        self: &Arc<Self>,
-        engine: &Arc<Engine>,
-        done: mpsc::Sender<(Job, RunOutcome)>,
-    ) {
+    fn feed_async(self: &Arc<Self>, engine: &Arc<Engine>, done: mpsc::Sender<(Job, RunOutcome)>) {
         let executor = self.executor.clone();
         executor.enter(&mut |session| loop {
             let mut fetched = Ok(Vec::new());
@@ -425,7 +425,10 @@ impl Pool {
             let mut outcomes = vec![first];
             outcomes.extend(done.try_iter().take(MAX_BATCH));
             let count = outcomes.len();
-            engine.settle(&self.queue, outcomes);
+            engine.settle(
+                &self.queue,
+                outcomes.iter().map(|(job, o)| (job, o.clone())),
+            );
             self.finish_async(count);
             if self.stopped() && *self.in_flight.lock() == 0 {
                 return;
@@ -482,7 +485,7 @@ impl Pool {
             if let Some((batch, index)) = slot.abandon_if_late(now) {
                 let job = batch.jobs[index].clone();
                 engine.release(&self.queue, batch.take_rest());
-                engine.settle(&self.queue, vec![(job, RunOutcome::TimedOut)]);
+                engine.settle(&self.queue, [(&job, RunOutcome::TimedOut)]);
                 self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
                 if !self.stopped() {
                     self.spawn_sync_worker(engine);
@@ -533,6 +536,9 @@ mod tests {
         assert!(!slot.end(run), "an abandoned run cannot end normally");
         let run = slot.begin(0, 100);
         assert!(slot.end(run));
-        assert!(slot.abandon_if_late(1000).is_none(), "an idle slot is never abandoned");
+        assert!(
+            slot.abandon_if_late(1000).is_none(),
+            "an idle slot is never abandoned"
+        );
     }
 }

@@ -76,7 +76,10 @@ impl Serialize for PyJson<'_, '_> {
                         type_name(&key)
                     ))
                 })?;
-                map.serialize_entry(&*key.to_cow().map_err(ser::Error::custom)?, &self.child(&value))?;
+                map.serialize_entry(
+                    &*key.to_cow().map_err(ser::Error::custom)?,
+                    &self.child(&value),
+                )?;
             }
             return map.end();
         }
@@ -116,8 +119,7 @@ fn type_name(object: &Bound<'_, PyAny>) -> String {
 /// Serialises a Python value to JSON bytes; `Err` carries a message for `InvalidJobError`.
 pub fn to_json(object: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
     let mut buffer = Vec::with_capacity(64);
-    serde_json::to_writer(&mut buffer, &PyJson { object, depth: 0 })
-        .map_err(|e| e.to_string())?;
+    serde_json::to_writer(&mut buffer, &PyJson { object, depth: 0 }).map_err(|e| e.to_string())?;
     Ok(buffer)
 }
 
@@ -130,7 +132,10 @@ struct PySeed<'py>(Python<'py>);
 
 impl<'de, 'py> DeserializeSeed<'de> for PySeed<'py> {
     type Value = Bound<'py, PyAny>;
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_any(self)
     }
 }
@@ -151,11 +156,15 @@ impl<'de, 'py> Visitor<'de> for PySeed<'py> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        v.into_pyobject(self.0).map(Bound::into_any).map_err(E::custom)
+        v.into_pyobject(self.0)
+            .map(Bound::into_any)
+            .map_err(E::custom)
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        v.into_pyobject(self.0).map(Bound::into_any).map_err(E::custom)
+        v.into_pyobject(self.0)
+            .map(Bound::into_any)
+            .map_err(E::custom)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {

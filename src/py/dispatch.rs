@@ -90,7 +90,14 @@ impl Session for PySession<'_, '_> {
                     },
                 )?;
                 completions.push(completion.clone());
-                PyTuple::new(py, [py_job.into_any(), timeout.into_pyobject(py)?.into_any(), completion.into_any()])
+                PyTuple::new(
+                    py,
+                    [
+                        py_job.into_any(),
+                        timeout.into_pyobject(py)?.into_any(),
+                        completion.into_any(),
+                    ],
+                )
             })
             .collect();
         let submitted = items
@@ -116,7 +123,9 @@ fn result_outcome(value: &Bound<'_, PyAny>) -> RunOutcome {
     match to_payload(value) {
         Ok(payload) => RunOutcome::Success(Some(payload)),
         Err(message) => RunOutcome::Failure {
-            error: format!("InvalidJobError: the handler's return value cannot be stored: {message}"),
+            error: format!(
+                "InvalidJobError: the handler's return value cannot be stored: {message}"
+            ),
             traceback: None,
         },
     }

@@ -60,13 +60,15 @@ fn priority(value: Option<&Bound<'_, PyAny>>) -> PyResult<Priority> {
 fn seconds(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<f64>> {
     match value.filter(|v| !v.is_none()) {
         None => Ok(None),
-        Some(v) if v.is_instance_of::<PyBool>() => {
-            Err(invalid_job(format!("{what} must be a number of seconds, got a bool")))
-        }
-        Some(v) => v
-            .extract::<f64>()
-            .map(Some)
-            .map_err(|_| invalid_job(format!("{what} must be a number of seconds, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()))),
+        Some(v) if v.is_instance_of::<PyBool>() => Err(invalid_job(format!(
+            "{what} must be a number of seconds, got a bool"
+        ))),
+        Some(v) => v.extract::<f64>().map(Some).map_err(|_| {
+            invalid_job(format!(
+                "{what} must be a number of seconds, got {}",
+                v.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        }),
     }
 }
 
@@ -74,13 +76,20 @@ fn attempts(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u32>> {
     match value.filter(|v| !v.is_none()) {
         None => Ok(None),
         Some(v) if v.is_instance_of::<PyInt>() && !v.is_instance_of::<PyBool>() => {
-            let n: i64 = v.extract().map_err(|_| invalid_job("attempts is too large"))?;
+            let n: i64 = v
+                .extract()
+                .map_err(|_| invalid_job("attempts is too large"))?;
             if n < 1 {
                 return Err(invalid_job(format!("attempts must be at least 1, got {n}")));
             }
-            Ok(Some(u32::try_from(n).map_err(|_| invalid_job("attempts is too large"))?))
+            Ok(Some(
+                u32::try_from(n).map_err(|_| invalid_job("attempts is too large"))?,
+            ))
         }
-        Some(v) => Err(invalid_job(format!("attempts must be an int, got {}", v.repr()?))),
+        Some(v) => Err(invalid_job(format!(
+            "attempts must be an int, got {}",
+            v.repr()?
+        ))),
     }
 }
 
@@ -109,7 +118,10 @@ fn metadata(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Payload>> {
     match value.filter(|v| !v.is_none()) {
         None => Ok(None),
         Some(v) if v.is_instance_of::<PyDict>() => payload(v, "metadata").map(Some),
-        Some(v) => Err(invalid_job(format!("metadata must be a dict, got {}", v.get_type().name()?))),
+        Some(v) => Err(invalid_job(format!(
+            "metadata must be a dict, got {}",
+            v.get_type().name()?
+        ))),
     }
 }
 
@@ -172,13 +184,13 @@ const OPTION_KEYS: [&str; 7] = [
 /// One `push_batch` item: `{"data": ..., "options": {...}}`.
 fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOptions)> {
     let at = |message: String| invalid_job(format!("push_batch item {index}: {message}"));
-    let item = item
-        .cast::<PyMapping>()
-        .map_err(|_| at("each item must be a dict like {\"data\": ..., \"options\": {...}}".into()))?;
+    let item = item.cast::<PyMapping>().map_err(|_| {
+        at("each item must be a dict like {\"data\": ..., \"options\": {...}}".into())
+    })?;
     let data = item
         .get_item("data")
         .map_err(|_| at("missing \"data\"".into()))?;
-    let data = to_payload(&data).map_err(|m| at(m))?;
+    let data = to_payload(&data).map_err(at)?;
     let options = match item.get_item("options") {
         Ok(options) if !options.is_none() => options,
         _ => return Ok((data, JobOptions::default())),
@@ -220,7 +232,12 @@ impl PyEngine {
     }
 
     /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
-    fn push_specs(&self, py: Python<'_>, queue: &str, specs: &[(Payload, JobOptions)]) -> PyResult<Vec<JobId>> {
+    fn push_specs(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+    ) -> PyResult<Vec<JobId>> {
         if let Pushed::Done(ids) = self.engine().push(queue, specs, false)? {
             return Ok(ids);
         }
@@ -234,7 +251,9 @@ impl PyEngine {
         match timeout {
             None => Ok(None),
             Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t.min(1e9)))),
-            Some(t) => Err(invalid_job(format!("timeout must be >= 0 seconds, got {t}"))),
+            Some(t) => Err(invalid_job(format!(
+                "timeout must be >= 0 seconds, got {t}"
+            ))),
         }
     }
 }
@@ -288,7 +307,12 @@ fn schedule_id(queue: &str, cron: &str, data: &[u8]) -> String {
     let mut key = Vec::with_capacity(queue.len() + cron.len() + canonical.len() + 2);
     key.extend_from_slice(queue.as_bytes());
     key.push(0);
-    key.extend_from_slice(cron.split_whitespace().collect::<Vec<_>>().join(" ").as_bytes());
+    key.extend_from_slice(
+        cron.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_bytes(),
+    );
     key.push(0);
     key.extend_from_slice(&canonical);
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &key).to_string()
@@ -335,7 +359,9 @@ impl PyEngine {
             )));
         }
         if !(lease.is_finite() && lease > 0.0) {
-            return Err(invalid_job(format!("lease must be > 0 seconds, got {lease}")));
+            return Err(invalid_job(format!(
+                "lease must be > 0 seconds, got {lease}"
+            )));
         }
         if max_job_bytes == 0 {
             return Err(invalid_job("max_job_bytes must be at least 1"));
@@ -355,7 +381,11 @@ impl PyEngine {
             defaults,
             max_job_bytes,
         };
-        let backend = BACKENDS.iter().find(|b| **b == backend).copied().unwrap_or("memory");
+        let backend = BACKENDS
+            .iter()
+            .find(|b| **b == backend)
+            .copied()
+            .unwrap_or("memory");
         let engine = py.detach(|| open_engine(backend, options.clone()))?;
         Ok(PyEngine {
             engine: AtomicPtr::new(Arc::into_raw(engine).cast_mut()),
@@ -375,6 +405,7 @@ impl PyEngine {
         self.engine().is_closed()
     }
 
+    /// Creates queue `name` with these settings (unset: the manager's defaults), or updates it.
     #[pyo3(signature = (
         name, *, concurrency = None, retry_delay = None, max_retries = None, timeout = None,
         backoff = None, custom_delays = None, backoff_cap = None, jitter = None, ttl = None,
@@ -424,14 +455,17 @@ impl PyEngine {
         Ok(())
     }
 
+    /// Creates queue `name` with the defaults if it does not exist.
     fn ensure_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         Ok(py.detach(|| self.engine().declare_queue(name))?)
     }
 
+    /// The names of every queue.
     fn queue_names(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         Ok(py.detach(|| self.engine().queue_names())?)
     }
 
+    /// The settings of queue `name` (the defaults if it does not exist).
     fn queue_config<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let config = py.detach(|| self.engine().queue_config(name))?;
         let dict = PyDict::new(py);
@@ -454,6 +488,7 @@ impl PyEngine {
         Ok(dict)
     }
 
+    /// Adds a job; returns its id. See `QueueManager.push` for the options.
     #[pyo3(signature = (
         queue, data, *, priority = None, delay = None, attempts = None, timeout = None,
         tags = None, metadata = None, scheduled_at = None
@@ -472,13 +507,27 @@ impl PyEngine {
         metadata: Option<&Bound<'_, PyAny>>,
         scheduled_at: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        let options = job_options(priority, delay, attempts, timeout, tags, metadata, scheduled_at)?;
+        let options = job_options(
+            priority,
+            delay,
+            attempts,
+            timeout,
+            tags,
+            metadata,
+            scheduled_at,
+        )?;
         let data = payload(data, "job data")?;
         let ids = self.push_specs(py, queue, &[(data, options)])?;
         Ok(ids[0].to_string())
     }
 
-    fn push_batch(&self, py: Python<'_>, queue: &str, items: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    /// Adds `[{"data": ..., "options": {...}}, ...]` all together or not at all; returns the ids.
+    fn push_batch(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        items: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<String>> {
         let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
         for (index, item) in items.try_iter()?.enumerate() {
             specs.push(batch_item(&item?, index)?);
@@ -491,6 +540,7 @@ impl PyEngine {
         Ok(ids.iter().map(JobId::to_string).collect())
     }
 
+    /// Declares a cron schedule (5 fields, or 6 with seconds; UTC); returns its id. Idempotent.
     #[pyo3(signature = (
         queue, data, cron, *, name = None, priority = None, attempts = None, timeout = None,
         tags = None, metadata = None
@@ -538,10 +588,12 @@ impl PyEngine {
         Ok(id)
     }
 
+    /// Removes a schedule; false if there is none with that id.
     fn unschedule(&self, py: Python<'_>, schedule_id: &str) -> PyResult<bool> {
         Ok(py.detach(|| self.engine().unschedule(schedule_id))?)
     }
 
+    /// Every schedule, as dicts with id, name, queue, cron, data, priority and next_run.
     fn list_schedules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let schedules = py.detach(|| self.engine().schedules())?;
         let list = PyList::empty(py);
@@ -560,10 +612,12 @@ impl PyEngine {
         Ok(list)
     }
 
+    /// Manager-wide counters and the size of every queue.
     fn get_stats(&self, py: Python<'_>) -> PyResult<PyStats> {
         Ok(PyStats::new(py.detach(|| self.engine().stats())?))
     }
 
+    /// A snapshot of the job, or None if it is unknown (or no longer retained).
     fn get_job(&self, py: Python<'_>, job_id: &str) -> PyResult<Option<PyJob>> {
         let Some(id) = JobId::parse(job_id) else {
             return Ok(None);
@@ -571,13 +625,21 @@ impl PyEngine {
         Ok(py.detach(|| self.engine().get_job(id))?.map(PyJob::new))
     }
 
+    /// Jobs of `queue`, optionally only those with `status`, at most `limit`.
     #[pyo3(signature = (queue, status = None, limit = 100))]
-    fn get_jobs(&self, py: Python<'_>, queue: &str, status: Option<&str>, limit: usize) -> PyResult<Vec<PyJob>> {
+    fn get_jobs(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        status: Option<&str>,
+        limit: usize,
+    ) -> PyResult<Vec<PyJob>> {
         let state = status.map(str::parse::<JobState>).transpose()?;
         let jobs = py.detach(|| self.engine().list_jobs(queue, state, limit))?;
         Ok(jobs.into_iter().map(PyJob::new).collect())
     }
 
+    /// Puts a failed job back to waiting with a fresh count of attempts; false if not failed.
     fn retry_job(&self, py: Python<'_>, job_id: &str) -> PyResult<bool> {
         let Some(id) = JobId::parse(job_id) else {
             return Ok(false);
@@ -585,27 +647,33 @@ impl PyEngine {
         Ok(py.detach(|| self.engine().retry_job(id))?)
     }
 
+    /// Stops starting jobs of `name`; running ones finish, waiting ones stay waiting.
     fn pause_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         Ok(py.detach(|| self.engine().pause_queue(name))?)
     }
 
+    /// Starts running the jobs of `name` again.
     fn resume_queue(&self, py: Python<'_>, name: &str) -> PyResult<()> {
         Ok(py.detach(|| self.engine().resume_queue(name))?)
     }
 
+    /// Removes the waiting and delayed jobs of `name`; returns how many.
     fn clear_queue(&self, py: Python<'_>, name: &str) -> PyResult<usize> {
         Ok(py.detach(|| self.engine().clear_queue(name))?)
     }
 
+    /// Stops the queue's workers and removes the queue with all its jobs.
     fn delete_queue(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
         Ok(py.detach(|| self.engine().delete_queue(name))?)
     }
 
+    /// size, processing, completed, failed, waiting, delayed and paused for queue `name`.
     fn queue_stats<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
         let stats = py.detach(|| self.engine().queue_stats(name))?;
         queue_stats_dict(py, stats)
     }
 
+    /// Runs `handler` for the jobs of `queue` with `concurrency` slots (default: the queue's).
     #[pyo3(signature = (queue, handler, *, concurrency = None, async_submit = None))]
     fn process(
         &self,
@@ -625,8 +693,14 @@ impl PyEngine {
         Ok(py.detach(|| self.engine().process(queue, executor, concurrency))?)
     }
 
+    /// Blocks until the job is completed or finally failed; None on timeout or an unknown id.
     #[pyo3(signature = (job_id, timeout = None))]
-    fn wait_for_job(&self, py: Python<'_>, job_id: &str, timeout: Option<f64>) -> PyResult<Option<PyJob>> {
+    fn wait_for_job(
+        &self,
+        py: Python<'_>,
+        job_id: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<PyJob>> {
         let timeout = Self::duration(timeout)?;
         let Some(id) = JobId::parse(job_id) else {
             return Ok(None);
@@ -642,6 +716,7 @@ impl PyEngine {
         Ok(found.flatten().map(PyJob::new))
     }
 
+    /// Blocks until `queue` (or every queue) has no waiting, delayed or active job.
     #[pyo3(signature = (queue = None, timeout = None))]
     fn join(&self, py: Python<'_>, queue: Option<&str>, timeout: Option<f64>) -> PyResult<bool> {
         let timeout = Self::duration(timeout)?;
@@ -652,6 +727,7 @@ impl PyEngine {
         Ok(idle.is_some())
     }
 
+    /// Stops taking jobs and waits up to `timeout` s for running ones; true if all finished.
     #[pyo3(signature = (timeout = 30.0))]
     fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
         let timeout = Self::duration(Some(timeout))?.unwrap_or_default();
@@ -670,7 +746,8 @@ impl PyEngine {
     /// fresh engine with the same settings and queue settings, and no jobs (they stay the
     /// parent's, so none runs twice), schedules or workers.
     fn _after_fork(&self, in_child: bool) -> PyResult<()> {
-        let configs = std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
+        let configs =
+            std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
         if !in_child || self.engine().is_closed() {
             return Ok(());
         }
@@ -679,7 +756,8 @@ impl PyEngine {
             fresh.create_queue(&name, config)?;
         }
         // The old engine is leaked on purpose (dropping it would take its locks).
-        self.engine.store(Arc::into_raw(fresh).cast_mut(), Ordering::Release);
+        self.engine
+            .store(Arc::into_raw(fresh).cast_mut(), Ordering::Release);
         Ok(())
     }
 

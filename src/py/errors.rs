@@ -22,7 +22,10 @@ const fn class(name: &'static str, doc: &'static str) -> ErrorClass {
     }
 }
 
-static QUEUE_ERROR: ErrorClass = class("QueueError", "Base class of every error rnode-queue raises.");
+static QUEUE_ERROR: ErrorClass = class(
+    "QueueError",
+    "Base class of every error rnode-queue raises.",
+);
 static INVALID_JOB: ErrorClass = class(
     "InvalidJobError",
     "Job data or options are invalid (not JSON-serialisable, bad priority, negative delay, ...).",
@@ -35,8 +38,12 @@ static INVALID_QUEUE_NAME: ErrorClass = class(
     "InvalidQueueNameError",
     "A queue name is empty, longer than 200 characters or contains control characters.",
 );
-static INVALID_CRON: ErrorClass = class("InvalidCronError", "A cron expression could not be parsed.");
-static BACKEND_ERROR: ErrorClass = class("BackendError", "The storage backend is unreachable or failed.");
+static INVALID_CRON: ErrorClass =
+    class("InvalidCronError", "A cron expression could not be parsed.");
+static BACKEND_ERROR: ErrorClass = class(
+    "BackendError",
+    "The storage backend is unreachable or failed.",
+);
 static QUEUE_CLOSED: ErrorClass = class("QueueClosedError", "The manager was closed.");
 
 fn make(py: Python<'_>, class: &ErrorClass, bases: &[&Bound<'_, PyAny>]) -> PyResult<Py<PyType>> {
@@ -72,10 +79,14 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
         .cell
         .get_or_try_init(py, || make(py, &JOB_TOO_LARGE, &[&invalid_job]))?;
     for class in [&INVALID_QUEUE_NAME, &INVALID_CRON] {
-        class.cell.get_or_try_init(py, || make(py, class, &[&base, &value_error]))?;
+        class
+            .cell
+            .get_or_try_init(py, || make(py, class, &[&base, &value_error]))?;
     }
     for class in [&BACKEND_ERROR, &QUEUE_CLOSED] {
-        class.cell.get_or_try_init(py, || make(py, class, &[&base]))?;
+        class
+            .cell
+            .get_or_try_init(py, || make(py, class, &[&base]))?;
     }
     for class in [
         &QUEUE_ERROR,

@@ -134,15 +134,20 @@ impl PyJob {
 
     #[getter]
     fn tags(&self) -> Vec<String> {
-        self.job.extras().map(|e| e.tags.clone()).unwrap_or_default()
+        self.job
+            .extras()
+            .map(|e| e.tags.clone())
+            .unwrap_or_default()
     }
 
     #[getter]
     fn metadata(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.metadata
-            .get_or_try_init(py, || match self.job.extras().and_then(|e| e.metadata.as_ref()) {
-                Some(bytes) => from_json(py, bytes).map(Bound::unbind),
-                None => Ok(PyDict::new(py).into_any().unbind()),
+            .get_or_try_init(py, || {
+                match self.job.extras().and_then(|e| e.metadata.as_ref()) {
+                    Some(bytes) => from_json(py, bytes).map(Bound::unbind),
+                    None => Ok(PyDict::new(py).into_any().unbind()),
+                }
             })
             .map(|m| m.clone_ref(py))
     }
