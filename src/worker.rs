@@ -22,6 +22,10 @@ use crate::manager::Engine;
 
 /// Jobs taken per fetch at most: one GIL acquisition runs up to this many handlers.
 pub const MAX_BATCH: usize = 256;
+/// A sync worker takes as many jobs as it runs in about this long: enough to amortise the
+/// fetch and the GIL hand-over for fast handlers, short enough that results are recorded,
+/// and pauses and higher priorities honoured, within about this delay.
+const BATCH_BUDGET: Duration = Duration::from_millis(1);
 /// A blocked fetch wakes this often to notice a stopped pool even without a `wake`.
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 
@@ -106,6 +110,9 @@ pub struct Slot {
     deadline: AtomicU64,
     current: AtomicUsize,
     batch: Mutex<Option<Arc<Batch>>>,
+    /// Runs of the current batch that ended and are not settled yet (indices into the batch).
+    /// Shared so that the watchdog can settle them if the worker gets stuck on a later job.
+    finished: Mutex<Vec<(usize, RunOutcome)>>,
 }
 
 impl Slot {
@@ -115,6 +122,7 @@ impl Slot {
             deadline: AtomicU64::new(0),
             current: AtomicUsize::new(0),
             batch: Mutex::new(None),
+            finished: Mutex::new(Vec::new()),
         }
     }
 
@@ -164,6 +172,21 @@ impl Slot {
             )
             .ok()?;
         Some((batch, index))
+    }
+
+    /// Records an ended run; waits for the lock (rarely held: only by the watchdog) unlocked.
+    fn record(&self, session: &mut dyn Session, index: usize, outcome: RunOutcome) {
+        match self.finished.try_lock() {
+            Some(mut finished) => finished.push((index, outcome)),
+            None => {
+                let mut outcome = Some(outcome);
+                session.unlocked(&mut || {
+                    if let Some(outcome) = outcome.take() {
+                        self.finished.lock().push((index, outcome));
+                    }
+                });
+            }
+        }
     }
 
     fn deadline_if_running(&self) -> Option<u64> {
@@ -298,20 +321,28 @@ impl Pool {
 
     fn run_sync(self: &Arc<Self>, engine: &Arc<Engine>, slot: &Arc<Slot>) {
         let executor = self.executor.clone();
+        let mut batch_size = 1;
         executor.enter(&mut |session| loop {
             if self.stopped() {
                 return;
             }
-            let mut fetched = Ok(Vec::new());
+            let mut fetched = Ok(None);
             session.unlocked(&mut || {
-                fetched =
-                    engine
-                        .backend()
-                        .fetch(&self.queue, self.fetch_request(MAX_BATCH), &self.stop);
+                let request = self.fetch_request(batch_size);
+                fetched = engine
+                    .backend()
+                    .fetch(&self.queue, request, &self.stop)
+                    .map(|jobs| {
+                        (!jobs.is_empty()).then(|| {
+                            let batch = Arc::new(Batch::new(jobs));
+                            *slot.batch.lock() = Some(batch.clone());
+                            batch
+                        })
+                    });
             });
-            let jobs = match fetched {
-                Ok(jobs) if jobs.is_empty() => continue,
-                Ok(jobs) => jobs,
+            let batch = match fetched {
+                Ok(Some(batch)) => batch,
+                Ok(None) => continue,
                 Err(error) => {
                     if !engine.backend_failed(&self.queue, &error) {
                         return;
@@ -319,9 +350,8 @@ impl Pool {
                     continue;
                 }
             };
-            let batch = Arc::new(Batch::new(jobs));
-            *slot.batch.lock() = Some(batch.clone());
-            let mut outcomes = Vec::with_capacity(batch.jobs.len());
+            let started = Instant::now();
+            let mut ran = 0;
             let mut abandoned = false;
             while !self.stopped() {
                 let Some(index) = batch.claim() else { break };
@@ -330,25 +360,28 @@ impl Pool {
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
                 if !slot.end(run) {
-                    // The watchdog settled this run and started a replacement worker.
+                    // The watchdog settled this run and the finished ones before it, and
+                    // started a replacement worker.
                     abandoned = true;
                     break;
                 }
-                outcomes.push((index, outcome));
+                slot.record(session, index, outcome);
+                ran += 1;
             }
-            session.unlocked(&mut || {
-                *slot.batch.lock() = None;
-                if !abandoned {
-                    engine.release(&self.queue, batch.take_rest());
-                }
-                let runs = outcomes
-                    .drain(..)
-                    .map(|(i, outcome)| (&batch.jobs[i], outcome));
-                engine.settle(&self.queue, runs);
-            });
             if abandoned {
                 return;
             }
+            let elapsed = started.elapsed();
+            session.unlocked(&mut || {
+                *slot.batch.lock() = None;
+                engine.release(&self.queue, batch.take_rest());
+                let finished = std::mem::take(&mut *slot.finished.lock());
+                let runs = finished
+                    .into_iter()
+                    .map(|(i, outcome)| (&batch.jobs[i], outcome));
+                engine.settle(&self.queue, runs);
+            });
+            batch_size = next_batch_size(batch_size, ran, elapsed);
         });
     }
 
@@ -483,9 +516,13 @@ impl Pool {
         let mut earliest: Option<u64> = None;
         for slot in slots {
             if let Some((batch, index)) = slot.abandon_if_late(now) {
-                let job = batch.jobs[index].clone();
                 engine.release(&self.queue, batch.take_rest());
-                engine.settle(&self.queue, [(&job, RunOutcome::TimedOut)]);
+                let finished = std::mem::take(&mut *slot.finished.lock());
+                let runs = finished
+                    .into_iter()
+                    .map(|(i, outcome)| (&batch.jobs[i], outcome))
+                    .chain([(&batch.jobs[index], RunOutcome::TimedOut)]);
+                engine.settle(&self.queue, runs);
                 self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
                 if !self.stopped() {
                     self.spawn_sync_worker(engine);
@@ -498,9 +535,34 @@ impl Pool {
     }
 }
 
+/// The next batch: as many jobs as fit in `BATCH_BUDGET` at the last batch's pace, growing
+/// at most twofold per batch.
+fn next_batch_size(current: usize, ran: usize, elapsed: Duration) -> usize {
+    if ran == 0 {
+        return current;
+    }
+    let per_job = elapsed.as_nanos().max(1) / ran as u128;
+    let fits = (BATCH_BUDGET.as_nanos() / per_job).max(1) as usize;
+    fits.min(current.saturating_mul(2)).clamp(1, MAX_BATCH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_adapt_to_handler_speed() {
+        // Fast handlers: the batch doubles up to the cap.
+        let mut size = 1;
+        for _ in 0..20 {
+            size = next_batch_size(size, size, Duration::from_micros(size as u64));
+        }
+        assert_eq!(size, MAX_BATCH);
+        // A slow handler: back to one job per batch at once.
+        assert_eq!(next_batch_size(MAX_BATCH, 1, Duration::from_millis(50)), 1);
+        // Half a millisecond per job: two fit in the budget.
+        assert_eq!(next_batch_size(8, 4, Duration::from_millis(2)), 2);
+    }
 
     #[test]
     fn batch_hands_each_job_out_once() {

@@ -69,15 +69,18 @@ def env_config(
         raw = env.get(var, "").strip()
         if not raw:
             continue
-        if parse is int:
-            kind = "a whole number >= 1" if key == "concurrency" else "a whole number >= 0"
-        else:
-            kind = "a number of seconds >= 0"
+        # A timeout of 0 would time every job out at once; a TTL of 0 keeps nothing (allowed).
+        minimum, kind = {
+            "concurrency": (1, "a whole number >= 1"),
+            "max_retries": (0, "a whole number >= 0"),
+            "timeout": (math.ulp(0.0), "a number of seconds > 0"),
+            "ttl": (0, "a number of seconds >= 0"),
+        }[key]
         try:
             value = parse(raw)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < (1 if key == "concurrency" else 0):
+        if not math.isfinite(value) or value < minimum:
             raise QueueError(f"{var} must be {kind}, got {raw!r}")
         config[key] = value
     if overrides.get("backend", config.get("backend")) != "redis":

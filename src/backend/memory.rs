@@ -420,7 +420,7 @@ impl Backend for MemoryBackend {
 
     fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
         let handle = self.queue(queue)?;
-        let mut earliest: Option<Timestamp> = None;
+        let next_event;
         let (mut processed, mut failed, mut retried) = (0u64, 0u64, 0u64);
         {
             let mut state = handle.state.lock();
@@ -464,7 +464,6 @@ impl Backend for MemoryBackend {
                             id: ack.id,
                         }));
                         state.delayed_count += 1;
-                        earliest = Some(earliest.map_or(due, |e| e.min(due)));
                         retried += 1;
                     }
                     Settlement::Failed { error, traceback } => {
@@ -485,12 +484,13 @@ impl Backend for MemoryBackend {
                 handle.notify_fetchers(&state, usize::MAX);
             }
             state.expire(now);
+            next_event = state.next_event();
         }
         self.processed.fetch_add(processed, AtomicOrdering::Relaxed);
         self.failed.fetch_add(failed, AtomicOrdering::Relaxed);
         self.retried.fetch_add(retried, AtomicOrdering::Relaxed);
         self.finished.notify();
-        Ok(earliest)
+        Ok(next_event)
     }
 
     fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {

@@ -115,8 +115,8 @@ pub trait Backend: Send + Sync + 'static {
     /// `cancel` is set and `wake` is called.
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>>;
 
-    /// Records how runs ended. Returns the earliest new due time among retried jobs, so that the
-    /// engine can make sure the queue's timer fires by then.
+    /// Records how runs ended. Returns when the queue next has something to do (a retry due,
+    /// a finished job to expire), so that the engine can make sure its timer fires by then.
     fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>>;
 
     /// Hands back jobs that were fetched but never started: waiting again, in their old place,

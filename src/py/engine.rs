@@ -34,6 +34,22 @@ pub struct PyEngine {
     fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig)>>,
 }
 
+/// A whole number setting (taken as `i64` so that a negative one is our error, not an
+/// `OverflowError`).
+fn count(value: i64, what: &str, min: i64) -> PyResult<usize> {
+    if value < min {
+        return Err(invalid_job(format!(
+            "{what} must be at least {min}, got {value}"
+        )));
+    }
+    usize::try_from(value).map_err(|_| invalid_job(format!("{what} is too large: {value}")))
+}
+
+fn retries(value: i64) -> PyResult<u32> {
+    u32::try_from(count(value, "max_retries", 0)?)
+        .map_err(|_| invalid_job(format!("max_retries is too large: {value}")))
+}
+
 fn payload(object: &Bound<'_, PyAny>, what: &str) -> PyResult<Payload> {
     to_payload(object).map_err(|message| invalid_job(format!("{what}: {message}")))
 }
@@ -334,17 +350,17 @@ impl PyEngine {
         path: Option<&str>,
         url: Option<&str>,
         prefix: &str,
-        max_job_bytes: usize,
+        max_job_bytes: i64,
         lease: f64,
         fsync: &str,
-        concurrency: usize,
-        max_retries: u32,
+        concurrency: i64,
+        max_retries: i64,
         timeout: f64,
         retry_delay: f64,
         backoff: &str,
         ttl: f64,
-        keep_completed: usize,
-        keep_failed: usize,
+        keep_completed: i64,
+        keep_failed: i64,
     ) -> PyResult<Self> {
         let _ = (path, url, prefix);
         if !BACKENDS.contains(&backend) {
@@ -363,23 +379,20 @@ impl PyEngine {
                 "lease must be > 0 seconds, got {lease}"
             )));
         }
-        if max_job_bytes == 0 {
-            return Err(invalid_job("max_job_bytes must be at least 1"));
-        }
         let defaults = QueueConfig {
-            concurrency,
-            max_retries,
+            concurrency: count(concurrency, "concurrency", 1)?,
+            max_retries: retries(max_retries)?,
             timeout,
             backoff: Backoff::parse(backoff, retry_delay, None, None, None)?,
             retention: Retention {
                 ttl,
-                keep_completed,
-                keep_failed,
+                keep_completed: count(keep_completed, "keep_completed", 0)?,
+                keep_failed: count(keep_failed, "keep_failed", 0)?,
             },
         };
         let options = EngineOptions {
             defaults,
-            max_job_bytes,
+            max_job_bytes: count(max_job_bytes, "max_job_bytes", 1)?,
         };
         let backend = BACKENDS
             .iter()
@@ -416,17 +429,17 @@ impl PyEngine {
         &self,
         py: Python<'_>,
         name: &str,
-        concurrency: Option<usize>,
+        concurrency: Option<i64>,
         retry_delay: Option<f64>,
-        max_retries: Option<u32>,
+        max_retries: Option<i64>,
         timeout: Option<f64>,
         backoff: Option<&str>,
         custom_delays: Option<Vec<f64>>,
         backoff_cap: Option<f64>,
         jitter: Option<f64>,
         ttl: Option<f64>,
-        keep_completed: Option<usize>,
-        keep_failed: Option<usize>,
+        keep_completed: Option<i64>,
+        keep_failed: Option<i64>,
     ) -> PyResult<()> {
         let defaults = self.engine().defaults();
         let base = match &defaults.backoff {
@@ -435,8 +448,14 @@ impl PyEngine {
             Backoff::Custom { delays } => delays.first().copied().unwrap_or(1.0),
         };
         let config = QueueConfig {
-            concurrency: concurrency.unwrap_or(defaults.concurrency),
-            max_retries: max_retries.unwrap_or(defaults.max_retries),
+            concurrency: match concurrency {
+                Some(n) => count(n, "concurrency", 1)?,
+                None => defaults.concurrency,
+            },
+            max_retries: match max_retries {
+                Some(n) => retries(n)?,
+                None => defaults.max_retries,
+            },
             timeout: timeout.unwrap_or(defaults.timeout),
             backoff: Backoff::parse(
                 backoff.unwrap_or(defaults.backoff.kind()),
@@ -447,8 +466,14 @@ impl PyEngine {
             )?,
             retention: Retention {
                 ttl: ttl.unwrap_or(defaults.retention.ttl),
-                keep_completed: keep_completed.unwrap_or(defaults.retention.keep_completed),
-                keep_failed: keep_failed.unwrap_or(defaults.retention.keep_failed),
+                keep_completed: match keep_completed {
+                    Some(n) => count(n, "keep_completed", 0)?,
+                    None => defaults.retention.keep_completed,
+                },
+                keep_failed: match keep_failed {
+                    Some(n) => count(n, "keep_failed", 0)?,
+                    None => defaults.retention.keep_failed,
+                },
             },
         };
         py.detach(|| self.engine().create_queue(name, config))?;
@@ -632,8 +657,9 @@ impl PyEngine {
         py: Python<'_>,
         queue: &str,
         status: Option<&str>,
-        limit: usize,
+        limit: i64,
     ) -> PyResult<Vec<PyJob>> {
+        let limit = count(limit, "limit", 0)?;
         let state = status.map(str::parse::<JobState>).transpose()?;
         let jobs = py.detach(|| self.engine().list_jobs(queue, state, limit))?;
         Ok(jobs.into_iter().map(PyJob::new).collect())
@@ -680,15 +706,15 @@ impl PyEngine {
         py: Python<'_>,
         queue: &str,
         handler: Py<PyAny>,
-        concurrency: Option<usize>,
+        concurrency: Option<i64>,
         async_submit: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         if !handler.bind(py).is_callable() {
             return Err(QueueError::Other("the handler must be callable".into()).into());
         }
-        if concurrency == Some(0) {
-            return Err(invalid_job("concurrency must be at least 1"));
-        }
+        let concurrency = concurrency
+            .map(|n| count(n, "concurrency", 1))
+            .transpose()?;
         let executor = Arc::new(PyExecutor::new(handler, async_submit));
         Ok(py.detach(|| self.engine().process(queue, executor, concurrency))?)
     }
