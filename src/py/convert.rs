@@ -123,8 +123,27 @@ pub fn to_json(object: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
     Ok(buffer)
 }
 
+thread_local! {
+    /// Reused for every payload: a push then allocates only the payload itself.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub fn to_payload(object: &Bound<'_, PyAny>) -> Result<Payload, String> {
-    to_json(object).map(Payload::from)
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buffer) => {
+            buffer.clear();
+            serde_json::to_writer(&mut *buffer, &PyJson { object, depth: 0 })
+                .map_err(|e| e.to_string())?;
+            let payload = Payload::from(&buffer[..]);
+            // Keep a small buffer around, not the largest payload ever seen.
+            if buffer.capacity() > 64 * 1024 {
+                *buffer = Vec::new();
+            }
+            Ok(payload)
+        }
+        // Re-entered (a `__str__` of a dict key pushing a job, say): use a fresh buffer.
+        Err(_) => to_json(object).map(Payload::from),
+    })
 }
 
 /// Builds Python objects straight from JSON tokens.

@@ -531,7 +531,7 @@ impl PyEngine {
         tags: Option<&Bound<'_, PyAny>>,
         metadata: Option<&Bound<'_, PyAny>>,
         scheduled_at: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<String> {
+    ) -> PyResult<Py<PyString>> {
         let options = job_options(
             priority,
             delay,
@@ -543,7 +543,9 @@ impl PyEngine {
         )?;
         let data = payload(data, "job data")?;
         let ids = self.push_specs(py, queue, &[(data, options)])?;
-        Ok(ids[0].to_string())
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = ids[0].0.hyphenated().encode_lower(&mut text);
+        Ok(PyString::new(py, id).unbind())
     }
 
     /// Adds `[{"data": ..., "options": {...}}, ...]` all together or not at all; returns the ids.
