@@ -503,10 +503,21 @@ impl Engine {
         Ok(())
     }
 
-    /// Nanoseconds since the epoch when a run of `job` starting now times out.
-    pub fn deadline_for(&self, job: &Job) -> u64 {
-        let at = self.epoch.elapsed() + Duration::from_secs_f64(job.timeout.min(1e9));
-        at.as_nanos().min(u64::MAX as u128) as u64
+    /// Nanoseconds since the engine started: the clock of run starts and deadlines.
+    pub fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_nanos().min(u64::MAX as u128) as u64
+    }
+
+    /// How long a run of `job` may take, in nanoseconds.
+    pub fn timeout_ns(&self, job: &Job) -> u64 {
+        Duration::from_secs_f64(job.timeout.min(1e9)).as_nanos() as u64
+    }
+
+    /// Asks the timer to settle, `after` from now, what the queue's workers have finished if
+    /// they are then busy with a long job.
+    pub fn settle_later(&self, queue: &Arc<str>, after: Duration) {
+        self.timers
+            .arm(TimerKey::Settle(queue.clone()), now() + after.as_secs_f64());
     }
 
     /// Decides what each finished run means for its job and records it.
@@ -595,6 +606,12 @@ impl Engine {
             }
             TimerKey::Cron(id) => self.fire_schedule(id),
             TimerKey::Watchdog => self.check_timeouts(),
+            TimerKey::Settle(queue) => {
+                let pool = self.pools.lock().get(queue).cloned();
+                if let Some(pool) = pool {
+                    pool.settle_stalled(self, self.clock());
+                }
+            }
         }
     }
 
@@ -606,7 +623,7 @@ impl Engine {
         if !pools.iter().any(|p| !p.is_async()) {
             return;
         }
-        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let now_ns = self.clock();
         let earliest = pools
             .iter()
             .filter_map(|pool| pool.check_timeouts(&engine, now_ns))

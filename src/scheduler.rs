@@ -31,6 +31,8 @@ pub enum TimerKey {
     Cron(Arc<str>),
     /// Abandon sync runs past their timeout.
     Watchdog,
+    /// Settle what the queue's workers finished before a job that is taking long.
+    Settle(Arc<str>),
 }
 
 #[derive(PartialEq)]

@@ -26,8 +26,9 @@ pub const MAX_BATCH: usize = 256;
 /// fetch and the GIL hand-over for fast handlers, short enough that results are recorded,
 /// and pauses and higher priorities honoured, within about this delay.
 const BATCH_BUDGET: Duration = Duration::from_millis(1);
-/// A blocked fetch wakes this often to notice a stopped pool even without a `wake`.
-const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Idle workers are woken by a push or a stop; this bound only makes them look at their stop
+/// flag now and then should a wake-up ever be missed.
+const FETCH_WAIT: Duration = Duration::from_secs(10);
 
 /// How one run of a handler ended.
 #[derive(Clone, Debug, PartialEq)]
@@ -109,10 +110,41 @@ pub struct Slot {
     /// Nanoseconds since the engine's epoch; 0 = no deadline.
     deadline: AtomicU64,
     current: AtomicUsize,
-    batch: Mutex<Option<Arc<Batch>>>,
-    /// Runs of the current batch that ended and are not settled yet (indices into the batch).
-    /// Shared so that the watchdog can settle them if the worker gets stuck on a later job.
-    finished: Mutex<Vec<(usize, RunOutcome)>>,
+    /// When the current run began, in nanoseconds since the engine's epoch.
+    started: AtomicU64,
+    work: Mutex<SlotWork>,
+}
+
+/// A worker's current batch and its runs that ended but are not settled yet (indices into the
+/// batch). One lock for both, so that whoever settles them pairs each index with its batch: the
+/// worker at the end of its batch, or the timer when the worker is stuck on a long job.
+#[derive(Default)]
+struct SlotWork {
+    batch: Option<Arc<Batch>>,
+    finished: Vec<(usize, RunOutcome)>,
+}
+
+/// Ended runs taken from a worker, with the batch their indices point into.
+type EndedRuns = (Arc<Batch>, Vec<(usize, RunOutcome)>);
+
+impl SlotWork {
+    /// Takes the ended runs, paired with their jobs, for `Engine::settle`.
+    fn take_finished(&mut self) -> Option<EndedRuns> {
+        if self.finished.is_empty() {
+            return None;
+        }
+        let batch = self.batch.clone()?;
+        Some((batch, std::mem::take(&mut self.finished)))
+    }
+}
+
+fn settle_finished(engine: &Engine, queue: &str, taken: Option<EndedRuns>) {
+    if let Some((batch, finished)) = taken {
+        let runs = finished
+            .into_iter()
+            .map(|(i, outcome)| (&batch.jobs[i], outcome));
+        engine.settle(queue, runs);
+    }
 }
 
 impl Slot {
@@ -121,8 +153,8 @@ impl Slot {
             state: AtomicU64::new(IDLE),
             deadline: AtomicU64::new(0),
             current: AtomicUsize::new(0),
-            batch: Mutex::new(None),
-            finished: Mutex::new(Vec::new()),
+            started: AtomicU64::new(0),
+            work: Mutex::new(SlotWork::default()),
         }
     }
 
@@ -130,9 +162,10 @@ impl Slot {
         self.state.load(Ordering::Acquire) & 3 == RUNNING
     }
 
-    fn begin(&self, index: usize, deadline: u64) -> u64 {
+    fn begin(&self, index: usize, now: u64, deadline: u64) -> u64 {
         let run = (self.state.load(Ordering::Relaxed) >> 2) + 1;
         self.current.store(index, Ordering::Relaxed);
+        self.started.store(now, Ordering::Relaxed);
         self.deadline.store(deadline, Ordering::Relaxed);
         self.state.store(run << 2 | RUNNING, Ordering::Release);
         run
@@ -162,7 +195,7 @@ impl Slot {
         if deadline == 0 || now < deadline {
             return None;
         }
-        let batch = self.batch.lock().clone()?;
+        let batch = self.work.lock().batch.clone()?;
         self.state
             .compare_exchange(
                 state,
@@ -176,13 +209,13 @@ impl Slot {
 
     /// Records an ended run; waits for the lock (rarely held: only by the watchdog) unlocked.
     fn record(&self, session: &mut dyn Session, index: usize, outcome: RunOutcome) {
-        match self.finished.try_lock() {
-            Some(mut finished) => finished.push((index, outcome)),
+        match self.work.try_lock() {
+            Some(mut work) => work.finished.push((index, outcome)),
             None => {
                 let mut outcome = Some(outcome);
                 session.unlocked(&mut || {
                     if let Some(outcome) = outcome.take() {
-                        self.finished.lock().push((index, outcome));
+                        self.work.lock().finished.push((index, outcome));
                     }
                 });
             }
@@ -335,7 +368,10 @@ impl Pool {
                     .map(|jobs| {
                         (!jobs.is_empty()).then(|| {
                             let batch = Arc::new(Batch::new(jobs));
-                            *slot.batch.lock() = Some(batch.clone());
+                            slot.work.lock().batch = Some(batch.clone());
+                            if batch.jobs.len() > 1 {
+                                engine.settle_later(&self.queue, 2 * BATCH_BUDGET);
+                            }
                             batch
                         })
                     });
@@ -353,10 +389,13 @@ impl Pool {
             let started = Instant::now();
             let mut ran = 0;
             let mut abandoned = false;
-            while !self.stopped() {
+            // The batch ends early once its budget is spent (a slow job among fast ones): the
+            // rest goes back, so pauses, priorities and results wait at most for the job at hand.
+            while !self.stopped() && (ran == 0 || started.elapsed() < BATCH_BUDGET) {
                 let Some(index) = batch.claim() else { break };
                 let job = &batch.jobs[index];
-                let run = slot.begin(index, engine.deadline_for(job));
+                let now = engine.clock();
+                let run = slot.begin(index, now, now.saturating_add(engine.timeout_ns(job)));
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
                 if !slot.end(run) {
@@ -373,13 +412,14 @@ impl Pool {
             }
             let elapsed = started.elapsed();
             session.unlocked(&mut || {
-                *slot.batch.lock() = None;
                 engine.release(&self.queue, batch.take_rest());
-                let finished = std::mem::take(&mut *slot.finished.lock());
-                let runs = finished
-                    .into_iter()
-                    .map(|(i, outcome)| (&batch.jobs[i], outcome));
-                engine.settle(&self.queue, runs);
+                let taken = {
+                    let mut work = slot.work.lock();
+                    let taken = work.take_finished();
+                    work.batch = None;
+                    taken
+                };
+                settle_finished(engine, &self.queue, taken);
             });
             batch_size = next_batch_size(batch_size, ran, elapsed);
         });
@@ -506,6 +546,19 @@ impl Pool {
         self.slots.lock().iter().filter(|s| s.is_running()).count()
     }
 
+    /// Settles the ended runs of workers busy with a job that began over `BATCH_BUDGET` ago,
+    /// so that a long job does not hold back the results of the fast ones before it.
+    pub fn settle_stalled(&self, engine: &Engine, now: u64) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        for slot in slots {
+            let started = slot.started.load(Ordering::Acquire);
+            if slot.is_running() && now.saturating_sub(started) >= BATCH_BUDGET.as_nanos() as u64 {
+                let taken = slot.work.lock().take_finished();
+                settle_finished(engine, &self.queue, taken);
+            }
+        }
+    }
+
     /// Abandons sync runs past their deadline: settles them as timed out, hands back the rest
     /// of their batch, and starts a replacement worker. Returns the earliest live deadline.
     pub fn check_timeouts(self: &Arc<Self>, engine: &Arc<Engine>, now: u64) -> Option<u64> {
@@ -517,12 +570,9 @@ impl Pool {
         for slot in slots {
             if let Some((batch, index)) = slot.abandon_if_late(now) {
                 engine.release(&self.queue, batch.take_rest());
-                let finished = std::mem::take(&mut *slot.finished.lock());
-                let runs = finished
-                    .into_iter()
-                    .map(|(i, outcome)| (&batch.jobs[i], outcome))
-                    .chain([(&batch.jobs[index], RunOutcome::TimedOut)]);
-                engine.settle(&self.queue, runs);
+                let taken = slot.work.lock().take_finished();
+                settle_finished(engine, &self.queue, taken);
+                engine.settle(&self.queue, [(&batch.jobs[index], RunOutcome::TimedOut)]);
                 self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
                 if !self.stopped() {
                     self.spawn_sync_worker(engine);
@@ -591,12 +641,12 @@ mod tests {
         let slot = Slot::new();
         let queue: Arc<str> = Arc::from("q");
         let job = Job::new(queue, Arc::from(&b"1"[..]), Default::default(), 1, 1.0);
-        *slot.batch.lock() = Some(Arc::new(Batch::new(vec![job])));
-        let run = slot.begin(0, 100);
+        slot.work.lock().batch = Some(Arc::new(Batch::new(vec![job])));
+        let run = slot.begin(0, 0, 100);
         assert!(slot.abandon_if_late(99).is_none());
         assert!(slot.abandon_if_late(100).is_some());
         assert!(!slot.end(run), "an abandoned run cannot end normally");
-        let run = slot.begin(0, 100);
+        let run = slot.begin(0, 0, 100);
         assert!(slot.end(run));
         assert!(
             slot.abandon_if_late(1000).is_none(),

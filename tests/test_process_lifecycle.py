@@ -21,18 +21,21 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from helpers import QUIET_WINDOW, WAIT
 from rnode_queue import Job, QueueClosedError, QueueManager
 
-from conftest import ManagerPool
+if TYPE_CHECKING:
+    from conftest import ManagerPool
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork and POSIX signals"),
     # Python >= 3.12 warns about fork() in a process with threads; forking one is the point.
-    pytest.mark.filterwarnings("ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:.*use of fork\\(\\) may lead to deadlocks:DeprecationWarning"
+    ),
 ]
 
 #: How long a script has between the signal (or its last line) and the end of its process.
@@ -95,11 +98,14 @@ def _in_child(body: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], int]:
             chunks.append(chunk)
     finally:
         os.close(read_end)
-    status = _wait_pid(pid, WAIT)
+    code = os.waitstatus_to_exitcode(_wait_pid(pid, WAIT))
+    if code < 0:
+        name = signal.Signals(-code).name
+        pytest.fail(f"the forked child died of {name} (reported: {chunks!r})", pytrace=False)
     message = json.loads(b"".join(chunks) or b"{}")
     if "error" in message:
         pytest.fail(f"the forked child raised:\n{message['error']}", pytrace=False)
-    assert os.waitstatus_to_exitcode(status) == 0, f"child exit status {status}"
+    assert code == 0, f"the forked child exited with {code}"
     assert "report" in message, f"the child wrote no report: {message!r}"
     return message["report"], pid
 
@@ -285,7 +291,10 @@ def test_multiprocessing_fork_child_runs_its_own_queue(manager_pool: ManagerPool
 
     assert "error" not in message, message.get("error")
     assert message["pid"] == process.pid != os.getpid()
-    assert message["job"] == {"status": "completed", "result": {"pid": process.pid, "data": {"n": 1}}}
+    assert message["job"] == {
+        "status": "completed",
+        "result": {"pid": process.pid, "data": {"n": 1}},
+    }
     assert message["closed"] is True
     again = qm.wait_for(qm.push("parent-queue", 2), timeout=WAIT)
     assert again is not None and again.status == "completed" and again.result == os.getpid()
@@ -516,7 +525,11 @@ def test_sigterm_handler_closing_the_manager_stops_a_worker_gracefully(
 
         qm = QueueManager()
         q = qm.create_queue("work", concurrency=1)
-        signal.signal(signal.SIGTERM, lambda *args: print("closed", qm.close(timeout=5), flush=True))
+
+        def on_sigterm(signum, frame):
+            print("closed", qm.close(timeout=5), flush=True)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
 
         @q.process
         def work(job):
@@ -546,9 +559,7 @@ def test_sigterm_handler_closing_the_manager_stops_a_worker_gracefully(
 
 
 @pytest.mark.parametrize("call", list(WAIT_CALLS))
-def test_close_wakes_a_thread_waiting_without_timeout(
-    manager_pool: ManagerPool, call: str
-) -> None:
+def test_close_wakes_a_thread_waiting_without_timeout(manager_pool: ManagerPool, call: str) -> None:
     qm = manager_pool.open()
     job_id = qm.push("idle", 1)  # no handler: the wait never ends by itself
     waits: dict[str, Callable[[], Any]] = {
