@@ -10,6 +10,7 @@ pub mod error;
 pub mod job;
 pub mod manager;
 pub mod scheduler;
+pub mod sync;
 pub mod worker;
 
 mod py;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use crate::sync::{Mutex, RwLock};
 
 use crate::backend::{Ack, Backend, QueueCounts, Retention, ScheduleRecord, Settlement, Totals};
 use crate::backoff::Backoff;
@@ -865,14 +865,14 @@ mod tests {
     fn sync_runs_past_their_timeout_are_abandoned_and_replaced() {
         let engine = engine();
         engine.create_queue("q", config(1, 0, 0.2)).unwrap();
-        let release = Arc::new((Mutex::new(false), parking_lot::Condvar::new()));
+        let release = Arc::new((Mutex::new(false), crate::sync::Condvar::new()));
         let gate = release.clone();
         let handler: Arc<Handler> = Arc::new(move |job: &Job| {
             if &*job.data == b"\"stuck\"" {
                 let (lock, cv) = &*gate;
                 let mut released = lock.lock();
                 while !*released {
-                    cv.wait(&mut released);
+                    released = cv.wait(released);
                 }
             }
             RunOutcome::Success(None)

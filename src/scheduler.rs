@@ -9,10 +9,10 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use crate::sync::{Condvar, Mutex};
 use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use parking_lot::{Condvar, Mutex};
 
 use crate::error::{QueueError, Result};
 use crate::job::{now, Timestamp};
@@ -123,9 +123,9 @@ impl Timers {
                         Some(Reverse(entry)) if entry.at <= now => break,
                         Some(Reverse(entry)) => {
                             let wait = Duration::from_secs_f64((entry.at - now).min(3600.0));
-                            self.wake.wait_for(&mut state, wait);
+                            state = self.wake.wait_for(state, wait).0;
                         }
-                        None => self.wake.wait(&mut state),
+                        None => state = self.wake.wait(state),
                     }
                 }
                 let now = now();

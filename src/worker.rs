@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex};
 
 use crate::backend::FetchRequest;
 use crate::job::{Job, Payload};
@@ -433,7 +433,7 @@ impl Pool {
                 let free = {
                     let mut in_flight = self.in_flight.lock();
                     while *in_flight >= self.concurrency && !self.stopped() {
-                        self.capacity.wait_for(&mut in_flight, FETCH_WAIT);
+                        in_flight = self.capacity.wait_for(in_flight, FETCH_WAIT).0;
                     }
                     self.concurrency.saturating_sub(*in_flight)
                 };
@@ -532,7 +532,9 @@ impl Pool {
     pub fn wait_stopped(&self, deadline: Instant) -> bool {
         let mut live = self.live.lock();
         while *live > 0 {
-            if self.exited.wait_until(&mut live, deadline).timed_out() {
+            let timed_out;
+            (live, timed_out) = self.exited.wait_until(live, deadline);
+            if timed_out {
                 return *live == 0;
             }
         }

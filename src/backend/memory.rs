@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOr
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use crate::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::{
     Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
@@ -276,23 +276,19 @@ impl FinishSignal {
             if let Some(found) = check() {
                 break Some(found);
             }
-            let mut generation = self.lock.lock();
+            let generation = self.lock.lock();
             if *generation != seen {
                 continue;
             }
             match deadline {
                 Some(deadline) => {
-                    if self
-                        .changed
-                        .wait_until(&mut generation, deadline)
-                        .timed_out()
-                        && *generation == seen
-                    {
+                    let (generation, timed_out) = self.changed.wait_until(generation, deadline);
+                    if timed_out && *generation == seen {
                         drop(generation);
                         break check();
                     }
                 }
-                None => self.changed.wait(&mut generation),
+                None => drop(self.changed.wait(generation)),
             }
         };
         self.waiters.fetch_sub(1, AtomicOrdering::SeqCst);
@@ -394,7 +390,8 @@ impl Backend for MemoryBackend {
                 break;
             }
             state.fetchers_waiting += 1;
-            let timed_out = handle.ready.wait_until(&mut state, deadline).timed_out();
+            let timed_out;
+            (state, timed_out) = handle.ready.wait_until(state, deadline);
             state.fetchers_waiting -= 1;
             if timed_out {
                 return Ok(Vec::new());

@@ -5,7 +5,7 @@
 //! of handlers. Async handlers are handed, a batch at a time, to an asyncio loop that the Python
 //! package runs; each reports back through a `Completion`.
 
-use parking_lot::Mutex;
+use crate::sync::Mutex;
 use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
