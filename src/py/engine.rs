@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyList, PyMapping, PyString, PyTzInfo};
 
@@ -199,17 +200,27 @@ const OPTION_KEYS: [&str; 7] = [
 
 /// One `push_batch` item: `{"data": ..., "options": {...}}`.
 fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOptions)> {
+    let py = item.py();
     let at = |message: String| invalid_job(format!("push_batch item {index}: {message}"));
-    let item = item.cast::<PyMapping>().map_err(|_| {
-        at("each item must be a dict like {\"data\": ..., \"options\": {...}}".into())
-    })?;
-    let data = item
-        .get_item("data")
-        .map_err(|_| at("missing \"data\"".into()))?;
+    // A dict (the usual case) is read without raising KeyError; other mappings go through the
+    // mapping protocol.
+    let lookup = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        if let Ok(dict) = item.cast::<PyDict>() {
+            return dict.get_item(key);
+        }
+        let mapping = item.cast::<PyMapping>().map_err(|_| {
+            at("each item must be a dict like {\"data\": ..., \"options\": {...}}".into())
+        })?;
+        match mapping.get_item(key) {
+            Ok(value) => Ok(Some(value)),
+            Err(err) if err.is_instance_of::<PyKeyError>(py) => Ok(None),
+            Err(err) => Err(err),
+        }
+    };
+    let data = lookup("data")?.ok_or_else(|| at("missing \"data\"".into()))?;
     let data = to_payload(&data).map_err(at)?;
-    let options = match item.get_item("options") {
-        Ok(options) if !options.is_none() => options,
-        _ => return Ok((data, JobOptions::default())),
+    let Some(options) = lookup("options")?.filter(|o| !o.is_none()) else {
+        return Ok((data, JobOptions::default()));
     };
     let options = options
         .cast::<PyDict>()
@@ -233,7 +244,7 @@ fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOp
         get("metadata").as_ref(),
         get("scheduled_at").as_ref(),
     )
-    .map_err(|e| Python::attach(|py| at(e.value(py).to_string())))?;
+    .map_err(|e| at(e.value(py).to_string()))?;
     Ok((data, parsed))
 }
 
@@ -549,22 +560,33 @@ impl PyEngine {
     }
 
     /// Adds `[{"data": ..., "options": {...}}, ...]` all together or not at all; returns the ids.
-    fn push_batch(
+    fn push_batch<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         queue: &str,
         items: &Bound<'_, PyAny>,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
-        for (index, item) in items.try_iter()?.enumerate() {
-            specs.push(batch_item(&item?, index)?);
+        if let Ok(list) = items.cast::<PyList>() {
+            for (index, item) in list.iter().enumerate() {
+                specs.push(batch_item(&item, index)?);
+            }
+        } else {
+            for (index, item) in items.try_iter()?.enumerate() {
+                specs.push(batch_item(&item?, index)?);
+            }
         }
         if specs.is_empty() {
             crate::job::validate_queue_name(queue)?;
-            return Ok(Vec::new());
+            return Ok(PyList::empty(py));
         }
         let ids = self.push_specs(py, queue, &specs)?;
-        Ok(ids.iter().map(JobId::to_string).collect())
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        PyList::new(
+            py,
+            ids.iter()
+                .map(|id| PyString::new(py, id.0.hyphenated().encode_lower(&mut text))),
+        )
     }
 
     /// Declares a cron schedule (5 fields, or 6 with seconds; UTC); returns its id. Idempotent.
