@@ -26,8 +26,8 @@ static PROCESS_BITS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl JobId {
-    /// A fresh id: no syscall, no lock (one atomic increment).
-    pub fn random() -> Self {
+    /// A fresh id for a job created at `created_at`: no syscall, no lock (one atomic add).
+    pub fn new(created_at: Timestamp) -> Self {
         let process = *PROCESS_BITS.get_or_init(|| {
             // Start the counter at a random point too, so that a restarted process (a new
             // seed anyway) does not even share counter values with its predecessor.
@@ -38,10 +38,7 @@ impl JobId {
             fastrand::u32(..)
         });
         let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & COUNTER_MASK;
-        let millis = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            & ((1 << 48) - 1);
+        let millis = ((created_at.max(0.0) * 1000.0) as u64) & ((1 << 48) - 1);
         // rand_a (12 bits) and the top 20 bits of rand_b carry the process bits.
         let rand_a = (process >> 20) as u16 & 0x0fff;
         let rand_b = (u64::from(process) & 0xf_ffff) << COUNTER_BITS | counter;
@@ -325,7 +322,25 @@ impl Job {
         default_attempts: u32,
         default_timeout: f64,
     ) -> Self {
-        let created_at = now();
+        Self::created_at(
+            now(),
+            queue,
+            data,
+            options,
+            default_attempts,
+            default_timeout,
+        )
+    }
+
+    /// `new`, with the creation time given (one clock read for a whole batch).
+    pub fn created_at(
+        created_at: Timestamp,
+        queue: Arc<str>,
+        data: Payload,
+        options: JobOptions,
+        default_attempts: u32,
+        default_timeout: f64,
+    ) -> Self {
         let due = options
             .scheduled_at
             .or((options.delay > 0.0).then_some(created_at + options.delay));
@@ -341,7 +356,7 @@ impl Job {
             })
         });
         Job {
-            id: JobId::random(),
+            id: JobId::new(created_at),
             queue,
             data,
             priority: options.priority,
@@ -486,8 +501,8 @@ mod tests {
 
     #[test]
     fn ids_are_unique_and_round_trip() {
-        let a = JobId::random();
-        let b = JobId::random();
+        let a = JobId::new(now());
+        let b = JobId::new(now());
         assert_ne!(a, b);
         assert_eq!(JobId::parse(&a.to_string()), Some(a));
         assert_eq!(a.0.get_version_num(), 7);

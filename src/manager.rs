@@ -398,12 +398,14 @@ impl Engine {
         };
         let mut jobs = Vec::with_capacity(specs.len());
         let mut earliest_due: Option<Timestamp> = None;
+        let created_at = now();
         for (data, options) in specs {
             options.validate()?;
             if let Some(timeout) = options.timeout {
                 self.lower_min_timeout(timeout);
             }
-            let job = Job::new(
+            let job = Job::created_at(
+                created_at,
                 entry.name.clone(),
                 data.clone(),
                 options.clone(),
