@@ -33,8 +33,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -630,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
         if first_base is None:
             first_base = base
         figs = throughput_section(report, fig_id, title, n, rn_runs, base, push_label)
-        for fig, (label, _, _) in zip(figs, conc_settings):
+        for fig, (label, _, _) in zip(figs, conc_settings, strict=False):
             e2e = fig["rnode"]["end_to_end"]
             summary.append(
                 [

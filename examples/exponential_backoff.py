@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 from rnode_queue import Job, QueueManager
@@ -22,12 +23,14 @@ def main() -> None:
         job = qm.wait_for(api.push({"endpoint": "/charge"}), timeout=10)
         assert job is not None and job.status == "completed" and job.attempts == 4
 
-        waits = [b - a for a, b in zip(runs, runs[1:])]
+        waits = [b - a for a, b in itertools.pairwise(runs)]
         print(
             f"{job.result} after {job.attempts} attempts; waits: {[round(w, 2) for w in waits]} s"
         )
         # retry_delay * 2**n: 0.1, 0.2, 0.4 s (a busy machine can only make them longer)
-        assert all(wait >= nominal * 0.98 for wait, nominal in zip(waits, [0.1, 0.2, 0.4]))
+        assert all(
+            wait >= nominal * 0.98 for wait, nominal in zip(waits, [0.1, 0.2, 0.4], strict=False)
+        )
 
         # Out of attempts: the job is failed, keeps its error, and can be retried by hand.
         doomed = qm.wait_for(api.push({"endpoint": "/refund"}, attempts=1), timeout=10)

@@ -68,7 +68,7 @@ def assert_json_equal(actual: Any, expected: Any, path: str = "data") -> None:
             assert_json_equal(actual[key], value, f"{path}[{key!r}]")
     elif isinstance(expected, list):
         assert len(actual) == len(expected), f"{path}: {actual!r} != {expected!r}"
-        for index, (a, e) in enumerate(zip(actual, expected)):
+        for index, (a, e) in enumerate(zip(actual, expected, strict=False)):
             assert_json_equal(a, e, f"{path}[{index}]")
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"

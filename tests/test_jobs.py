@@ -335,7 +335,7 @@ def test_push_batch_returns_ids_in_order_with_options_applied(qm: QueueManager) 
     assert len(set(ids)) == len(ids)
     jobs = [qm.get_job(i) for i in ids]
     assert all(job is not None for job in jobs)
-    for job, item in zip(jobs, items):
+    for job, item in zip(jobs, items, strict=False):
         assert job is not None
         assert job.queue == "batch"
         assert_json_equal(job.data, item["data"])

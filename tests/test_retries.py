@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Any
 
@@ -13,12 +14,12 @@ from rnode_queue import Job, QueueManager
 
 def attempt_gaps(recorder: Recorder) -> list[float]:
     starts = [entry["mono"] for entry in recorder.snapshot()]
-    return [later - earlier for earlier, later in zip(starts, starts[1:])]
+    return [later - earlier for earlier, later in itertools.pairwise(starts)]
 
 
 def assert_gaps(gaps: list[float], expected: list[float], late: float = LATE_BOUND) -> None:
     assert len(gaps) == len(expected), gaps
-    for index, (gap, want) in enumerate(zip(gaps, expected)):
+    for index, (gap, want) in enumerate(zip(gaps, expected, strict=False)):
         assert gap >= want - EARLY_TOLERANCE, f"retry {index + 1} after {gap:.3f}s < {want}s"
         assert gap < want + late, f"retry {index + 1} after {gap:.3f}s, expected ~{want}s"
 

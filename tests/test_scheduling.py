@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -154,9 +155,9 @@ def test_cron_every_second(qm: QueueManager) -> None:
     assert len(set(ticks)) == len(ticks), f"a tick ran twice: {ticks}"
     for tick in ticks:
         assert tick.microsecond == 0, f"tick {tick} is not a whole second"
-    for earlier, later in zip(ticks, ticks[1:]):
+    for earlier, later in itertools.pairwise(ticks):
         assert later - earlier == timedelta(seconds=1), f"ticks {ticks}"
-    for entry, tick in zip(entries, ticks):
+    for entry, tick in zip(entries, ticks, strict=False):
         job = entry["job"]
         assert job.schedule_id == sid
         assert job.data == data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 import threading
 import time
@@ -208,9 +209,11 @@ def exponential_backoff(qm: QueueManager, progress: Progress) -> str:
     ok = qm.get_job(ok_id)
     _check(ok is not None and ok.status == "completed" and ok.attempts == 4, "wrong outcome")
     _check(bad is not None and bad.status == "failed", "the hopeless job did not fail")
-    gaps = [b - a for a, b in zip(runs[:3], runs[1:4])]
+    gaps = [b - a for a, b in itertools.pairwise(runs[:4])]
     nominal = [0.05, 0.1, 0.2]  # retry_delay * 2**n; a wait can only be longer
-    _check(all(g >= n * 0.98 for g, n in zip(gaps, nominal)), f"waits too short: {gaps}")
+    _check(
+        all(g >= n * 0.98 for g, n in zip(gaps, nominal, strict=False)), f"waits too short: {gaps}"
+    )
     assert bad is not None
     waits = ", ".join(f"{g * 1000:.0f}" for g in gaps)
     return f"waits {waits} ms, then ok; a hopeless job failed with {bad.error!r}"

@@ -38,8 +38,8 @@ impl Serialize for PyJson<'_, '_> {
         }
         // Most common types first; exact checks are cheaper than subclass checks.
         if let Ok(text) = object.cast_exact::<PyString>() {
-            let text = text.to_cow().map_err(ser::Error::custom)?;
-            return serializer.serialize_str(&text);
+            let text = text.to_str().map_err(ser::Error::custom)?;
+            return serializer.serialize_str(text);
         }
         if object.is_none() {
             return serializer.serialize_unit();
@@ -77,7 +77,7 @@ impl Serialize for PyJson<'_, '_> {
                     ))
                 })?;
                 map.serialize_entry(
-                    &*key.to_cow().map_err(ser::Error::custom)?,
+                    key.to_str().map_err(ser::Error::custom)?,
                     &self.child(&value),
                 )?;
             }
@@ -98,8 +98,8 @@ impl Serialize for PyJson<'_, '_> {
             return seq.end();
         }
         if let Ok(text) = object.cast::<PyString>() {
-            let text = text.to_cow().map_err(ser::Error::custom)?;
-            return serializer.serialize_str(&text);
+            let text = text.to_str().map_err(ser::Error::custom)?;
+            return serializer.serialize_str(text);
         }
         Err(ser::Error::custom(format!(
             "{} is not JSON-serialisable (use None, bool, int, float, str, list, tuple or dict)",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::PyKeyError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyList, PyMapping, PyString, PyTzInfo};
 
@@ -60,7 +61,7 @@ fn priority(value: Option<&Bound<'_, PyAny>>) -> PyResult<Priority> {
         return Ok(Priority::Normal);
     };
     if let Ok(text) = value.cast::<PyString>() {
-        return Ok(text.to_cow()?.parse::<Priority>()?);
+        return Ok(text.to_str()?.parse::<Priority>()?);
     }
     if value.is_instance_of::<PyInt>() && !value.is_instance_of::<PyBool>() {
         let level: i64 = value
@@ -126,7 +127,7 @@ fn tags(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
         let text = item
             .cast::<PyString>()
             .map_err(|_| invalid_job("tags must be a list of str"))?;
-        out.push(text.to_cow()?.into_owned());
+        out.push(text.to_str()?.to_owned());
     }
     Ok(out)
 }
@@ -199,12 +200,12 @@ const OPTION_KEYS: [&str; 7] = [
 ];
 
 /// One `push_batch` item: `{"data": ..., "options": {...}}`.
-fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOptions)> {
+fn batch_item<'py>(item: &Bound<'py, PyAny>, index: usize) -> PyResult<(Payload, JobOptions)> {
     let py = item.py();
     let at = |message: String| invalid_job(format!("push_batch item {index}: {message}"));
     // A dict (the usual case) is read without raising KeyError; other mappings go through the
     // mapping protocol.
-    let lookup = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+    let lookup = |key: &Bound<'py, PyString>| -> PyResult<Option<Bound<'py, PyAny>>> {
         if let Ok(dict) = item.cast::<PyDict>() {
             return dict.get_item(key);
         }
@@ -217,9 +218,9 @@ fn batch_item(item: &Bound<'_, PyAny>, index: usize) -> PyResult<(Payload, JobOp
             Err(err) => Err(err),
         }
     };
-    let data = lookup("data")?.ok_or_else(|| at("missing \"data\"".into()))?;
+    let data = lookup(intern!(py, "data"))?.ok_or_else(|| at("missing \"data\"".into()))?;
     let data = to_payload(&data).map_err(at)?;
-    let Some(options) = lookup("options")?.filter(|o| !o.is_none()) else {
+    let Some(options) = lookup(intern!(py, "options"))?.filter(|o| !o.is_none()) else {
         return Ok((data, JobOptions::default()));
     };
     let options = options
