@@ -286,8 +286,8 @@ pub struct JobExtras {
     pub error: Option<String>,
     pub traceback: Option<String>,
     pub schedule_id: Option<Arc<str>>,
-    pub completed_at: Option<Timestamp>,
-    pub failed_at: Option<Timestamp>,
+    /// The delay asked for at push, in seconds.
+    pub delay: f64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -300,14 +300,14 @@ pub struct Job {
     /// Runs started so far.
     pub attempts: u32,
     pub max_attempts: u32,
-    /// The delay asked for at push, in seconds.
-    pub delay: f64,
     /// Seconds a run may take.
     pub timeout: f64,
     pub created_at: Timestamp,
     /// When the job becomes (or became) visible, if it was delayed, retried or scheduled.
     pub scheduled_at: MaybeTime,
     pub started_at: MaybeTime,
+    /// When the job completed or finally failed (which one: `state`).
+    pub finished_at: MaybeTime,
     /// Position in the FIFO order within a priority; kept when a job is handed back unrun.
     pub seq: u64,
     pub extras: Option<Box<JobExtras>>,
@@ -346,15 +346,17 @@ impl Job {
             .or((options.delay > 0.0).then_some(created_at + options.delay));
         let extras = (!options.tags.is_empty()
             || options.metadata.is_some()
-            || options.schedule_id.is_some())
-        .then(|| {
-            Box::new(JobExtras {
-                tags: options.tags,
-                metadata: options.metadata,
-                schedule_id: options.schedule_id,
-                ..JobExtras::default()
-            })
-        });
+            || options.schedule_id.is_some()
+            || options.delay > 0.0)
+            .then(|| {
+                Box::new(JobExtras {
+                    tags: options.tags,
+                    metadata: options.metadata,
+                    schedule_id: options.schedule_id,
+                    delay: options.delay,
+                    ..JobExtras::default()
+                })
+            });
         Job {
             id: JobId::new(created_at),
             queue,
@@ -367,11 +369,11 @@ impl Job {
             },
             attempts: 0,
             max_attempts: options.attempts.unwrap_or(default_attempts).max(1),
-            delay: options.delay,
             timeout: options.timeout.unwrap_or(default_timeout),
             created_at,
             scheduled_at: due.into(),
             started_at: MaybeTime::NONE,
+            finished_at: MaybeTime::NONE,
             seq: 0,
             extras,
         }

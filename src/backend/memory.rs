@@ -190,8 +190,7 @@ impl QueueState {
                 list.pop_front();
                 // The job may have moved on (a retried failure): only drop it if it has not.
                 if let Some(job) = self.jobs.remove(&id) {
-                    let finished_at = job.extras().and_then(|e| e.completed_at.or(e.failed_at));
-                    if job.state != state || finished_at != Some(at) {
+                    if job.state != state || job.finished_at.get() != Some(at) {
                         self.jobs.insert(id, job);
                     }
                 }
@@ -431,11 +430,14 @@ impl Backend for MemoryBackend {
                 match ack.settlement {
                     Settlement::Completed { result } => {
                         job.state = JobState::Completed;
-                        let extras = job.extras_mut();
-                        extras.result = result;
-                        extras.completed_at = Some(ack.at);
-                        extras.error = None;
-                        extras.traceback = None;
+                        job.finished_at = Some(ack.at).into();
+                        // Most jobs return nothing and never failed: no extras to allocate.
+                        if result.is_some() || job.extras.is_some() {
+                            let extras = job.extras_mut();
+                            extras.result = result;
+                            extras.error = None;
+                            extras.traceback = None;
+                        }
                         state.completed.push_back((ack.at, ack.id));
                         state.completed_total += 1;
                         processed += 1;
@@ -468,7 +470,7 @@ impl Backend for MemoryBackend {
                         let extras = job.extras_mut();
                         extras.error = Some(error);
                         extras.traceback = traceback;
-                        extras.failed_at = Some(ack.at);
+                        job.finished_at = Some(ack.at).into();
                         state.failed.push_back((ack.at, ack.id));
                         state.failed_total += 1;
                         failed += 1;
@@ -599,8 +601,7 @@ impl Backend for MemoryBackend {
             job.started_at = MaybeTime::NONE;
             job.scheduled_at = MaybeTime::NONE;
             job.seq = 0;
-            let extras = job.extras_mut();
-            extras.failed_at = None;
+            job.finished_at = MaybeTime::NONE;
             let job = state.jobs.remove(&id).expect("present");
             state.insert(*job);
             Some(true)

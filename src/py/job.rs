@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDateTime, PyDict, PyTzInfo};
 
-use crate::job::{Job as CoreJob, Payload, Timestamp};
+use crate::job::{Job as CoreJob, JobState, Payload, Timestamp};
 use crate::manager::EngineStats;
 use crate::py::convert::from_json;
 
@@ -84,7 +84,7 @@ impl PyJob {
 
     #[getter]
     fn delay(&self) -> f64 {
-        self.job.delay
+        self.job.extras().map_or(0.0, |e| e.delay)
     }
 
     #[getter]
@@ -109,12 +109,14 @@ impl PyJob {
 
     #[getter]
     fn completed_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDateTime>>> {
-        datetime(py, self.job.extras().and_then(|e| e.completed_at))
+        let completed = self.job.state == JobState::Completed;
+        datetime(py, self.job.finished_at.get().filter(|_| completed))
     }
 
     #[getter]
     fn failed_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDateTime>>> {
-        datetime(py, self.job.extras().and_then(|e| e.failed_at))
+        let failed = self.job.state == JobState::Failed;
+        datetime(py, self.job.finished_at.get().filter(|_| failed))
     }
 
     #[getter]
