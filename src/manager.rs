@@ -610,8 +610,8 @@ impl Engine {
             TimerKey::Watchdog => self.check_timeouts(),
             TimerKey::Settle(queue) => {
                 let pool = self.pools.lock().get(queue).cloned();
-                if let Some(pool) = pool {
-                    pool.settle_stalled(self, self.clock());
+                if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {
+                    self.settle_later(queue, wait);
                 }
             }
         }

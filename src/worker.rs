@@ -386,15 +386,16 @@ impl Pool {
                     continue;
                 }
             };
-            let started = Instant::now();
+            let started = engine.clock();
+            let budget = BATCH_BUDGET.as_nanos() as u64;
+            let mut now = started;
             let mut ran = 0;
             let mut abandoned = false;
             // The batch ends early once its budget is spent (a slow job among fast ones): the
             // rest goes back, so pauses, priorities and results wait at most for the job at hand.
-            while !self.stopped() && (ran == 0 || started.elapsed() < BATCH_BUDGET) {
+            while !self.stopped() && (ran == 0 || now - started < budget) {
                 let Some(index) = batch.claim() else { break };
                 let job = &batch.jobs[index];
-                let now = engine.clock();
                 let run = slot.begin(index, now, now.saturating_add(engine.timeout_ns(job)));
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
@@ -406,11 +407,13 @@ impl Pool {
                 }
                 slot.record(session, index, outcome);
                 ran += 1;
+                // One clock read per job: the end of this one, the start of the next.
+                now = engine.clock();
             }
             if abandoned {
                 return;
             }
-            let elapsed = started.elapsed();
+            let elapsed = Duration::from_nanos(now - started);
             session.unlocked(&mut || {
                 engine.release(&self.queue, batch.take_rest());
                 let taken = {
@@ -549,16 +552,28 @@ impl Pool {
     }
 
     /// Settles the ended runs of workers busy with a job that began over `BATCH_BUDGET` ago,
-    /// so that a long job does not hold back the results of the fast ones before it.
-    pub fn settle_stalled(&self, engine: &Engine, now: u64) {
+    /// so that a long job does not hold back the results of the fast ones before it. Returns
+    /// how long to wait before looking again while a worker is busy (at most a budget: the
+    /// timer wakes about once per batch while jobs run).
+    pub fn settle_stalled(&self, engine: &Engine, now: u64) -> Option<Duration> {
+        let budget = BATCH_BUDGET.as_nanos() as u64;
         let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        let mut again: Option<u64> = None;
         for slot in slots {
-            let started = slot.started.load(Ordering::Acquire);
-            if slot.is_running() && now.saturating_sub(started) >= BATCH_BUDGET.as_nanos() as u64 {
+            if !slot.is_running() {
+                continue;
+            }
+            let running_for = now.saturating_sub(slot.started.load(Ordering::Acquire));
+            if running_for >= budget {
                 let taken = slot.work.lock().take_finished();
                 settle_finished(engine, &self.queue, taken);
+            } else {
+                // Results may still pile up behind a job that starts later in this batch.
+                let wait = budget - running_for;
+                again = Some(again.map_or(wait, |a| a.min(wait)));
             }
         }
+        again.map(Duration::from_nanos)
     }
 
     /// Abandons sync runs past their deadline: settles them as timed out, hands back the rest
