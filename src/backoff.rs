@@ -23,15 +23,7 @@ impl Backoff {
         jitter: Option<f64>,
         custom: Option<Vec<f64>>,
     ) -> Result<Self> {
-        let check = |what: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
-                Ok(v)
-            } else {
-                Err(QueueError::InvalidJob(format!(
-                    "{what} must be a finite number of seconds >= 0, got {v}"
-                )))
-            }
-        };
+        let check = |what: &str, v: f64| crate::job::check_seconds(what, v).map(|()| v);
         check("retry_delay", base)?;
         let jitter = jitter.unwrap_or(0.0);
         if !(0.0..=1.0).contains(&jitter) {

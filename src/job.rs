@@ -3,6 +3,7 @@
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -22,22 +23,20 @@ pub struct JobId(pub Uuid);
 const COUNTER_BITS: u32 = 42;
 const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
-static PROCESS_BITS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The process's random bits, with bit 32 set once they are chosen (0: not yet).
+static PROCESS_BITS: AtomicU64 = AtomicU64::new(0);
+static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl JobId {
     /// A fresh id for a job created at `created_at`: no syscall, no lock (one atomic add).
     pub fn new(created_at: Timestamp) -> Self {
-        let process = *PROCESS_BITS.get_or_init(|| {
-            // Start the counter at a random point too, so that a restarted process (a new
-            // seed anyway) does not even share counter values with its predecessor.
-            COUNTER.store(
-                fastrand::u64(..) & COUNTER_MASK,
-                std::sync::atomic::Ordering::Relaxed,
-            );
-            fastrand::u32(..)
-        });
-        let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & COUNTER_MASK;
+        let mut bits = PROCESS_BITS.load(Ordering::Relaxed);
+        if bits == 0 {
+            Self::reseed();
+            bits = PROCESS_BITS.load(Ordering::Relaxed);
+        }
+        let process = bits as u32;
+        let counter = COUNTER.fetch_add(1, Ordering::Relaxed) & COUNTER_MASK;
         let millis = ((created_at.max(0.0) * 1000.0) as u64) & ((1 << 48) - 1);
         // rand_a (12 bits) and the top 20 bits of rand_b carry the process bits.
         let rand_a = (process >> 20) as u16 & 0x0fff;
@@ -47,6 +46,13 @@ impl JobId {
         bytes[6..8].copy_from_slice(&(0x7000 | rand_a).to_be_bytes());
         bytes[8..].copy_from_slice(&((2 << 62) | rand_b).to_be_bytes());
         JobId(Uuid::from_bytes(bytes))
+    }
+
+    /// New random process bits (and counter start): at first use, and in a forked child,
+    /// which would otherwise repeat its parent's ids.
+    pub fn reseed() {
+        COUNTER.store(fastrand::u64(..) & COUNTER_MASK, Ordering::Relaxed);
+        PROCESS_BITS.store(1 << 32 | u64::from(fastrand::u32(..)), Ordering::Relaxed);
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -255,9 +261,9 @@ impl JobOptions {
             }
         }
         if let Some(at) = self.scheduled_at {
-            if !at.is_finite() {
+            if !at.is_finite() || at > MAX_TIMESTAMP {
                 return Err(QueueError::InvalidJob(
-                    "scheduled_at must be a finite time".into(),
+                    "scheduled_at must be a time before the year 10000".into(),
                 ));
             }
         }
@@ -268,10 +274,16 @@ impl JobOptions {
     }
 }
 
+/// Ten years: longer delays or timeouts are almost certainly mistakes, and due times must stay
+/// within what a Python `datetime` can show.
+pub const MAX_SECONDS: f64 = 10.0 * 365.25 * 86_400.0;
+/// 9999-12-31T23:59:59Z, the last second a `datetime` can hold.
+pub const MAX_TIMESTAMP: Timestamp = 253_402_300_799.0;
+
 pub fn check_seconds(what: &str, value: f64) -> Result<()> {
-    if !value.is_finite() || value < 0.0 {
+    if !value.is_finite() || !(0.0..=MAX_SECONDS).contains(&value) {
         return Err(QueueError::InvalidJob(format!(
-            "{what} must be a finite number of seconds >= 0, got {value}"
+            "{what} must be a number of seconds from 0 to {MAX_SECONDS} (ten years), got {value}"
         )));
     }
     Ok(())

@@ -48,11 +48,7 @@ impl Default for QueueConfig {
 
 impl QueueConfig {
     pub fn validate(&self) -> Result<()> {
-        if self.concurrency == 0 {
-            return Err(QueueError::InvalidJob(
-                "concurrency must be at least 1".into(),
-            ));
-        }
+        check_concurrency(self.concurrency)?;
         crate::job::check_seconds("timeout", self.timeout)?;
         if self.timeout == 0.0 {
             return Err(QueueError::InvalidJob("timeout must be > 0 seconds".into()));
@@ -60,6 +56,18 @@ impl QueueConfig {
         crate::job::check_seconds("ttl", self.retention.ttl)?;
         Ok(())
     }
+}
+
+/// Each sync slot is an OS thread with a Python thread state: keep their number sane.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+fn check_concurrency(concurrency: usize) -> Result<()> {
+    if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
+        return Err(QueueError::InvalidJob(format!(
+            "concurrency must be from 1 to {MAX_CONCURRENCY}, got {concurrency}"
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug)]
@@ -126,8 +134,8 @@ pub struct Engine {
     closed: AtomicBool,
     /// Sync run deadlines are nanoseconds since this instant.
     epoch: Instant,
-    /// The shortest timeout any job may have (f64 bits): the watchdog never sleeps longer.
-    min_timeout: AtomicU64,
+    /// The deadline (engine clock) the watchdog is set for; `u64::MAX`: not set.
+    watchdog_at: AtomicU64,
     this: Weak<Engine>,
 }
 
@@ -143,7 +151,7 @@ impl Engine {
         options.defaults.validate()?;
         let engine = Arc::new_cyclic(|this| Engine {
             backend,
-            min_timeout: AtomicU64::new(options.defaults.timeout.to_bits()),
+            watchdog_at: AtomicU64::new(u64::MAX),
             options,
             queues: RwLock::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
@@ -184,26 +192,6 @@ impl Engine {
         }
     }
 
-    /// Makes sure the watchdog looks at least every `timeout` seconds from now on.
-    fn lower_min_timeout(&self, timeout: f64) {
-        let mut current = self.min_timeout.load(Ordering::Relaxed);
-        while timeout < f64::from_bits(current) {
-            match self.min_timeout.compare_exchange_weak(
-                current,
-                timeout.to_bits(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    // The watchdog may be asleep for the old, longer interval.
-                    self.timers.arm(TimerKey::Watchdog, now() + timeout);
-                    break;
-                }
-                Err(seen) => current = seen,
-            }
-        }
-    }
-
     // ---- queues ------------------------------------------------------------------------------
 
     /// Creates a queue, or changes the settings of an existing one.
@@ -213,7 +201,6 @@ impl Engine {
         config.validate()?;
         let entry = self.ensure_queue(name)?;
         self.backend.declare_queue(&entry.name, config.retention)?;
-        self.lower_min_timeout(config.timeout);
         *entry.config.write() = Arc::new(config);
         Ok(())
     }
@@ -401,9 +388,6 @@ impl Engine {
         let created_at = now();
         for (data, options) in specs {
             options.validate()?;
-            if let Some(timeout) = options.timeout {
-                self.lower_min_timeout(timeout);
-            }
             let job = Job::created_at(
                 created_at,
                 entry.name.clone(),
@@ -484,13 +468,11 @@ impl Engine {
         self.check_open()?;
         let entry = self.ensure_queue(queue)?;
         let concurrency = concurrency.unwrap_or(entry.config.read().concurrency);
-        if concurrency == 0 {
-            return Err(QueueError::InvalidJob(
-                "concurrency must be at least 1".into(),
-            ));
-        }
+        check_concurrency(concurrency)?;
         let engine = self.this.upgrade().ok_or(QueueError::Closed)?;
         let mut pools = self.pools.lock();
+        // `close` sets the flag under this lock: a pool is either seen by it or never started.
+        self.check_open()?;
         if pools.contains_key(&entry.name) {
             return Err(QueueError::Other(format!(
                 "queue {:?} already has a handler",
@@ -498,9 +480,6 @@ impl Engine {
             )));
         }
         let pool = Pool::start(&engine, entry.name.clone(), executor, concurrency);
-        if !pool.is_async() {
-            self.timers.arm(TimerKey::Watchdog, now());
-        }
         pools.insert(entry.name.clone(), pool);
         Ok(())
     }
@@ -617,28 +596,32 @@ impl Engine {
         }
     }
 
+    /// Makes sure the watchdog wakes by `deadline` (engine clock). Called as each sync run
+    /// begins; costs an atomic load unless this deadline is the earliest.
+    pub fn watch_deadline(&self, deadline: u64) {
+        if deadline < self.watchdog_at.load(Ordering::Acquire)
+            && deadline < self.watchdog_at.fetch_min(deadline, Ordering::AcqRel)
+        {
+            let wait = deadline.saturating_sub(self.clock()) as f64 / 1e9;
+            self.timers.arm(TimerKey::Watchdog, now() + wait);
+        }
+    }
+
     fn check_timeouts(&self) {
         let Some(engine) = self.this.upgrade() else {
             return;
         };
+        // Runs that begin from now on set the watchdog themselves.
+        self.watchdog_at.store(u64::MAX, Ordering::Release);
         let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
-        if !pools.iter().any(|p| !p.is_async()) {
-            return;
-        }
         let now_ns = self.clock();
         let earliest = pools
             .iter()
             .filter_map(|pool| pool.check_timeouts(&engine, now_ns))
             .min();
-        // Any run that starts from now on ends no sooner than `min_timeout` from now.
-        let mut wait = f64::from_bits(self.min_timeout.load(Ordering::Relaxed));
         if let Some(deadline) = earliest {
-            wait = wait.min(deadline.saturating_sub(now_ns) as f64 / 1e9);
+            self.watch_deadline(deadline);
         }
-        self.timers.arm(
-            TimerKey::Watchdog,
-            now() + wait.max(crate::scheduler::WATCHDOG_MIN),
-        );
     }
 
     // ---- cron --------------------------------------------------------------------------------
@@ -742,12 +725,14 @@ impl Engine {
     // ---- shutdown ----------------------------------------------------------------------------
 
     /// Stops taking jobs and waits up to `timeout` for running ones. True if all finished.
+    /// Called again, it waits again for workers that had not finished.
     pub fn close(&self, timeout: Duration) -> bool {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return self.pools.lock().is_empty();
-        }
         let deadline = Instant::now() + timeout;
-        let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
+        let pools: Vec<Arc<Pool>> = {
+            let pools = self.pools.lock();
+            self.closed.store(true, Ordering::Release);
+            pools.values().cloned().collect()
+        };
         for pool in &pools {
             pool.request_stop(self);
         }

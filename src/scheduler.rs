@@ -18,11 +18,6 @@ use crate::error::{QueueError, Result};
 use crate::job::{now, Timestamp};
 use crate::manager::Engine;
 
-/// A timer with nothing to do still wakes this often, to check for running jobs whose
-/// timeout nobody has announced (deadlines are not announced one by one: that would cost a
-/// lock per job).
-pub const WATCHDOG_MIN: f64 = 0.01;
-
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub enum TimerKey {
     /// Promote due delayed jobs and expire retained ones.

@@ -396,7 +396,9 @@ impl Pool {
             while !self.stopped() && (ran == 0 || now - started < budget) {
                 let Some(index) = batch.claim() else { break };
                 let job = &batch.jobs[index];
-                let run = slot.begin(index, now, now.saturating_add(engine.timeout_ns(job)));
+                let deadline = now.saturating_add(engine.timeout_ns(job));
+                let run = slot.begin(index, now, deadline);
+                engine.watch_deadline(deadline);
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
                 if !slot.end(run) {
@@ -561,6 +563,10 @@ impl Pool {
         let mut again: Option<u64> = None;
         for slot in slots {
             if !slot.is_running() {
+                // Between two jobs (or waiting for the GIL) with a batch in hand: look again.
+                if slot.work.lock().batch.is_some() {
+                    again = Some(again.map_or(budget, |a| a.min(budget)));
+                }
                 continue;
             }
             let running_for = now.saturating_sub(slot.started.load(Ordering::Acquire));

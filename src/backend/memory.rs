@@ -547,46 +547,55 @@ impl Backend for MemoryBackend {
     fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
         let handle = self.queue(queue)?;
         let guard = handle.state.lock();
-        let finished_list = |list: &VecDeque<(Timestamp, JobId)>, wanted: JobState| {
-            // Newest first; skip entries whose job has moved on.
-            list.iter()
-                .rev()
-                .filter_map(|(_, id)| guard.jobs.get(id))
-                .filter(|job| job.state == wanted)
-                .take(limit)
-                .map(|job| (**job).clone())
-                .collect::<Vec<_>>()
-        };
-        let mut jobs: Vec<Job> = match state {
-            Some(JobState::Completed) => {
-                return Ok(finished_list(&guard.completed, JobState::Completed))
-            }
-            Some(JobState::Failed) => return Ok(finished_list(&guard.failed, JobState::Failed)),
-            Some(wanted) => guard
+        // Each state in run order, touching no more entries than needed: this holds the lock.
+        let mut jobs = Vec::new();
+        let wanted = |s: JobState| state.is_none_or(|w| w == s);
+        if wanted(JobState::Active) {
+            let mut active: Vec<&Job> = guard
                 .jobs
                 .values()
-                .filter(|job| job.state == wanted)
-                .map(|job| (**job).clone())
-                .collect(),
-            None => guard.jobs.values().map(|job| (**job).clone()).collect(),
-        };
-        // Run order: active, then waiting by priority and FIFO, then delayed by due time, then
-        // finished ones newest first.
-        let rank = |job: &Job| match job.state {
-            JobState::Active => 0,
-            JobState::Waiting => 1,
-            JobState::Delayed => 2,
-            JobState::Completed | JobState::Failed => 3,
-        };
-        jobs.sort_by(|a, b| {
-            rank(a).cmp(&rank(b)).then_with(|| match a.state {
-                JobState::Waiting | JobState::Active => {
-                    b.priority.cmp(&a.priority).then_with(|| a.seq.cmp(&b.seq))
-                }
-                JobState::Delayed => a.due_at().total_cmp(&b.due_at()),
-                _ => b.seq.cmp(&a.seq),
-            })
-        });
+                .filter(|job| job.state == JobState::Active)
+                .map(|job| &**job)
+                .collect();
+            active.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
+            jobs.extend(active.into_iter().take(limit).cloned());
+        }
+        if wanted(JobState::Waiting) {
+            let live = guard
+                .waiting
+                .lanes
+                .iter()
+                .rev()
+                .flatten()
+                .filter_map(|(seq, id)| {
+                    let job = guard.jobs.get(id)?;
+                    (job.state == JobState::Waiting && job.seq == *seq).then_some(&**job)
+                });
+            jobs.extend(live.take(limit.saturating_sub(jobs.len())).cloned());
+        }
+        if wanted(JobState::Delayed) && jobs.len() < limit {
+            let mut due: Vec<&Due> = guard.delayed.iter().map(|Reverse(d)| d).collect();
+            due.sort();
+            let live = due.into_iter().filter_map(|entry| {
+                let job = guard.jobs.get(&entry.id)?;
+                (job.state == JobState::Delayed && job.seq == entry.seq).then_some(&**job)
+            });
+            jobs.extend(live.take(limit - jobs.len()).cloned());
+        }
+        for (list, finished) in [
+            (&guard.completed, JobState::Completed),
+            (&guard.failed, JobState::Failed),
+        ] {
+            if !wanted(finished) || jobs.len() >= limit {
+                continue;
+            }
+            // Newest first; skip entries whose job has moved on.
+            let live = list.iter().rev().filter_map(|(at, id)| {
+                let job = guard.jobs.get(id)?;
+                (job.state == finished && job.finished_at.get() == Some(*at)).then_some(&**job)
+            });
+            jobs.extend(live.take(limit - jobs.len()).cloned());
+        }
         jobs.truncate(limit);
         Ok(jobs)
     }
@@ -602,6 +611,8 @@ impl Backend for MemoryBackend {
             job.scheduled_at = MaybeTime::NONE;
             job.seq = 0;
             job.finished_at = MaybeTime::NONE;
+            // Rare (a manual retry): an O(n) removal keeps the retention list exact.
+            state.failed.retain(|(_, failed)| *failed != id);
             let job = state.jobs.remove(&id).expect("present");
             state.insert(*job);
             Some(true)

@@ -7,6 +7,7 @@
 
 use crate::sync::Mutex;
 use pyo3::exceptions::PyBaseException;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString, PyTuple};
@@ -119,6 +120,19 @@ impl Session for PySession<'_, '_> {
 fn result_outcome(value: &Bound<'_, PyAny>) -> RunOutcome {
     if value.is_none() {
         return RunOutcome::Success(None);
+    }
+    // An `async def` hidden behind a plain wrapper was run as a sync handler.
+    if value
+        .hasattr(intern!(value.py(), "__await__"))
+        .unwrap_or(false)
+    {
+        let _ = value.call_method0(intern!(value.py(), "close"));
+        return RunOutcome::Failure {
+            error: "TypeError: the handler returned an awaitable; an async handler must be an \
+                    `async def` function (or a callable whose __call__ is one)"
+                .into(),
+            traceback: None,
+        };
     }
     match to_payload(value) {
         Ok(payload) => RunOutcome::Success(Some(payload)),

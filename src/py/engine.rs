@@ -799,7 +799,12 @@ impl PyEngine {
     fn _after_fork(&self, in_child: bool) -> PyResult<()> {
         let configs =
             std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
-        if !in_child || self.engine().is_closed() {
+        if !in_child {
+            return Ok(());
+        }
+        // The child would otherwise hand out the parent's next ids.
+        crate::job::JobId::reseed();
+        if self.engine().is_closed() {
             return Ok(());
         }
         let fresh = self.create_engine()?;
