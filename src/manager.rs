@@ -892,6 +892,44 @@ mod tests {
     }
 
     #[test]
+    fn stuck_threads_are_replaced_at_most_concurrency_times() {
+        let engine = engine();
+        engine.create_queue("q", config(1, 0, 0.1)).unwrap();
+        let gate = Arc::new((Mutex::new(false), crate::sync::Condvar::new()));
+        let inside = Arc::new(AtomicUsize::new(0));
+        let (g, n) = (gate.clone(), inside.clone());
+        let handler: Arc<Handler> = Arc::new(move |_job: &Job| {
+            n.fetch_add(1, Ordering::SeqCst);
+            let (lock, cv) = &*g;
+            let mut open = lock.lock();
+            while !*open {
+                open = cv.wait(open);
+            }
+            RunOutcome::Success(None)
+        });
+        engine
+            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .unwrap();
+        let first = push(&engine, "q", "1", JobOptions::default());
+        let second = push(&engine, "q", "2", JobOptions::default());
+        let third = push(&engine, "q", "3", JobOptions::default());
+        for id in [first, second] {
+            let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
+            assert_eq!(job.state, JobState::Failed, "timed out");
+        }
+        // One replacement for the first stuck thread, none for the second (concurrency 1).
+        assert_eq!(inside.load(Ordering::SeqCst), 2);
+        let waiting = engine.backend().get_job(third).unwrap().unwrap();
+        assert_ne!(waiting.state, JobState::Completed);
+        // When the stuck handlers return, one thread takes the owed place and runs the job.
+        *gate.0.lock() = true;
+        gate.1.notify_all();
+        let job = engine.wait_for_job(third, WAIT).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        assert!(engine.close(Duration::from_secs(5)));
+    }
+
+    #[test]
     fn concurrency_is_reached_and_never_exceeded() {
         let engine = engine();
         engine.create_queue("q", config(4, 0, 10.0)).unwrap();

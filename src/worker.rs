@@ -183,9 +183,9 @@ impl Slot {
             .is_ok()
     }
 
-    /// If the current run is past its deadline, marks it abandoned and returns the batch and
-    /// the job's index in it.
-    fn abandon_if_late(&self, now: u64) -> Option<(Arc<Batch>, usize)> {
+    /// If the current run is past its deadline, marks it abandoned, counts it in `stuck`, and
+    /// returns the batch and the job's index in it.
+    fn abandon_if_late(&self, now: u64, stuck: &AtomicUsize) -> Option<(Arc<Batch>, usize)> {
         let state = self.state.load(Ordering::Acquire);
         if state & 3 != RUNNING {
             return None;
@@ -196,14 +196,18 @@ impl Slot {
             return None;
         }
         let batch = self.work.lock().batch.clone()?;
-        self.state
-            .compare_exchange(
-                state,
-                (state & !3) | ABANDONED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            )
-            .ok()?;
+        // Counted before the switch: the worker may return and uncount itself right after it.
+        stuck.fetch_add(1, Ordering::AcqRel);
+        let abandoned = self.state.compare_exchange(
+            state,
+            (state & !3) | ABANDONED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        if abandoned.is_err() {
+            stuck.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
         Some((batch, index))
     }
 
@@ -273,6 +277,11 @@ pub struct Pool {
     /// Async pools: runs started and not yet reported.
     in_flight: Mutex<usize>,
     capacity: Condvar,
+    /// Sync threads still inside a handler the watchdog gave up on.
+    stuck: AtomicUsize,
+    /// Replacement workers not started because `concurrency` threads were already stuck: the
+    /// next stuck thread to come back takes the place.
+    owed: AtomicUsize,
 }
 
 impl Pool {
@@ -292,6 +301,8 @@ impl Pool {
             exited: Condvar::new(),
             in_flight: Mutex::new(0),
             capacity: Condvar::new(),
+            stuck: AtomicUsize::new(0),
+            owed: AtomicUsize::new(0),
         });
         if pool.executor.is_async() {
             let (done_tx, done_rx) = mpsc::channel();
@@ -336,12 +347,16 @@ impl Pool {
     }
 
     fn spawn_sync_worker(self: &Arc<Self>, engine: &Arc<Engine>) {
+        let slot = self.new_slot();
+        self.spawn(engine, "worker", move |pool, engine| {
+            pool.run_sync(&engine, slot)
+        });
+    }
+
+    fn new_slot(&self) -> Arc<Slot> {
         let slot = Arc::new(Slot::new());
         self.slots.lock().push(slot.clone());
-        self.spawn(engine, "worker", move |pool, engine| {
-            pool.run_sync(&engine, &slot);
-            pool.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
-        });
+        slot
     }
 
     fn fetch_request(&self, max: usize) -> FetchRequest {
@@ -352,9 +367,10 @@ impl Pool {
         }
     }
 
-    fn run_sync(self: &Arc<Self>, engine: &Arc<Engine>, slot: &Arc<Slot>) {
+    fn run_sync(self: &Arc<Self>, engine: &Arc<Engine>, first_slot: Arc<Slot>) {
         let executor = self.executor.clone();
         let mut batch_size = 1;
+        let mut slot = first_slot;
         executor.enter(&mut |session| loop {
             if self.stopped() {
                 return;
@@ -413,7 +429,17 @@ impl Pool {
                 now = engine.clock();
             }
             if abandoned {
-                return;
+                // Back from a run the watchdog gave up on (and replaced, unless too many were
+                // stuck): work again only in a place that is owed.
+                self.stuck.fetch_sub(1, Ordering::AcqRel);
+                let owed = self
+                    .owed
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                if self.stopped() || owed.is_err() {
+                    return;
+                }
+                slot = self.new_slot();
+                continue;
             }
             let elapsed = Duration::from_nanos(now - started);
             session.unlocked(&mut || {
@@ -428,6 +454,7 @@ impl Pool {
             });
             batch_size = next_batch_size(batch_size, ran, elapsed);
         });
+        self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
     }
 
     fn feed_async(self: &Arc<Self>, engine: &Arc<Engine>, done: mpsc::Sender<(Job, RunOutcome)>) {
@@ -591,14 +618,20 @@ impl Pool {
         let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
         let mut earliest: Option<u64> = None;
         for slot in slots {
-            if let Some((batch, index)) = slot.abandon_if_late(now) {
+            if let Some((batch, index)) = slot.abandon_if_late(now, &self.stuck) {
                 engine.release(&self.queue, batch.take_rest());
                 let taken = slot.work.lock().take_finished();
                 settle_finished(engine, &self.queue, taken);
                 engine.settle(&self.queue, [(&batch.jobs[index], RunOutcome::TimedOut)]);
                 self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+                // At most `concurrency` stuck threads get a replacement: a handler that hangs
+                // on every job must not grow the process thread by thread.
                 if !self.stopped() {
-                    self.spawn_sync_worker(engine);
+                    if self.stuck.load(Ordering::Acquire) <= self.concurrency {
+                        self.spawn_sync_worker(engine);
+                    } else {
+                        self.owed.fetch_add(1, Ordering::AcqRel);
+                    }
                 }
             } else if let Some(deadline) = slot.deadline_if_running() {
                 earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
@@ -666,14 +699,17 @@ mod tests {
         let job = Job::new(queue, Arc::from(&b"1"[..]), Default::default(), 1, 1.0);
         slot.work.lock().batch = Some(Arc::new(Batch::new(vec![job])));
         let run = slot.begin(0, 0, 100);
-        assert!(slot.abandon_if_late(99).is_none());
-        assert!(slot.abandon_if_late(100).is_some());
+        let stuck = AtomicUsize::new(0);
+        assert!(slot.abandon_if_late(99, &stuck).is_none());
+        assert!(slot.abandon_if_late(100, &stuck).is_some());
+        assert_eq!(stuck.load(Ordering::SeqCst), 1);
         assert!(!slot.end(run), "an abandoned run cannot end normally");
         let run = slot.begin(0, 0, 100);
         assert!(slot.end(run));
         assert!(
-            slot.abandon_if_late(1000).is_none(),
+            slot.abandon_if_late(1000, &stuck).is_none(),
             "an idle slot is never abandoned"
         );
+        assert_eq!(stuck.load(Ordering::SeqCst), 1);
     }
 }
