@@ -790,6 +790,27 @@ mod tests {
         }
     }
 
+    /// A door handlers block on until the test opens it.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: crate::sync::Condvar,
+    }
+
+    impl Gate {
+        fn wait(&self) {
+            let mut open = self.open.lock();
+            while !*open {
+                open = self.opened.wait(open);
+            }
+        }
+
+        fn open(&self) {
+            *self.open.lock() = true;
+            self.opened.notify_all();
+        }
+    }
+
     fn engine() -> Arc<Engine> {
         Engine::new(Arc::new(MemoryBackend::new()), EngineOptions::default()).unwrap()
     }
@@ -852,15 +873,11 @@ mod tests {
     fn sync_runs_past_their_timeout_are_abandoned_and_replaced() {
         let engine = engine();
         engine.create_queue("q", config(1, 0, 0.2)).unwrap();
-        let release = Arc::new((Mutex::new(false), crate::sync::Condvar::new()));
+        let release = Arc::new(Gate::default());
         let gate = release.clone();
         let handler: Arc<Handler> = Arc::new(move |job: &Job| {
             if &*job.data == b"\"stuck\"" {
-                let (lock, cv) = &*gate;
-                let mut released = lock.lock();
-                while !*released {
-                    released = cv.wait(released);
-                }
+                gate.wait();
             }
             RunOutcome::Success(None)
         });
@@ -881,8 +898,7 @@ mod tests {
         let next = push(&engine, "q", "\"fine\"", JobOptions::default());
         let job = engine.wait_for_job(next, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Completed);
-        *release.0.lock() = true;
-        release.1.notify_all();
+        release.open();
         // The late result of the abandoned run changes nothing.
         assert!(engine.close(Duration::from_secs(5)));
         assert_eq!(
@@ -895,16 +911,12 @@ mod tests {
     fn stuck_threads_are_replaced_at_most_concurrency_times() {
         let engine = engine();
         engine.create_queue("q", config(1, 0, 0.1)).unwrap();
-        let gate = Arc::new((Mutex::new(false), crate::sync::Condvar::new()));
+        let gate = Arc::new(Gate::default());
         let inside = Arc::new(AtomicUsize::new(0));
         let (g, n) = (gate.clone(), inside.clone());
         let handler: Arc<Handler> = Arc::new(move |_job: &Job| {
             n.fetch_add(1, Ordering::SeqCst);
-            let (lock, cv) = &*g;
-            let mut open = lock.lock();
-            while !*open {
-                open = cv.wait(open);
-            }
+            g.wait();
             RunOutcome::Success(None)
         });
         engine
@@ -922,8 +934,7 @@ mod tests {
         let waiting = engine.backend().get_job(third).unwrap().unwrap();
         assert_ne!(waiting.state, JobState::Completed);
         // When the stuck handlers return, one thread takes the owed place and runs the job.
-        *gate.0.lock() = true;
-        gate.1.notify_all();
+        gate.open();
         let job = engine.wait_for_job(third, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Completed);
         assert!(engine.close(Duration::from_secs(5)));

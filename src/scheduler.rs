@@ -4,10 +4,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::sync::{Condvar, Mutex};
 use chrono::{DateTime, TimeZone, Utc};
@@ -182,23 +181,6 @@ impl CronSchedule {
         let start: DateTime<Utc> = Utc.timestamp_opt(after.floor() as i64, 0).single()?;
         let next = self.cron.find_next_occurrence(&start, false).ok()?;
         Some(next.timestamp() as f64)
-    }
-}
-
-impl FromStr for CronSchedule {
-    type Err = QueueError;
-    fn from_str(s: &str) -> Result<Self> {
-        CronSchedule::parse(s)
-    }
-}
-
-/// Converts a wall-clock time into an `Instant` for condvar waits.
-pub fn instant_at(at: Timestamp) -> Instant {
-    let delta = at - now();
-    if delta <= 0.0 {
-        Instant::now()
-    } else {
-        Instant::now() + Duration::from_secs_f64(delta.min(1e9))
     }
 }
 

@@ -334,10 +334,6 @@ fn lock_state(queue: &MemoryQueue, may_block: bool) -> Option<MutexGuard<'_, Que
 }
 
 impl Backend for MemoryBackend {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
     fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()> {
         if let Some(existing) = self.queues.read().get(queue) {
             existing.state.lock().retention = retention;

@@ -101,8 +101,6 @@ pub struct ScheduleRecord {
 }
 
 pub trait Backend: Send + Sync + 'static {
-    fn kind(&self) -> &'static str;
-
     /// Makes sure the queue exists, and sets how long its finished jobs are kept.
     fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()>;
 
