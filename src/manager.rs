@@ -200,7 +200,8 @@ impl Engine {
         validate_queue_name(name)?;
         config.validate()?;
         let entry = self.ensure_queue(name)?;
-        self.backend.declare_queue(&entry.name, config.retention)?;
+        self.backend
+            .declare_queue(&entry.name, config.retention, true)?;
         *entry.config.write() = Arc::new(config);
         Ok(())
     }
@@ -213,7 +214,7 @@ impl Engine {
         validate_queue_name(name)?;
         let name: Arc<str> = Arc::from(name);
         self.backend
-            .declare_queue(&name, self.options.defaults.retention)?;
+            .declare_queue(&name, self.options.defaults.retention, false)?;
         let entry = self
             .queues
             .write()
@@ -271,10 +272,13 @@ impl Engine {
     fn known_queue(&self, name: &str) -> Result<()> {
         validate_queue_name(name)?;
         if self.queues.read().contains_key(name) {
-            Ok(())
-        } else {
-            Err(QueueError::Other(format!("queue {name:?} does not exist")))
+            return Ok(());
         }
+        // Another process may have created it in a shared store.
+        if self.backend.shared() && self.backend.queue_names()?.iter().any(|n| n == name) {
+            return self.ensure_queue(name).map(|_| ());
+        }
+        Err(QueueError::Other(format!("queue {name:?} does not exist")))
     }
 
     pub fn pause_queue(&self, name: &str) -> Result<()> {
@@ -313,11 +317,16 @@ impl Engine {
         self.known_queue(name)?;
         let counts = self.backend.counts(name)?;
         let running = self.pools.lock().get(name).map_or(0, |p| p.running()) as u64;
-        Ok(Self::stats_from(counts, running))
+        Ok(self.stats_from(counts, running))
     }
 
-    fn stats_from(counts: QueueCounts, running: u64) -> QueueStats {
-        let running = running.min(counts.active);
+    /// `running`: this process's runs. A shared store counts every process's runs as active.
+    fn stats_from(&self, counts: QueueCounts, running: u64) -> QueueStats {
+        let running = if self.backend.shared() {
+            counts.active
+        } else {
+            running.min(counts.active)
+        };
         QueueStats {
             size: counts.waiting + counts.delayed + (counts.active - running),
             processing: running,
@@ -342,14 +351,19 @@ impl Engine {
             .map(|(name, pool)| (name.clone(), pool.running() as u64))
             .collect();
         let mut queue_sizes = Vec::new();
+        let mut active_workers = 0;
         for name in self.backend.queue_names()? {
             let counts = self.backend.counts(&name)?;
-            let stats = Self::stats_from(counts, running.get(name.as_str()).copied().unwrap_or(0));
+            let stats = self.stats_from(counts, running.get(name.as_str()).copied().unwrap_or(0));
+            active_workers += stats.processing;
             queue_sizes.push((name, stats.size));
+        }
+        if !self.backend.shared() {
+            active_workers = running.values().sum();
         }
         Ok(EngineStats {
             totals: self.backend.totals()?,
-            active_workers: running.values().sum(),
+            active_workers,
             queue_sizes,
         })
     }
@@ -364,7 +378,23 @@ impl Engine {
         specs: &[(Payload, JobOptions)],
         may_block: bool,
     ) -> Result<Pushed> {
+        self.push_jobs(queue, specs, may_block, None)
+    }
+
+    /// `push`; with a cron tick, only if no process has pushed that tick yet.
+    fn push_jobs(
+        &self,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+        may_block: bool,
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<Pushed> {
         self.check_open()?;
+        if !may_block && self.backend.shared() {
+            // Every push to a shared store is a round trip: the caller lets go of Python first.
+            validate_queue_name(queue)?;
+            return Ok(Pushed::WouldBlock);
+        }
         let entry = match self.queues.try_read() {
             Some(map) => map.get(queue).cloned(),
             None if may_block => self.queues.read().get(queue).cloned(),
@@ -410,8 +440,20 @@ impl Engine {
             jobs.push(job);
         }
         let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-        if !self.backend.push(&entry.name, &mut jobs, may_block)? {
-            return Ok(Pushed::WouldBlock);
+        match tick {
+            Some((schedule, at)) => {
+                if !self
+                    .backend
+                    .push_tick(&entry.name, &mut jobs, schedule, at)?
+                {
+                    return Ok(Pushed::Done(Vec::new()));
+                }
+            }
+            None => {
+                if !self.backend.push(&entry.name, &mut jobs, may_block)? {
+                    return Ok(Pushed::WouldBlock);
+                }
+            }
         }
         if let Some(due) = earliest_due {
             self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
@@ -432,7 +474,7 @@ impl Engine {
     ) -> Result<Vec<Job>> {
         self.check_open()?;
         validate_queue_name(queue)?;
-        if !self.queues.read().contains_key(queue) {
+        if !self.backend.shared() && !self.queues.read().contains_key(queue) {
             return Ok(Vec::new());
         }
         self.backend.list_jobs(queue, state, limit)
@@ -706,9 +748,6 @@ impl Engine {
         if let Some(next) = next {
             self.timers.arm(TimerKey::Cron(id.clone()), next);
         }
-        if !matches!(self.backend.claim_tick(id, tick), Ok(true)) {
-            return;
-        }
         let options = JobOptions {
             priority: record.priority,
             scheduled_at: Some(tick),
@@ -719,7 +758,14 @@ impl Engine {
             schedule_id: Some(record.id.clone()),
             ..JobOptions::default()
         };
-        let _ = self.push(&record.queue, &[(record.data.clone(), options)], true);
+        // The tick is claimed and its job stored in one step: one run per tick, whichever
+        // process gets there first.
+        let _ = self.push_jobs(
+            &record.queue,
+            &[(record.data.clone(), options)],
+            true,
+            Some((id, tick)),
+        );
     }
 
     // ---- shutdown ----------------------------------------------------------------------------
@@ -741,6 +787,8 @@ impl Engine {
             self.pools.lock().clear();
         }
         self.timers.stop();
+        // Only now: leases stay renewed while running jobs finish.
+        self.backend.close();
         finished
     }
 }

@@ -334,9 +334,11 @@ fn lock_state(queue: &MemoryQueue, may_block: bool) -> Option<MutexGuard<'_, Que
 }
 
 impl Backend for MemoryBackend {
-    fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()> {
+    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()> {
         if let Some(existing) = self.queues.read().get(queue) {
-            existing.state.lock().retention = retention;
+            if replace {
+                existing.state.lock().retention = retention;
+            }
             return Ok(());
         }
         self.queues.write().entry(queue.clone()).or_insert_with(|| {
@@ -749,7 +751,7 @@ mod tests {
     fn setup() -> (MemoryBackend, Arc<str>) {
         let backend = MemoryBackend::new();
         let queue: Arc<str> = Arc::from("q");
-        backend.declare_queue(&queue, RETENTION).unwrap();
+        backend.declare_queue(&queue, RETENTION, true).unwrap();
         (backend, queue)
     }
 

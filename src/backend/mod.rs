@@ -6,6 +6,7 @@
 //! skip releasing the GIL when nothing would wait.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -101,12 +102,35 @@ pub struct ScheduleRecord {
 }
 
 pub trait Backend: Send + Sync + 'static {
-    /// Makes sure the queue exists, and sets how long its finished jobs are kept.
-    fn declare_queue(&self, queue: &Arc<str>, retention: Retention) -> Result<()>;
+    /// True when other processes share the store (every call is a round trip, and counts
+    /// include their workers' jobs).
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Makes sure the queue exists, and sets how long its finished jobs are kept: always with
+    /// `replace`, otherwise only if the queue had no retention set yet.
+    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()>;
 
     /// Stores new jobs (waiting or delayed) all together or not at all. With `may_block` false
     /// the call returns `Ok(false)` instead of waiting and changes nothing.
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool>;
+
+    /// Stores the job of a cron tick, unless that tick of `schedule` was claimed before (by any
+    /// process): then `Ok(false)`. Backends that can do both in one step override this, so that
+    /// a crash between the claim and the push cannot lose the tick.
+    fn push_tick(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        schedule: &str,
+        tick: Timestamp,
+    ) -> Result<bool> {
+        if !self.claim_tick(schedule, tick)? {
+            return Ok(false);
+        }
+        self.push(queue, jobs, true)
+    }
 
     /// Takes waiting jobs (highest priority first, FIFO within one) and marks them active with one
     /// more attempt. Blocks up to `request.wait` for a first job; returns early, maybe empty, when
@@ -151,4 +175,7 @@ pub trait Backend: Send + Sync + 'static {
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>>;
     /// True for exactly one caller per schedule and tick, whichever process asks.
     fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool>;
+
+    /// The engine has stopped its workers: background upkeep (lease renewal) ends.
+    fn close(&self) {}
 }

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyList, PyMapping, PyString, PyTzInfo};
 
 use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::{RedisBackend, RedisOptions};
 use crate::backend::{Backend, Retention, ScheduleRecord};
 use crate::backoff::Backoff;
 use crate::error::QueueError;
@@ -31,6 +32,7 @@ pub struct PyEngine {
     /// `self` is dropped, so a `&Engine` taken from it stays valid while `self` lives.
     engine: AtomicPtr<Engine>,
     backend: &'static str,
+    store: StoreOptions,
     options: EngineOptions,
     /// Queue settings taken just before `fork`, for the child's fresh engine.
     fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig)>>,
@@ -256,7 +258,7 @@ impl PyEngine {
     }
 
     fn create_engine(&self) -> Result<Arc<Engine>, QueueError> {
-        open_engine(self.backend, self.options.clone())
+        open_engine(&self.store, self.options.clone())
     }
 
     /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
@@ -374,7 +376,7 @@ impl PyEngine {
         keep_completed: i64,
         keep_failed: i64,
     ) -> PyResult<Self> {
-        let _ = (path, url, prefix);
+        let _ = path;
         if !BACKENDS.contains(&backend) {
             return Err(QueueError::Backend(format!(
                 "unknown backend {backend:?}: use \"memory\", \"redis\" or \"file\""
@@ -411,10 +413,20 @@ impl PyEngine {
             .find(|b| **b == backend)
             .copied()
             .unwrap_or("memory");
-        let engine = py.detach(|| open_engine(backend, options.clone()))?;
+        let store = match backend {
+            "redis" => StoreOptions::Redis(RedisOptions {
+                url: url.unwrap_or("redis://127.0.0.1:6379/0").to_string(),
+                prefix: prefix.to_string(),
+                lease: Duration::from_secs_f64(lease.min(1e9)),
+            }),
+            "memory" => StoreOptions::Memory,
+            other => StoreOptions::Unavailable(other),
+        };
+        let engine = py.detach(|| open_engine(&store, options.clone()))?;
         Ok(PyEngine {
             engine: AtomicPtr::new(Arc::into_raw(engine).cast_mut()),
             backend,
+            store,
             options,
             fork_snapshot: std::sync::Mutex::new(Vec::new()),
         })
@@ -837,14 +849,22 @@ impl Drop for PyEngine {
     }
 }
 
-fn open_engine(backend: &str, options: EngineOptions) -> Result<Arc<Engine>, QueueError> {
-    let store: Arc<dyn Backend> = match backend {
-        "memory" => Arc::new(MemoryBackend::new()),
-        other => {
+/// Where an engine keeps its jobs; kept to open a fresh engine in a forked child.
+enum StoreOptions {
+    Memory,
+    Redis(RedisOptions),
+    Unavailable(&'static str),
+}
+
+fn open_engine(store: &StoreOptions, options: EngineOptions) -> Result<Arc<Engine>, QueueError> {
+    let backend: Arc<dyn Backend> = match store {
+        StoreOptions::Memory => Arc::new(MemoryBackend::new()),
+        StoreOptions::Redis(redis) => Arc::new(RedisBackend::connect(redis)?),
+        StoreOptions::Unavailable(other) => {
             return Err(QueueError::Backend(format!(
-                "the {other} backend is not available in this build yet; use backend=\"memory\""
+                "the {other} backend is not available in this build yet; use backend=\"memory\" or \"redis\""
             )))
         }
     };
-    Engine::new(store, options)
+    Engine::new(backend, options)
 }

@@ -1,0 +1,797 @@
+"""Benchmark of the popular pure-Python Redis job queues ("peers") on a given Redis server.
+
+    python benches/redis_peers.py --url redis://127.0.0.1:6379/0 [--jobs 2000] [--pushes 2000]
+                                  [--peer rq --peer arq ...] [--timeout 120]
+
+``benches/redis.py`` imports this module to print the peers beside rnode-queue's own Redis
+figures as ratios (``available``, ``end_to_end``, ``push_latency``); the CLI prints them alone.
+Peers (``pip install rnode-queue[bench]``): RQ with ``SimpleWorker`` (no fork per job), arq,
+dramatiq (``RedisBroker``), huey (``RedisHuey``) and celery (Redis broker, no result backend).
+
+Figures, per peer, with a no-op job (no arguments, returns None):
+
+1. end-to-end jobs/s. One worker process is started with the peer's own entry point
+   (``rq worker``, ``arq``, ``dramatiq``, ``huey_consumer``, ``celery worker``), as users deploy
+   it, and warmed up with a few jobs; then the clock starts, N jobs are enqueued from this
+   process with the peer's bulk API where it has one (RQ ``Queue.enqueue_many`` in pipelines of
+   1,000; the others have none and get a plain loop; arq ``enqueue_job`` under
+   ``asyncio.gather``), and the clock stops when the last job has run. The worker consumes while
+   the jobs are being enqueued, as in production. Start-up of the worker (interpreter, imports,
+   connections) is not timed: it is a one-off cost of a long-lived worker.
+2. single-push latency p50 / p99: M jobs pushed one at a time with the peer's plain enqueue
+   call (no worker running), ``time.perf_counter_ns`` around each call, after 100 untimed
+   warm-up pushes; connections are set up before.
+
+Completion is detected without sleep-and-hope: the runner sets a counter key to -N, the job
+handler INCRs it (that INCR is the handler's only work, the same for every peer) and the job
+that brings it to 0 RPUSHes a "done" key on which the runner waits with BLPOP.
+
+Fairness: no peer stores the (None) result, except RQ: arq ``keep_result=0``, celery
+``ignore_result`` and no result backend, huey ``results=False``, dramatiq has no result
+middleware by default; RQ keeps its default ``result_ttl`` (500 s), measured ~20% faster here
+than ``result_ttl=0``, whose deletion of the finished job costs it more than keeping it. No
+per-job logging (worker log level WARNING). Otherwise each peer runs with its defaults except
+the documented knobs noted in ``_WORKER_NOTES`` (arq polls its queue every 0.5 s by default,
+which alone caps it at ~200 jobs/s here; it gets 0.01 s). The celery producer holds one
+connection (``app.producer_or_acquire()``, passed as ``producer=``): faster than both plain
+``apply_async`` and ``group(...).apply_async()``. RQ and arq get job ids under the run's key
+prefix instead of their own uuid4 (a negligible saving for them).
+
+Hygiene: each run uses a fresh key prefix ``rnqbench<uuid hex>`` (queue names, namespaces, job
+ids, celery's ``global_keyprefix``), and afterwards deletes the keys matching ``*<prefix>*``
+(SCAN + DEL) and removes its own members from the peers' shared sets (e.g. ``rq:queues``). It
+never flushes a database, so it may point at a shared Redis. The task module that the workers
+import is generated into a temporary directory (on their PYTHONPATH) and deleted afterwards;
+worker processes are always stopped (SIGTERM, then SIGKILL to their process group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import importlib.metadata
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C
+
+PEERS: tuple[str, ...] = ("rq", "arq", "dramatiq", "huey", "celery")
+
+DEFAULT_TIMEOUT = 120.0  # seconds for one phase (worker start-up, or the N jobs)
+WARMUP_JOBS = 20  # run through the worker before the clock starts
+WARMUP_PUSHES = 100  # untimed pushes before the latency samples
+RQ_BATCH = 1000  # jobs per Queue.enqueue_many call (one Redis pipeline each)
+ARQ_GATHER = 100  # enqueue_job coroutines per asyncio.gather (each holds a pooled connection)
+STOP_GRACE = 10.0  # seconds a worker gets to exit after SIGTERM before SIGKILL
+
+_INSTALL_HINT = "pip install rnode-queue[bench]"
+
+# Distribution that must be importable for each peer (module name, pip name).
+_REQUIRES: dict[str, tuple[tuple[str, str], ...]] = {
+    "rq": (("rq", "rq"), ("redis", "redis")),
+    "arq": (("arq", "arq"), ("redis", "redis")),
+    "dramatiq": (("dramatiq", "dramatiq[redis]"), ("redis", "redis")),
+    "huey": (("huey", "huey"), ("redis", "redis")),
+    "celery": (("celery", "celery[redis]"), ("kombu", "kombu"), ("redis", "redis")),
+}
+
+# How the worker of each peer is run (one process; in-process concurrency suited to no-op jobs).
+_WORKER_NOTES: dict[str, str] = {
+    "rq": "rq worker -w SimpleWorker (1 process, 1 job at a time, no fork per job)",
+    "arq": "arq worker, max_jobs=10 (default), poll_delay=0.01 s (default 0.5 s)",
+    "dramatiq": "dramatiq --processes 1 --threads 8",
+    "huey": "huey_consumer -k thread -w 4",
+    # solo and threads were measured on 2 cores: solo is faster for no-op jobs (no thread hand-off)
+    "celery": "celery worker --pool solo, default prefetch, no gossip/mingle/heartbeat",
+}
+
+# --------------------------------------------------------------------------- generated task module
+
+_TASKS_HEADER = '''\
+"""Tasks generated by benches/redis_peers.py for one run; deleted afterwards."""
+
+import redis
+
+URL = {url!r}
+PREFIX = {prefix!r}
+COUNTER = {counter!r}
+DONE = {done!r}
+_client = redis.Redis.from_url(URL)
+
+
+def _count():
+    # The handler's only work: count the job; the job that brings the counter to 0 (it starts at
+    # -N) signals the end of the run.
+    if _client.incr(COUNTER) == 0:
+        _client.rpush(DONE, b"1")
+'''
+
+_TASKS: dict[str, str] = {
+    "rq": """
+
+def noop():
+    _count()
+""",
+    "arq": """
+from arq.connections import RedisSettings
+
+
+async def noop(ctx):
+    redis_ = ctx["redis"]
+    if await redis_.incr(COUNTER) == 0:
+        await redis_.rpush(DONE, b"1")
+
+
+class WorkerSettings:
+    functions = [noop]
+    redis_settings = RedisSettings.from_dsn(URL)
+    queue_name = PREFIX
+    health_check_key = PREFIX + ":health-check"
+    keep_result = 0
+    # Documented knob: the default 0.5 s between polls of the queue caps arq at ~200 jobs/s.
+    poll_delay = 0.01
+
+
+LOG_CONFIG = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "level": "WARNING"}},
+    "loggers": {"arq": {"handlers": ["stderr"], "level": "WARNING"}},
+}
+""",
+    "dramatiq": """
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+broker = RedisBroker(url=URL, namespace=PREFIX)
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(max_retries=0)
+def noop():
+    _count()
+""",
+    "huey": """
+from huey import RedisHuey
+
+huey = RedisHuey(PREFIX, url=URL, results=False)
+
+
+@huey.task()
+def noop():
+    _count()
+""",
+    "celery": """
+from celery import Celery
+
+app = Celery(PREFIX, broker=URL, set_as_current=False)
+app.conf.update(
+    broker_transport_options={"global_keyprefix": PREFIX + ":"},
+    broker_connection_retry_on_startup=True,
+    task_default_queue=PREFIX,
+    task_ignore_result=True,
+    worker_enable_remote_control=False,
+    worker_send_task_events=False,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(ignore_result=True)
+def noop():
+    _count()
+""",
+}
+
+
+def _worker_cmd(peer: str, module: str, url: str, prefix: str) -> list[str]:
+    py = sys.executable
+    if peer == "rq":
+        return [
+            *(py, "-m", "rq.cli", "worker", "--worker-class", "rq.worker.SimpleWorker"),
+            *("--url", url, "--name", f"{prefix}-worker", "--logging_level", "WARNING", prefix),
+        ]
+    if peer == "arq":
+        return [
+            py,
+            "-m",
+            "arq",
+            "--custom-log-dict",
+            f"{module}.LOG_CONFIG",
+            f"{module}.WorkerSettings",
+        ]
+    if peer == "dramatiq":
+        return [py, "-m", "dramatiq", module, "--processes", "1", "--threads", "8"]
+    if peer == "huey":
+        return [
+            py,
+            "-m",
+            "huey.bin.huey_consumer",
+            f"{module}.huey",
+            "-k",
+            "thread",
+            "-w",
+            "4",
+            "-q",
+        ]
+    if peer == "celery":
+        return [
+            *(
+                py,
+                "-m",
+                "celery",
+                "-A",
+                module,
+                "worker",
+                "--pool",
+                "solo",
+                "--loglevel",
+                "WARNING",
+            ),
+            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+            *("--queues", prefix, "--hostname", f"{prefix}@%h"),
+        ]
+    raise ValueError(f"unknown peer {peer!r}")
+
+
+# Shared (not per-run) set keys in which a peer registers members named after the run.
+_SHARED_SETS: dict[str, tuple[str, ...]] = {
+    "rq": ("rq:queues", "rq:workers"),
+}
+# Shared throttle locks (SET NX EX) that a peer's worker may create: deleted afterwards only if
+# absent before the run (at worst another deployment of the peer then runs its cleanup early).
+_SHARED_LOCKS: dict[str, tuple[str, ...]] = {
+    "rq": ("rq:clean_groups",),
+}
+
+# --------------------------------------------------------------------------- producers
+
+
+class _Producer:
+    """Enqueues no-op jobs of one peer from this process (connections opened up front)."""
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        """Enqueue len(job_ids) jobs, in bulk where the peer can."""
+        raise NotImplementedError
+
+    def push(self, job_id: str) -> None:
+        """Enqueue one job with the peer's plain call (job_id is used by peers that need it)."""
+        raise NotImplementedError
+
+    def push_latencies(self, job_ids: list[str]) -> list[int]:
+        push, pc = self.push, time.perf_counter_ns
+        samples = [0] * len(job_ids)
+        for i, job_id in enumerate(job_ids):
+            t0 = pc()
+            push(job_id)
+            samples[i] = pc() - t0
+        return samples
+
+    def close(self) -> None:
+        pass
+
+
+class _RqProducer(_Producer):
+    def __init__(self, tasks: Any, url: str, prefix: str) -> None:
+        import redis
+        from rq import Queue  # type: ignore[import-untyped,unused-ignore]
+
+        self._connection: Any = redis.Redis.from_url(url)
+        self._queue: Any = Queue(prefix, connection=self._connection)
+        self._prepare: Any = Queue.prepare_data
+        self._fn = tasks.noop
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        prepare, fn, queue = self._prepare, self._fn, self._queue
+        for start in range(0, len(job_ids), RQ_BATCH):
+            chunk = job_ids[start : start + RQ_BATCH]
+            queue.enqueue_many([prepare(fn, job_id=j) for j in chunk])
+
+    def push(self, job_id: str) -> None:
+        self._queue.enqueue(self._fn, job_id=job_id)
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _ArqProducer(_Producer):
+    def __init__(self, tasks: Any, url: str, prefix: str) -> None:
+        from arq import create_pool  # type: ignore[import-untyped,unused-ignore]
+        from arq.connections import RedisSettings  # type: ignore[import-untyped,unused-ignore]
+
+        self._loop = asyncio.new_event_loop()
+        settings = RedisSettings.from_dsn(url)
+        self._pool: Any = self._loop.run_until_complete(
+            create_pool(settings, default_queue_name=prefix)
+        )
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        enqueue = self._pool.enqueue_job
+
+        async def run() -> None:
+            for start in range(0, len(job_ids), ARQ_GATHER):
+                chunk = job_ids[start : start + ARQ_GATHER]
+                await asyncio.gather(*(enqueue("noop", _job_id=j) for j in chunk))
+
+        self._loop.run_until_complete(run())
+
+    def push(self, job_id: str) -> None:
+        self._loop.run_until_complete(self._pool.enqueue_job("noop", _job_id=job_id))
+
+    def push_latencies(self, job_ids: list[str]) -> list[int]:
+        # Timed inside one coroutine: the event loop is already running, as in an async app.
+        enqueue, pc = self._pool.enqueue_job, time.perf_counter_ns
+
+        async def run() -> list[int]:
+            samples = [0] * len(job_ids)
+            for i, job_id in enumerate(job_ids):
+                t0 = pc()
+                await enqueue("noop", _job_id=job_id)
+                samples[i] = pc() - t0
+            return samples
+
+        return self._loop.run_until_complete(run())
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._pool, "aclose", None) or self._pool.close
+            self._loop.run_until_complete(close())
+        finally:
+            self._loop.close()
+
+
+class _DramatiqProducer(_Producer):
+    def __init__(self, tasks: Any, url: str, prefix: str) -> None:
+        self._broker = tasks.broker
+        self._send = tasks.noop.send
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        send = self._send
+        for _ in job_ids:
+            send()
+
+    def push(self, job_id: str) -> None:
+        self._send()
+
+    def close(self) -> None:
+        self._broker.close()
+
+
+class _HueyProducer(_Producer):
+    def __init__(self, tasks: Any, url: str, prefix: str) -> None:
+        self._huey = tasks.huey
+        self._call = tasks.noop  # calling a huey task enqueues it
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        call = self._call
+        for _ in job_ids:
+            call()
+
+    def push(self, job_id: str) -> None:
+        self._call()
+
+    def close(self) -> None:
+        self._huey.storage.conn.connection_pool.disconnect()
+
+
+class _CeleryProducer(_Producer):
+    def __init__(self, tasks: Any, url: str, prefix: str) -> None:
+        self._app = tasks.app
+        self._apply = tasks.noop.apply_async
+        # One producer (and connection) held for the whole run, as documented for sending many
+        # tasks; without it every apply_async acquires one from the pool.
+        self._held = contextlib.ExitStack()
+        self._producer = self._held.enter_context(self._app.producer_or_acquire())
+
+    def enqueue(self, job_ids: list[str]) -> None:
+        apply, producer = self._apply, self._producer
+        for _ in job_ids:
+            apply(producer=producer)
+
+    def push(self, job_id: str) -> None:
+        self._apply(producer=self._producer)
+
+    def close(self) -> None:
+        try:
+            self._held.close()
+        finally:
+            self._app.close()
+
+
+_PRODUCERS: dict[str, Callable[[Any, str, str], _Producer]] = {
+    "rq": _RqProducer,
+    "arq": _ArqProducer,
+    "dramatiq": _DramatiqProducer,
+    "huey": _HueyProducer,
+    "celery": _CeleryProducer,
+}
+
+# --------------------------------------------------------------------------- one run
+
+
+class _Run:
+    """One peer run: key prefix, generated task module, producer, workers; all undone on close."""
+
+    def __init__(self, peer: str, url: str, timeout: float) -> None:
+        if peer not in PEERS:
+            raise ValueError(f"unknown peer {peer!r} (known: {', '.join(PEERS)})")
+        reason = available(peer)
+        if reason is not None:
+            raise RuntimeError(f"{peer}: {reason}")
+        import redis
+
+        self.peer = peer
+        self.url = url
+        self.timeout = timeout
+        # Letters and digits only: huey strips anything else from its queue name, RQ job ids take
+        # no ":", and a glob pattern needs no escaping.
+        self.prefix = f"rnqbench{uuid.uuid4().hex}"
+        self.counter = f"{self.prefix}:count"
+        self.done = f"{self.prefix}:done"
+        self.module_name = f"rnqbench_tasks_{self.prefix[8:]}"
+        self._ids = 0
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self._stack = contextlib.ExitStack()
+        try:
+            self.client: Any = redis.Redis.from_url(url)
+            self._stack.callback(self.client.close)
+            self.client.ping()
+            self._new_locks = [k for k in _SHARED_LOCKS.get(peer, ()) if not self.client.exists(k)]
+            self._stack.callback(self._delete_keys)
+            tmp = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="rnqbench-"))
+            self.tmpdir = tmp
+            self.log_path = os.path.join(tmp, "worker.log")
+            self.tasks = self._import_tasks()
+            self.producer = _PRODUCERS[peer](self.tasks, url, self.prefix)
+            self._stack.callback(self.producer.close)
+            self._stack.callback(self._stop_workers)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def job_ids(self, count: int) -> list[str]:
+        start, self._ids = self._ids, self._ids + count
+        return [f"{self.prefix}-{i}" for i in range(start, start + count)]  # RQ: [A-Za-z0-9_-]
+
+    def _import_tasks(self) -> Any:
+        path = os.path.join(self.tmpdir, f"{self.module_name}.py")
+        source = _TASKS_HEADER.format(
+            url=self.url, prefix=self.prefix, counter=self.counter, done=self.done
+        )
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(source + _TASKS[self.peer])
+        spec = importlib.util.spec_from_file_location(self.module_name, path)
+        if spec is None or spec.loader is None:
+            raise RuntimeError(f"cannot import the generated task module {path}")
+        module = importlib.util.module_from_spec(spec)
+        # Registered under its name: RQ and celery name the task after its module.
+        sys.modules[self.module_name] = module
+        self._stack.callback(sys.modules.pop, self.module_name, None)
+        spec.loader.exec_module(module)
+        self._stack.callback(self._close_task_client, module)
+        return module
+
+    @staticmethod
+    def _close_task_client(module: Any) -> None:
+        module._client.close()
+
+    # ---------------------------------------------------------------- workers
+
+    def start_worker(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.tmpdir, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = _worker_cmd(self.peer, self.module_name, self.url, self.prefix)
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.tmpdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: stopped with all its children
+            )
+        self._workers.append(proc)
+
+    def _stop_workers(self) -> None:
+        """SIGTERM to each worker's main process (it stops its own children), SIGKILL to the
+        whole process group of one that has not exited after STOP_GRACE seconds."""
+        workers, self._workers = self._workers, []
+        for proc in workers:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in workers:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                # Not reaped yet, so its process group id cannot have been reused.
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                proc.wait(timeout=STOP_GRACE)
+
+    def worker_log_tail(self, chars: int = 1500) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return "(no worker log)"
+        text = text.strip()
+        return text[-chars:] if text else "(worker log empty)"
+
+    # ---------------------------------------------------------------- completion
+
+    def expect(self, count: int) -> None:
+        """Arm the counter for ``count`` jobs (no job of this run may be in flight)."""
+        self.client.delete(self.done)
+        self.client.set(self.counter, -count)
+
+    def wait_done(self, count: int, what: str) -> None:
+        """Block until the counter armed for ``count`` jobs reaches 0, or raise RuntimeError."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            # 1 s slices (integer timeout: BLPOP of Redis < 6 takes no fraction) to watch the
+            # workers and the deadline; BLPOP itself returns as soon as the last job signals.
+            if self.client.blpop([self.done], timeout=1) is not None:
+                return
+            for proc in self._workers:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.peer}: worker exited with code {proc.returncode} during {what} "
+                        f"({self._progress(count)}); worker log:\n{self.worker_log_tail()}"
+                    )
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{self.peer}: {what} not finished within {self.timeout:g} s "
+                    f"({self._progress(count)}); worker log:\n{self.worker_log_tail()}"
+                )
+
+    def _progress(self, count: int) -> str:
+        try:
+            value = int(self.client.get(self.counter) or -count)
+        except Exception as exc:  # progress is only a hint in an error message
+            return f"progress unknown: {exc}"
+        return f"{count + value}/{count} jobs done"
+
+    # ---------------------------------------------------------------- cleanup
+
+    def _delete_keys(self) -> None:
+        """Delete this run's keys (SCAN by prefix) and its members of the peer's shared sets."""
+        client, prefix = self.client, self.prefix
+        batch: list[bytes] = []
+        for key in client.scan_iter(match=f"*{prefix}*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.delete(*batch)
+                batch.clear()
+        if batch:
+            client.delete(*batch)
+        needle = prefix.encode()
+        for key in _SHARED_SETS.get(self.peer, ()):
+            if client.type(key) != b"set":
+                continue
+            members = [m for m in client.sscan_iter(key, count=1000) if needle in m]
+            if members:
+                client.srem(key, *members)
+        if self._new_locks:
+            client.delete(*self._new_locks)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def available(peer: str) -> str | None:
+    """None if ``peer`` can be benchmarked here, else a short reason."""
+    if peer not in PEERS:
+        return f"unknown peer (known: {', '.join(PEERS)})"
+    for module, dist in _REQUIRES[peer]:
+        # kombu replaces its module in sys.modules by one without __spec__ (find_spec raises)
+        try:
+            found = module in sys.modules or importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"not installed ({dist}): {_INSTALL_HINT}"
+    return None
+
+
+def version(peer: str) -> str | None:
+    """Installed version of the peer's distribution, or None."""
+    try:
+        return importlib.metadata.version(peer)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def worker_setup(peer: str) -> str:
+    """How the peer's worker is run by ``end_to_end`` (for report footnotes)."""
+    return _WORKER_NOTES[peer]
+
+
+@dataclass
+class EndToEnd:
+    jobs_per_s: float
+    enqueue_s: float  # time to enqueue the N jobs (the worker consuming meanwhile)
+    total_s: float  # start of the enqueue to the last job done
+
+
+def end_to_end_detail(peer: str, url: str, n: int, *, timeout: float = DEFAULT_TIMEOUT) -> EndToEnd:
+    """``end_to_end`` with the enqueue time as well."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    with _Run(peer, url, timeout) as run:
+        run.start_worker()
+        # Warm-up: proves the worker consumes (start-up is not timed) and opens the connections.
+        run.expect(WARMUP_JOBS)
+        run.producer.enqueue(run.job_ids(WARMUP_JOBS))
+        run.wait_done(WARMUP_JOBS, "worker start-up and warm-up")
+
+        job_ids = run.job_ids(n)
+        run.expect(n)
+        gc.collect()
+        t0 = time.perf_counter()
+        run.producer.enqueue(job_ids)
+        t1 = time.perf_counter()
+        run.wait_done(n, f"{n} jobs")
+        t2 = time.perf_counter()
+    return EndToEnd(jobs_per_s=n / (t2 - t0), enqueue_s=t1 - t0, total_s=t2 - t0)
+
+
+def end_to_end(peer: str, url: str, n: int) -> float:
+    """Jobs/s from the start of enqueueing ``n`` no-op jobs to the last one done (1 worker)."""
+    return end_to_end_detail(peer, url, n).jobs_per_s
+
+
+def push_latency(peer: str, url: str, m: int) -> tuple[float, float]:
+    """(p50, p99) in microseconds of ``m`` single pushes, no worker running; queue cleaned."""
+    if m < 1:
+        raise ValueError("m must be >= 1")
+    with _Run(peer, url, DEFAULT_TIMEOUT) as run:
+        run.producer.push_latencies(run.job_ids(WARMUP_PUSHES))
+        ids = run.job_ids(m)
+        gc.collect()
+        samples = run.producer.push_latencies(ids)
+    samples.sort()
+    return C.percentile(samples, 50) / 1000.0, C.percentile(samples, 99) / 1000.0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _redis_version(url: str) -> str:
+    try:
+        import redis
+
+        client: Any = redis.Redis.from_url(url)
+        try:
+            return str(client.info("server").get("redis_version", "?"))
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"unreachable ({exc})"
+
+
+def _redis_cpu(url: str) -> float | None:
+    """CPU seconds used so far by the Redis server at ``url`` if it runs on this machine."""
+    try:
+        import redis
+
+        client: Any = redis.Redis.from_url(url)
+        try:
+            host = client.connection_pool.connection_kwargs.get("host", "localhost")
+            if host not in ("localhost", "::1") and not str(host).startswith("127."):
+                return None
+            info = client.info("cpu")
+            return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        finally:
+            client.close()
+    except Exception:
+        return None
+
+
+def _other_cpu(interference: C.Interference, url: str, redis0: float | None, t0: float) -> str:
+    """Share of one core taken by processes other than this one, its workers and a local Redis."""
+    other = interference.other_cpu()
+    if other is None:
+        return "n/a"
+    seconds = other[0]
+    redis1 = _redis_cpu(url)
+    if redis0 is not None and redis1 is not None:
+        seconds = max(0.0, seconds - (redis1 - redis0))
+    wall = time.perf_counter() - t0
+    return f"{seconds / wall:.0%}" if wall > 0 else "n/a"
+
+
+def _describe(peer: str, exc: Exception) -> str:
+    if isinstance(exc, RuntimeError):
+        return str(exc)
+    return f"{peer}: {type(exc).__name__}: {exc}"
+
+
+def _iter_peers(selected: list[str] | None) -> Iterator[str]:
+    yield from selected or PEERS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").strip().split("\n", 1)[0])
+    parser.add_argument("--url", required=True, help="redis://HOST:PORT/DB (keys are cleaned up)")
+    parser.add_argument("--jobs", type=int, default=2000, help="N for end-to-end (default 2000)")
+    parser.add_argument("--pushes", type=int, default=2000, help="M for latency (default 2000)")
+    parser.add_argument("--peer", action="append", choices=PEERS, help="repeatable; default all")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per phase")
+    args = parser.parse_args(argv)
+
+    print("Pure-Python Redis job queues (no-op jobs, 1 worker process)")
+    print(f"  redis {_redis_version(args.url)} at {args.url}, python {sys.version.split()[0]}")
+    print(f"  N = {args.jobs:,} end-to-end, M = {args.pushes:,} single pushes")
+    print()
+    columns = ["peer", "version", "e2e jobs/s", "enqueue s", "e2e s", "push p50 us", "p99 us"]
+    columns += ["wall s", "other CPU"]
+    rows: list[list[str]] = []
+    problems: list[str] = []  # a run that failed: exit status 1
+    skipped: list[str] = []  # a peer not installed: reported only
+    for peer in _iter_peers(args.peer):
+        reason = available(peer)
+        if reason is not None:
+            rows.append([peer, "-", "skipped", "", "", "", "", "", ""])
+            skipped.append(f"{peer}: {reason}")
+            continue
+        started = time.perf_counter()
+        interference = C.Interference()
+        redis_cpu0 = _redis_cpu(args.url)
+        row = [peer, version(peer) or "?"]
+        try:
+            e2e = end_to_end_detail(peer, args.url, args.jobs, timeout=args.timeout)
+            row += [C.fmt_num(e2e.jobs_per_s), f"{e2e.enqueue_s:.3f}", f"{e2e.total_s:.3f}"]
+        except Exception as exc:
+            row += ["FAILED", "", ""]
+            problems.append(_describe(peer, exc))
+        try:
+            p50, p99 = push_latency(peer, args.url, args.pushes)
+            row += [C.fmt_num(p50, 1), C.fmt_num(p99, 1)]
+        except Exception as exc:
+            row += ["FAILED", ""]
+            problems.append(_describe(peer, exc))
+        row.append(f"{time.perf_counter() - started:.1f}")
+        row.append(_other_cpu(interference, args.url, redis_cpu0, started))
+        rows.append(row)
+        print(f"  ... {peer} done", flush=True)
+    print()
+    C.Report.table(columns, rows)
+    print()
+    for peer in _iter_peers(args.peer):
+        print(f"  {peer:<9} {_WORKER_NOTES[peer]}")
+    print("  other CPU: CPU time taken during the peer's run by processes other than this one, its")
+    print("  workers and a local Redis, as a share of one core: a high share skews the figures")
+    for text in skipped:
+        print(f"  -- skipped {text}")
+    for text in problems:
+        print(f"  !! {text}")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

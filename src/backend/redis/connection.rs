@@ -1,0 +1,280 @@
+//! Connections to one Redis server or a Redis Cluster, driven by a small private tokio runtime.
+//!
+//! The engine's threads are plain OS threads that may block, so every call here is a
+//! `block_on` from the caller's thread; the runtime's one worker thread drives the sockets.
+//! Never call these from a tokio thread.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::error::{QueueError, Result};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long any command may take, connecting included: a push to a Redis that is down fails
+/// within this bound.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// A connection for commands: the reconnecting multiplexed manager, or a cluster connection
+/// (which reconnects to its nodes by itself). Cloning shares the underlying socket(s).
+#[derive(Clone)]
+pub enum Conn {
+    Managed(ConnectionManager),
+    Direct(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Managed(c) => c.req_packed_command(cmd),
+            Conn::Direct(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Managed(c) => c.get_db(),
+            Conn::Direct(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+// One per backend: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Target {
+    Single(Client),
+    /// One client for commands (with a response timeout), one for blocking calls (without).
+    Cluster {
+        blocking: ClusterClient,
+    },
+}
+
+pub struct Redis {
+    runtime: tokio::runtime::Runtime,
+    target: Target,
+    commands: Conn,
+}
+
+pub fn backend_error(error: RedisError) -> QueueError {
+    QueueError::Backend(format!("redis: {error}"))
+}
+
+impl Redis {
+    /// Connects to `url` (`redis://` or `rediss://`, with user, password and db), or to a
+    /// cluster: a server that reports cluster mode, or several comma-separated node URLs.
+    pub fn connect(url: &str) -> Result<Redis> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("rnq-redis-io")
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(|e| QueueError::Backend(format!("cannot start the redis I/O thread: {e}")))?;
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let Some(first) = urls.first() else {
+            return Err(QueueError::Backend("the redis url is empty".into()));
+        };
+        let client = Client::open(*first).map_err(|e| bad_url(url, e))?;
+        let handle = runtime.handle().clone();
+        let (target, commands) = handle.block_on(async {
+            let probe = tokio::time::timeout(COMMAND_TIMEOUT, async {
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(&direct_config(Some(
+                        COMMAND_TIMEOUT,
+                    )))
+                    .await?;
+                let info: String = redis::cmd("INFO")
+                    .arg("cluster")
+                    .query_async(&mut probe)
+                    .await?;
+                Ok::<bool, RedisError>(info.contains("cluster_enabled:1"))
+            })
+            .await;
+            let clustered = match probe {
+                Ok(result) => result.map_err(|e| unreachable_error(url, e))?,
+                Err(_) => return Err(timed_out(url)),
+            };
+            if clustered || urls.len() > 1 {
+                let cluster = cluster_client(&urls, Some(COMMAND_TIMEOUT))?;
+                let conn = tokio::time::timeout(COMMAND_TIMEOUT, cluster.get_async_connection())
+                    .await
+                    .map_err(|_| timed_out(url))?
+                    .map_err(|e| unreachable_error(url, e))?;
+                let blocking = cluster_client(&urls, None)?;
+                Ok((Target::Cluster { blocking }, Conn::Cluster(conn)))
+            } else {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = tokio::time::timeout(
+                    COMMAND_TIMEOUT,
+                    ConnectionManager::new_with_config(client.clone(), config),
+                )
+                .await
+                .map_err(|_| timed_out(url))?
+                .map_err(|e| unreachable_error(url, e))?;
+                Ok((Target::Single(client), Conn::Managed(manager)))
+            }
+        })?;
+        Ok(Redis {
+            runtime,
+            target,
+            commands,
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// The shared connection for commands.
+    pub fn conn(&self) -> Conn {
+        self.commands.clone()
+    }
+
+    /// Runs `future` to its end, or fails after `COMMAND_TIMEOUT`.
+    pub fn run<T, F>(&self, future: F) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run_for(COMMAND_TIMEOUT, future)
+    }
+
+    pub fn run_for<T, F>(&self, limit: Duration, future: F) -> Result<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        self.runtime
+            .handle()
+            .block_on(async { tokio::time::timeout(limit, future).await })
+            .map_err(|_| {
+                QueueError::Backend(format!("redis: no answer within {} s", limit.as_secs_f64()))
+            })?
+            .map_err(backend_error)
+    }
+
+    /// A connection of its own, for a blocking command that would stall the shared one.
+    pub fn dedicated(&self) -> Result<Conn> {
+        self.run(async {
+            match &self.target {
+                Target::Single(client) => client
+                    .get_multiplexed_async_connection_with_config(&direct_config(None))
+                    .await
+                    .map(Conn::Direct),
+                Target::Cluster { blocking } => {
+                    blocking.get_async_connection().await.map(Conn::Cluster)
+                }
+            }
+        })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its tasks; the reconnect tasks need not finish.
+        let runtime = std::mem::replace(
+            &mut self.runtime,
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("an empty current-thread runtime"),
+        );
+        runtime.shutdown_background();
+    }
+}
+
+fn direct_config(response_timeout: Option<Duration>) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(response_timeout)
+}
+
+fn cluster_client(urls: &[&str], response_timeout: Option<Duration>) -> Result<ClusterClient> {
+    let mut builder = ClusterClient::builder(urls.iter().copied())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .retries(2);
+    if let Some(timeout) = response_timeout {
+        builder = builder.response_timeout(timeout);
+    }
+    builder
+        .build()
+        .map_err(|e| QueueError::Backend(format!("redis cluster: {e}")))
+}
+
+fn bad_url(url: &str, error: RedisError) -> QueueError {
+    QueueError::Backend(format!("invalid redis url {}: {error}", redacted(url)))
+}
+
+fn unreachable_error(url: &str, error: RedisError) -> QueueError {
+    QueueError::Backend(format!(
+        "cannot connect to redis at {}: {error}",
+        redacted(url)
+    ))
+}
+
+fn timed_out(url: &str) -> QueueError {
+    QueueError::Backend(format!(
+        "cannot connect to redis at {}: no answer within {} s",
+        redacted(url),
+        COMMAND_TIMEOUT.as_secs()
+    ))
+}
+
+/// The url without its password, for error messages.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|one| match (one.find("://"), one.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let credentials = &one[scheme + 3..at];
+                match credentials.split_once(':') {
+                    Some((user, _)) => format!("{}{user}:***{}", &one[..scheme + 3], &one[at..]),
+                    None => one.to_string(),
+                }
+            }
+            _ => one.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("redis://app:secret@host:6379/2"),
+            "redis://app:***@host:6379/2"
+        );
+        assert_eq!(redacted("rediss://host:1/0"), "rediss://host:1/0");
+    }
+}

@@ -1,0 +1,7 @@
+-- {waiting, delayed, active, completed total, failed total, retried total, paused}
+local totals = redis.call('HMGET', meta, 'ct', 'ft', 'rt', 'paused')
+return {
+  redis.call('ZCARD', waiting), redis.call('ZCARD', delayed), redis.call('ZCARD', active),
+  tonumber(totals[1]) or 0, tonumber(totals[2]) or 0, tonumber(totals[3]) or 0,
+  totals[4] == '1' and 1 or 0,
+}

@@ -1,0 +1,30 @@
+-- Takes up to `max` waiting jobs (about waiting / share of them) and leases them to `token`
+-- until `lease_ms`: each becomes active with one more attempt. Due delayed jobs are promoted
+-- first. Returns {next delayed due in ms or -1, {id, fields, id, fields, ...}}.
+-- ARGV: now_ms, now, max, share, token, lease_ms
+local now_ms = tonumber(ARGV[1])
+promote(now_ms)
+local taken = {}
+if redis.call('HGET', meta, 'paused') ~= '1' then
+  local available = redis.call('ZCARD', waiting)
+  if available > 0 then
+    local take = math.min(tonumber(ARGV[3]), math.max(1, math.ceil(available / tonumber(ARGV[4]))))
+    local popped = redis.call('ZPOPMIN', waiting, take)
+    local leased = {}
+    for i = 1, #popped, 2 do
+      local id = popped[i]
+      local key = job_key(id)
+      redis.call('HINCRBY', key, 'a', 1)
+      redis.call('HSET', key, 's', 'active', 'st', ARGV[2], 'tk', ARGV[5])
+      leased[#leased + 1] = ARGV[6]
+      leased[#leased + 1] = id
+      taken[#taken + 1] = id
+      taken[#taken + 1] = redis.call('HGETALL', key)
+    end
+    zadd_all(active, leased)
+    if available > take then
+      signal()
+    end
+  end
+end
+return { first_score(delayed) or -1, taken }

@@ -1,0 +1,941 @@
+//! The Redis backend: jobs shared by any number of processes and hosts.
+//!
+//! Every move between states is one Lua script (`lua/`), so a crash never leaves a job half
+//! moved. Per queue (all keys share the hash tag `{queue}`, one Cluster slot):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `waiting` | sorted set | ids, scored priority above a FIFO sequence |
+//! | `delayed` | sorted set | ids by due time (ms) |
+//! | `active` | sorted set | ids by lease expiry (ms); the job's `tk` field names the holder |
+//! | `completed`, `failed` | sorted set | ids by finish time, trimmed by count and age |
+//! | `meta` | hash | paused, retention, totals, the FIFO sequence |
+//! | `wake` | list | markers that wake idle workers blocked in `BLPOP` |
+//! | `j:<id>` | hash | the job |
+//! | `ticks` | hash | the last cron tick claimed, per schedule |
+//!
+//! Leases: a fetched job is leased to this process's token. A keeper thread renews the leases
+//! of the jobs it holds; a sweeper (one per interval across all processes) takes back the jobs
+//! whose lease expired, counting the lost run as an attempt. A settle or release checks the
+//! token and the attempt, so a worker that lost its lease cannot finish the job afterwards.
+
+mod codec;
+mod connection;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::{Cmd, FromRedisValue, Script, Value};
+
+use self::codec::{decode_job, decode_jobs, decode_schedule, encode_schedule, job_fields, millis};
+use self::connection::{Redis, COMMAND_TIMEOUT};
+use super::{
+    Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
+};
+use crate::error::{QueueError, Result};
+use crate::job::{now, Job, JobId, JobState, Timestamp};
+use crate::sync::{Condvar, Mutex, RwLock};
+
+pub use self::connection::redacted;
+
+/// Jobs per push script; a larger batch is several scripts in one MULTI/EXEC round trip.
+const PUSH_CHUNK: usize = 1000;
+/// How long a finished wait re-reads state changed by other processes (its own settles wake
+/// it at once).
+const FINISH_POLL: Duration = Duration::from_millis(50);
+const LEASE_LOST: &str =
+    "LeaseExpired: the worker running this job stopped renewing its lease (it died or lost Redis)";
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+struct Scripts {
+    push: Script,
+    fetch: Script,
+    settle: Script,
+    release: Script,
+    renew: Script,
+    sweep: Script,
+    tick: Script,
+    counts: Script,
+    list: Script,
+    admin: Script,
+    claim: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let queue_script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
+        Scripts {
+            push: queue_script(include_str!("lua/push.lua")),
+            fetch: queue_script(include_str!("lua/fetch.lua")),
+            settle: queue_script(include_str!("lua/settle.lua")),
+            release: queue_script(include_str!("lua/release.lua")),
+            renew: queue_script(include_str!("lua/renew.lua")),
+            sweep: queue_script(include_str!("lua/sweep.lua")),
+            tick: queue_script(include_str!("lua/tick.lua")),
+            counts: queue_script(include_str!("lua/counts.lua")),
+            list: queue_script(include_str!("lua/list.lua")),
+            admin: queue_script(include_str!("lua/admin.lua")),
+            claim: Script::new(
+                "local last = redis.call('HGET', KEYS[1], ARGV[1]) \
+                 if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end \
+                 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1",
+            ),
+        }
+    }
+}
+
+/// Indices into `RedisQueue::keys`, in the order the scripts take them.
+const WAKE: usize = 6;
+const BASE: usize = 7;
+
+/// What this process knows about one queue.
+struct RedisQueue {
+    name: Arc<str>,
+    /// waiting, delayed, active, completed, failed, meta, wake, and the key prefix itself.
+    keys: [String; 8],
+    /// Jobs this process holds a lease on.
+    held: Mutex<HashSet<JobId>>,
+    listen: Mutex<Listen>,
+    heard: Condvar,
+    /// The connection the listener blocks on, kept between waits.
+    blocking: Mutex<Option<connection::Conn>>,
+}
+
+/// One thread per process and queue blocks on Redis for a wake-up; the others wait for it here.
+#[derive(Default)]
+struct Listen {
+    listening: bool,
+    /// Bumped each time the listener returns.
+    generation: u64,
+}
+
+impl RedisQueue {
+    fn new(prefix: &str, name: &str) -> Self {
+        let base = format!("{prefix}:{{{}}}:", hash_tag(name));
+        let key = |suffix: &str| format!("{base}{suffix}");
+        RedisQueue {
+            name: Arc::from(name),
+            keys: [
+                key("waiting"),
+                key("delayed"),
+                key("active"),
+                key("completed"),
+                key("failed"),
+                key("meta"),
+                key("wake"),
+                base.clone(),
+            ],
+            held: Mutex::new(HashSet::new()),
+            listen: Mutex::new(Listen::default()),
+            heard: Condvar::new(),
+            blocking: Mutex::new(None),
+        }
+    }
+
+    fn job_key(&self, id: JobId) -> String {
+        format!("{}j:{id}", self.keys[BASE])
+    }
+}
+
+/// The hash tag of a queue: its name, unless braces in it would end the tag early (then its
+/// bytes in hex), so that all keys of a queue land in one Cluster slot.
+fn hash_tag(name: &str) -> String {
+    if name.contains(['{', '}']) {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("#{hex}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Wakes waiters of `wait_finished` / `wait_idle` when this process settles a job.
+#[derive(Default)]
+struct LocalSignal {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl LocalSignal {
+    fn notify(&self) {
+        *self.generation.lock() += 1;
+        self.changed.notify_all();
+    }
+
+    fn current(&self) -> u64 {
+        *self.generation.lock()
+    }
+
+    fn wait(&self, seen: u64, limit: Duration) {
+        let generation = self.generation.lock();
+        if *generation == seen {
+            let _ = self.changed.wait_for(generation, limit);
+        }
+    }
+}
+
+struct Shared {
+    redis: Redis,
+    prefix: String,
+    /// This process's lease token: a fresh one for every backend (and so for a forked child).
+    token: String,
+    lease: Duration,
+    scripts: Scripts,
+    queues: RwLock<HashMap<Arc<str>, Arc<RedisQueue>>>,
+    finished: LocalSignal,
+    stopping: Mutex<bool>,
+    stop: Condvar,
+}
+
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    keeper: Mutex<Option<thread::JoinHandle<()>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    pub url: String,
+    pub prefix: String,
+    /// How long a job stays leased to a worker that stops renewing it.
+    pub lease: Duration,
+}
+
+impl RedisBackend {
+    pub fn connect(options: &RedisOptions) -> Result<Self> {
+        if options.prefix.is_empty() || options.prefix.contains(['{', '}']) {
+            return Err(QueueError::InvalidJob(format!(
+                "the redis prefix must be non-empty and without braces, got {:?}",
+                options.prefix
+            )));
+        }
+        let redis = Redis::connect(&options.url)?;
+        let shared = Arc::new(Shared {
+            redis,
+            prefix: options.prefix.clone(),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            lease: options.lease.max(Duration::from_millis(10)),
+            scripts: Scripts::new(),
+            queues: RwLock::new(HashMap::new()),
+            finished: LocalSignal::default(),
+            stopping: Mutex::new(false),
+            stop: Condvar::new(),
+        });
+        let keeper_shared = shared.clone();
+        let keeper = thread::Builder::new()
+            .name("rnq-redis-leases".into())
+            .spawn(move || keeper_shared.keep_leases())
+            .map_err(|e| QueueError::Backend(format!("cannot start the lease thread: {e}")))?;
+        Ok(RedisBackend {
+            shared,
+            keeper: Mutex::new(Some(keeper)),
+        })
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.shared.redis.is_cluster()
+    }
+
+    fn stop_keeper(&self) {
+        *self.shared.stopping.lock() = true;
+        self.shared.stop.notify_all();
+        if let Some(handle) = self.keeper.lock().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.stop_keeper();
+    }
+}
+
+impl Shared {
+    fn global_key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    fn queue(&self, name: &str) -> Arc<RedisQueue> {
+        if let Some(queue) = self.queues.read().get(name) {
+            return queue.clone();
+        }
+        let queue = Arc::new(RedisQueue::new(&self.prefix, name));
+        self.queues
+            .write()
+            .entry(queue.name.clone())
+            .or_insert(queue)
+            .clone()
+    }
+
+    /// Runs a queue script (EVALSHA, loading it first where Redis lost it): the queue's keys,
+    /// then the arguments `args` adds.
+    fn invoke<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        queue: &RedisQueue,
+        args: impl FnOnce(&mut Cmd),
+    ) -> Result<T> {
+        let mut cmd = eval_cmd(script, &queue.keys);
+        args(&mut cmd);
+        self.eval(script, cmd)
+    }
+
+    fn eval<T: FromRedisValue>(&self, script: &Script, cmd: Cmd) -> Result<T> {
+        let mut conn = self.redis.conn();
+        self.redis.run(async move {
+            match cmd.query_async(&mut conn).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    script.load_async(&mut conn).await?;
+                    cmd.query_async(&mut conn).await
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn command<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T> {
+        let mut conn = self.redis.conn();
+        self.redis
+            .run(async move { cmd.query_async(&mut conn).await })
+    }
+
+    fn queue_names(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> =
+            self.command(redis::Cmd::smembers(self.global_key("queues")))?;
+        names.sort();
+        Ok(names)
+    }
+
+    fn counts(&self, queue: &RedisQueue) -> Result<(QueueCounts, u64)> {
+        let c: Vec<u64> = self.invoke(&self.scripts.counts, queue, |_| {})?;
+        let at = |i: usize| c.get(i).copied().unwrap_or(0);
+        Ok((
+            QueueCounts {
+                waiting: at(0),
+                delayed: at(1),
+                active: at(2),
+                completed: at(3),
+                failed: at(4),
+                paused: at(6) == 1,
+            },
+            at(5),
+        ))
+    }
+
+    /// The leased jobs of one fetch, and when the next delayed job is due (ms, or -1).
+    fn take(&self, queue: &RedisQueue, request: FetchRequest) -> Result<(i64, Vec<Job>)> {
+        let at = now();
+        let lease_until = millis(at) + self.lease.as_millis() as i64;
+        let reply: Value = self.invoke(&self.scripts.fetch, queue, |inv| {
+            inv.arg(millis(at))
+                .arg(at.to_string())
+                .arg(request.max.max(1))
+                .arg(request.share.max(1))
+                .arg(&self.token)
+                .arg(lease_until);
+        })?;
+        let Value::Array(parts) = reply else {
+            return Err(QueueError::Backend("redis: unexpected fetch reply".into()));
+        };
+        let next_due = match parts.first() {
+            Some(Value::Int(due)) => *due,
+            _ => -1,
+        };
+        let jobs = match parts.get(1) {
+            Some(list) => decode_jobs(&queue.name, list)?,
+            None => Vec::new(),
+        };
+        Ok((next_due, jobs))
+    }
+
+    /// Waits for a wake-up of the queue, until `until` at most. One thread per queue blocks on
+    /// Redis (`BLPOP` on the queue's wake list and this process's own); the others wait for it.
+    fn await_signal(
+        &self,
+        queue: &RedisQueue,
+        seen: u64,
+        until: Instant,
+        cancel: &AtomicBool,
+    ) -> Result<()> {
+        let mut listen = queue.listen.lock();
+        if listen.generation != seen || cancel.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if listen.listening {
+            let _ = queue.heard.wait_until(listen, until);
+            return Ok(());
+        }
+        listen.listening = true;
+        drop(listen);
+        let heard = self.block_on_wake(queue, until);
+        let mut listen = queue.listen.lock();
+        listen.listening = false;
+        listen.generation += 1;
+        queue.heard.notify_all();
+        heard
+    }
+
+    fn block_on_wake(&self, queue: &RedisQueue, until: Instant) -> Result<()> {
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        let taken = queue.blocking.lock().take();
+        let mut conn = match taken {
+            Some(conn) => conn,
+            None => self.redis.dedicated()?,
+        };
+        let own = format!("{}wake:{}", queue.keys[BASE], self.token);
+        let mut blpop = redis::cmd("BLPOP");
+        blpop
+            .arg(&queue.keys[WAKE])
+            .arg(&own)
+            .arg(wait.as_secs_f64());
+        let heard: Result<Value> = self.redis.run_for(wait + COMMAND_TIMEOUT, async {
+            blpop.query_async(&mut conn).await
+        });
+        // A connection that failed is dropped; the next wait opens a new one.
+        if heard.is_ok() {
+            *queue.blocking.lock() = Some(conn);
+        }
+        heard.map(|_| ())
+    }
+
+    fn settle_acks(&self, queue: &RedisQueue, acks: &[Ack]) -> Result<i64> {
+        let at = now();
+        self.invoke(&self.scripts.settle, queue, |inv| {
+            inv.arg(millis(at)).arg(&self.token).arg(acks.len());
+            for ack in acks {
+                inv.arg(ack.id.to_string())
+                    .arg(ack.attempt)
+                    .arg(match ack.settlement {
+                        Settlement::Completed { .. } => "c",
+                        Settlement::Retry { .. } => "r",
+                        Settlement::Failed { .. } => "f",
+                    })
+                    .arg(ack.at.to_string())
+                    .arg(millis(ack.at));
+                match &ack.settlement {
+                    Settlement::Completed { result } => {
+                        match result {
+                            Some(result) => inv.arg("1").arg(&**result),
+                            None => inv.arg("0").arg(""),
+                        };
+                    }
+                    Settlement::Retry {
+                        due,
+                        error,
+                        traceback,
+                    } => {
+                        inv.arg(millis(*due)).arg(due.to_string()).arg(error);
+                        optional_text(inv, traceback.as_deref());
+                    }
+                    Settlement::Failed { error, traceback } => {
+                        inv.arg(error);
+                        optional_text(inv, traceback.as_deref());
+                    }
+                }
+            }
+        })
+    }
+
+    /// Renews this process's leases and, every sweep interval, takes back expired ones.
+    fn keep_leases(self: Arc<Self>) {
+        let renew_every = self.lease / 3;
+        let sweep_every = (self.lease / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut next_sweep = Instant::now();
+        let mut next_renew = Instant::now() + renew_every;
+        loop {
+            {
+                let until = next_sweep.min(next_renew);
+                let mut stopping = self.stopping.lock();
+                while !*stopping && Instant::now() < until {
+                    stopping = self.stop.wait_until(stopping, until).0;
+                }
+                if *stopping {
+                    return;
+                }
+            }
+            let now_instant = Instant::now();
+            if now_instant >= next_renew {
+                self.renew_leases();
+                next_renew = now_instant + renew_every;
+            }
+            if now_instant >= next_sweep {
+                self.sweep(sweep_every);
+                next_sweep = now_instant + sweep_every;
+            }
+        }
+    }
+
+    fn renew_leases(&self) {
+        let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
+        for queue in queues {
+            let held: Vec<JobId> = queue.held.lock().iter().copied().collect();
+            for chunk in held.chunks(PUSH_CHUNK) {
+                let until = millis(now()) + self.lease.as_millis() as i64;
+                let lost: Result<Vec<String>> = self.invoke(&self.scripts.renew, &queue, |inv| {
+                    inv.arg(&self.token).arg(until);
+                    for id in chunk {
+                        inv.arg(id.to_string());
+                    }
+                });
+                if let Ok(lost) = lost {
+                    let mut held = queue.held.lock();
+                    for id in lost.iter().filter_map(|id| JobId::parse(id)) {
+                        held.remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sweep(&self, every: Duration) {
+        let Ok(names) = self.queue_names() else {
+            return;
+        };
+        for name in names {
+            let queue = self.queue(&name);
+            let at = now();
+            let _: Result<i64> = self.invoke(&self.scripts.sweep, &queue, |inv| {
+                inv.arg(millis(at))
+                    .arg(at.to_string())
+                    .arg(&self.token)
+                    .arg(every.as_millis() as u64)
+                    .arg(LEASE_LOST);
+            });
+        }
+    }
+
+    /// Finds a job in whichever queue holds it.
+    fn find_job(&self, id: JobId) -> Result<Option<Job>> {
+        for name in self.queue_names()? {
+            let queue = self.queue(&name);
+            let hash: Value = self.command(redis::Cmd::hgetall(queue.job_key(id)))?;
+            if let Some(job) = decode_job(&queue.name, id.to_string().as_bytes(), &hash)? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores jobs; with a cron tick, only if that tick was not claimed yet.
+    fn store(
+        &self,
+        queue: &RedisQueue,
+        jobs: &[Job],
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<bool> {
+        let now_ms = millis(now());
+        let add_args = |inv: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
+            inv.arg(now_ms).arg(chunk.len());
+            match tick {
+                Some((schedule, at)) => inv.arg(schedule).arg(at.to_string()),
+                None => inv.arg("").arg("0"),
+            };
+            for job in chunk {
+                let fields = job_fields(job);
+                inv.arg(job.id.to_string())
+                    .arg(if job.state == JobState::Delayed {
+                        "1"
+                    } else {
+                        "0"
+                    })
+                    .arg(millis(job.due_at()))
+                    .arg(job.priority as u8)
+                    .arg(fields.len());
+                for (field, value) in fields {
+                    inv.arg(field).arg(value);
+                }
+            }
+        };
+        if jobs.len() <= PUSH_CHUNK {
+            let stored: i64 =
+                self.invoke(&self.scripts.push, queue, |inv| add_args(inv, jobs, tick))?;
+            return Ok(stored == 1);
+        }
+        // Several chunks, all or none: one MULTI/EXEC of EVALSHAs, the script loaded first.
+        let mut conn = self.redis.conn();
+        let script = &self.scripts.push;
+        self.redis
+            .run(async { script.load_async(&mut conn).await })?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (n, chunk) in jobs.chunks(PUSH_CHUNK).enumerate() {
+            let mut cmd = eval_cmd(script, &queue.keys);
+            add_args(&mut cmd, chunk, if n == 0 { tick } else { None });
+            pipe.add_command(cmd);
+        }
+        let stored: Vec<i64> = self
+            .redis
+            .run(async move { pipe.query_async(&mut conn).await })?;
+        Ok(stored.first() == Some(&1))
+    }
+}
+
+/// `EVALSHA` of a script with these keys; arguments follow.
+fn eval_cmd(script: &Script, keys: &[String]) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(key);
+    }
+    cmd
+}
+
+fn optional_text(inv: &mut Cmd, text: Option<&str>) {
+    match text {
+        Some(text) => inv.arg("1").arg(text),
+        None => inv.arg("0").arg(""),
+    };
+}
+
+fn next_event(ms: i64) -> Option<Timestamp> {
+    (ms >= 0).then(|| ms as f64 / 1000.0)
+}
+
+impl Backend for RedisBackend {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let _: i64 = s.command(redis::Cmd::sadd(s.global_key("queues"), &**queue))?;
+        let ttl_ms = (retention.ttl * 1000.0).round() as i64;
+        let _: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
+            inv.arg("declare")
+                .arg(if replace { "1" } else { "0" })
+                .arg(ttl_ms)
+                .arg(retention.keep_completed)
+                .arg(retention.keep_failed);
+        })?;
+        Ok(())
+    }
+
+    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
+        if !may_block {
+            return Ok(false);
+        }
+        let handle = self.shared.queue(queue);
+        self.shared.store(&handle, jobs, None)?;
+        jobs.clear();
+        Ok(true)
+    }
+
+    fn push_tick(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        schedule: &str,
+        tick: Timestamp,
+    ) -> Result<bool> {
+        let handle = self.shared.queue(queue);
+        let stored = self.shared.store(&handle, jobs, Some((schedule, tick)))?;
+        jobs.clear();
+        Ok(stored)
+    }
+
+    fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let deadline = Instant::now() + request.wait;
+        loop {
+            if cancel.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            let seen = handle.listen.lock().generation;
+            let (next_due, jobs) = s.take(&handle, request)?;
+            if !jobs.is_empty() {
+                handle.held.lock().extend(jobs.iter().map(|job| job.id));
+                return Ok(jobs);
+            }
+            let now_instant = Instant::now();
+            if now_instant >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline;
+            if next_due >= 0 {
+                let due_in = (next_due - millis(now())).max(1) as u64;
+                until = until.min(now_instant + Duration::from_millis(due_in));
+            }
+            s.await_signal(&handle, seen, until, cancel)?;
+        }
+    }
+
+    fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
+        if acks.is_empty() {
+            return Ok(None);
+        }
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        // Redis may be away for a moment: keep trying for part of the lease (an ack that never
+        // lands leaves the job to the sweeper, which runs it again).
+        let give_up = Instant::now() + s.lease / 2;
+        let result = loop {
+            match s.settle_acks(&handle, &acks) {
+                Err(QueueError::Backend(_)) if Instant::now() < give_up => {
+                    thread::sleep(Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
+        {
+            let mut held = handle.held.lock();
+            for ack in &acks {
+                held.remove(&ack.id);
+            }
+        }
+        s.finished.notify();
+        result.map(next_event)
+    }
+
+    fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let released: Result<i64> = s.invoke(&s.scripts.release, &handle, |inv| {
+            inv.arg(&s.token).arg(jobs.len());
+            for job in jobs {
+                inv.arg(job.id.to_string()).arg(job.attempts);
+            }
+        });
+        let mut held = handle.held.lock();
+        for job in jobs {
+            held.remove(&job.id);
+        }
+        released.map(|_| ())
+    }
+
+    fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let next: i64 = s.invoke(&s.scripts.tick, &handle, |inv| {
+            inv.arg(millis(now));
+        })?;
+        Ok(next_event(next))
+    }
+
+    fn wake(&self, queue: &str) {
+        let s = &self.shared;
+        let Some(handle) = s.queues.read().get(queue).cloned() else {
+            return;
+        };
+        if handle.listen.lock().listening {
+            let _: Result<i64> = s.invoke(&s.scripts.admin, &handle, |inv| {
+                inv.arg("wake").arg(&s.token);
+            });
+        }
+        let _listen = handle.listen.lock();
+        handle.heard.notify_all();
+    }
+
+    fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.shared.find_job(id)
+    }
+
+    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let order = [
+            (JobState::Active, 3),
+            (JobState::Waiting, 1),
+            (JobState::Delayed, 2),
+            (JobState::Completed, 4),
+            (JobState::Failed, 5),
+        ];
+        let mut jobs = Vec::new();
+        for (listed, index) in order {
+            if state.is_some_and(|wanted| wanted != listed) || jobs.len() >= limit {
+                continue;
+            }
+            let reply: Value = s.invoke(&s.scripts.list, &handle, |inv| {
+                inv.arg(index).arg(limit - jobs.len());
+            })?;
+            jobs.extend(decode_jobs(&handle.name, &reply)?);
+        }
+        jobs.truncate(limit);
+        Ok(jobs)
+    }
+
+    fn retry_failed(&self, id: JobId) -> Result<bool> {
+        let s = &self.shared;
+        for name in s.queue_names()? {
+            let handle = s.queue(&name);
+            let outcome: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
+                inv.arg("retry").arg(id.to_string());
+            })?;
+            if outcome >= 0 {
+                return Ok(outcome == 1);
+            }
+        }
+        Ok(false)
+    }
+
+    fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let _: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
+            inv.arg("pause").arg(if paused { "1" } else { "0" });
+        })?;
+        Ok(())
+    }
+
+    fn clear(&self, queue: &str) -> Result<usize> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let mut removed = 0;
+        loop {
+            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |inv| {
+                inv.arg("clear");
+            })?;
+            removed += chunk;
+            if chunk < 1000 {
+                break;
+            }
+        }
+        s.finished.notify();
+        Ok(removed)
+    }
+
+    fn delete(&self, queue: &str) -> Result<bool> {
+        let s = &self.shared;
+        let handle = s.queue(queue);
+        let mut removed = 0;
+        loop {
+            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |inv| {
+                inv.arg("delete");
+            })?;
+            removed += chunk;
+            if chunk < 1000 {
+                break;
+            }
+        }
+        let listed: i64 = s.command(redis::Cmd::srem(s.global_key("queues"), queue))?;
+        s.queues.write().remove(queue);
+        {
+            let _listen = handle.listen.lock();
+            handle.heard.notify_all();
+        }
+        s.finished.notify();
+        Ok(listed > 0 || removed > 0)
+    }
+
+    fn counts(&self, queue: &str) -> Result<QueueCounts> {
+        let s = &self.shared;
+        Ok(s.counts(&s.queue(queue))?.0)
+    }
+
+    fn queue_names(&self) -> Result<Vec<String>> {
+        self.shared.queue_names()
+    }
+
+    fn totals(&self) -> Result<Totals> {
+        let s = &self.shared;
+        let mut totals = Totals::default();
+        for name in s.queue_names()? {
+            let (counts, retried) = s.counts(&s.queue(&name))?;
+            totals.processed += counts.completed;
+            totals.failed += counts.failed;
+            totals.retried += retried;
+        }
+        Ok(totals)
+    }
+
+    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
+        let s = &self.shared;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let seen = s.finished.current();
+            match s.find_job(id)? {
+                Some(job) if job.state.is_finished() => return Ok(Some(job)),
+                Some(_) => {}
+                None => return Ok(None),
+            }
+            let mut wait = FINISH_POLL;
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                wait = wait.min(left);
+            }
+            s.finished.wait(seen, wait);
+        }
+    }
+
+    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
+        let s = &self.shared;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let seen = s.finished.current();
+            let names = match queue {
+                Some(name) => vec![name.to_string()],
+                None => s.queue_names()?,
+            };
+            let mut idle = true;
+            for name in names {
+                let (counts, _) = s.counts(&s.queue(&name))?;
+                if counts.waiting + counts.delayed + counts.active > 0 {
+                    idle = false;
+                    break;
+                }
+            }
+            if idle {
+                return Ok(true);
+            }
+            let mut wait = FINISH_POLL;
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                wait = wait.min(left);
+            }
+            s.finished.wait(seen, wait);
+        }
+    }
+
+    fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
+        let s = &self.shared;
+        let text = encode_schedule(schedule)?;
+        let _: i64 = s.command(redis::Cmd::hset(
+            s.global_key("schedules"),
+            &*schedule.id,
+            text,
+        ))?;
+        Ok(())
+    }
+
+    fn remove_schedule(&self, id: &str) -> Result<bool> {
+        let s = &self.shared;
+        let removed: i64 = s.command(redis::Cmd::hdel(s.global_key("schedules"), id))?;
+        Ok(removed > 0)
+    }
+
+    fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let s = &self.shared;
+        let stored: HashMap<String, Vec<u8>> =
+            s.command(redis::Cmd::hgetall(s.global_key("schedules")))?;
+        stored.values().map(|text| decode_schedule(text)).collect()
+    }
+
+    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool> {
+        let s = &self.shared;
+        let mut cmd = eval_cmd(&s.scripts.claim, &[s.global_key("ticks")]);
+        cmd.arg(id).arg(tick.to_string());
+        let claimed: i64 = s.eval(&s.scripts.claim, cmd)?;
+        Ok(claimed == 1)
+    }
+
+    fn close(&self) {
+        self.stop_keeper();
+    }
+}
