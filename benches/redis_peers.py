@@ -12,12 +12,12 @@ Figures, per peer, with a no-op job (no arguments, returns None):
 
 1. end-to-end jobs/s. One worker process is started with the peer's own entry point
    (``rq worker``, ``arq``, ``dramatiq``, ``huey_consumer``, ``celery worker``), as users deploy
-   it, and warmed up with a few jobs; then the clock starts, N jobs are enqueued from this
-   process with the peer's bulk API where it has one (RQ ``Queue.enqueue_many`` in pipelines of
-   1,000; the others have none and get a plain loop; arq ``enqueue_job`` under
-   ``asyncio.gather``), and the clock stops when the last job has run. The worker consumes while
-   the jobs are being enqueued, as in production. Start-up of the worker (interpreter, imports,
-   connections) is not timed: it is a one-off cost of a long-lived worker.
+   it, and warmed up with a few jobs. Then the clock starts, N jobs are enqueued from this
+   process (RQ: ``Queue.enqueue_many`` in pipelines of 1,000; arq: ``enqueue_job`` under
+   ``asyncio.gather`` in groups of 100; the others have no bulk API: a loop of single sends),
+   and the clock stops when the last job has run. The worker consumes while the jobs are being
+   enqueued, as in production. Start-up of the worker (interpreter, imports, connections) is not
+   timed: it is a one-off cost of a long-lived worker.
 2. single-push latency p50 / p99: M jobs pushed one at a time with the peer's plain enqueue
    call (no worker running), ``time.perf_counter_ns`` around each call, after 100 untimed
    warm-up pushes; connections are set up before.
@@ -64,9 +64,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import _common as C
+_HERE = os.path.dirname(os.path.realpath(__file__))
+try:
+    import _common as C
+except ImportError:  # imported from elsewhere: appended, so that nothing here shadows a package
+    sys.path.append(_HERE)
+    import _common as C
 
 PEERS: tuple[str, ...] = ("rq", "arq", "dramatiq", "huey", "celery")
 
@@ -79,13 +82,23 @@ STOP_GRACE = 10.0  # seconds a worker gets to exit after SIGTERM before SIGKILL
 
 _INSTALL_HINT = "pip install rnode-queue[bench]"
 
-# Distribution that must be importable for each peer (module name, pip name).
+# Modules that must be importable for each peer besides redis-py (module name, pip name).
 _REQUIRES: dict[str, tuple[tuple[str, str], ...]] = {
-    "rq": (("rq", "rq"), ("redis", "redis")),
-    "arq": (("arq", "arq"), ("redis", "redis")),
-    "dramatiq": (("dramatiq", "dramatiq[redis]"), ("redis", "redis")),
-    "huey": (("huey", "huey"), ("redis", "redis")),
-    "celery": (("celery", "celery[redis]"), ("kombu", "kombu"), ("redis", "redis")),
+    "rq": (("rq", "rq"),),
+    "arq": (("arq", "arq"),),
+    "dramatiq": (("dramatiq", "dramatiq[redis]"),),
+    "huey": (("huey", "huey"),),
+    "celery": (("celery", "celery[redis]"), ("kombu", "kombu")),
+}
+
+# Environment variables that a peer reads in preference to the URL given in its configuration.
+_OVERRIDING_ENV: dict[str, tuple[str, ...]] = {
+    "celery": (
+        "CELERY_BROKER_URL",
+        "CELERY_BROKER_READ_URL",
+        "CELERY_BROKER_WRITE_URL",
+        "CELERY_RESULT_BACKEND",
+    ),
 }
 
 # How the worker of each peer is run (one process; in-process concurrency suited to no-op jobs).
@@ -97,6 +110,37 @@ _WORKER_NOTES: dict[str, str] = {
     # solo and threads were measured on 2 cores: solo is faster for no-op jobs (no thread hand-off)
     "celery": "celery worker --pool solo, default prefetch, no gossip/mingle/heartbeat",
 }
+
+# --------------------------------------------------------------------------- redis-py
+
+
+def _is_here(entry: str) -> bool:
+    try:
+        return os.path.realpath(entry or os.curdir) == _HERE
+    except (OSError, ValueError):
+        return False
+
+
+def _redis_py() -> Any:
+    """redis-py (the ``redis`` package), loaded into ``sys.modules`` for the peers too.
+
+    ``benches/redis.py`` sits beside this file, so a plain ``import redis`` made while this
+    directory is on ``sys.path`` (it is ``sys.path[0]`` when a script here runs) would import
+    that benchmark instead: redis-py is imported once with this directory left out.
+    """
+    module = sys.modules.get("redis")
+    if module is None:
+        saved = sys.path[:]
+        sys.path[:] = [entry for entry in saved if not _is_here(entry)]
+        try:
+            module = importlib.import_module("redis")
+        finally:
+            sys.path[:] = saved
+    if not hasattr(module, "StrictRedis"):
+        where = getattr(module, "__file__", "?")
+        raise RuntimeError(f"'redis' is {where}, not redis-py: import redis-py before it")
+    return module
+
 
 # --------------------------------------------------------------------------- generated task module
 
@@ -197,53 +241,23 @@ def noop():
 
 
 def _worker_cmd(peer: str, module: str, url: str, prefix: str) -> list[str]:
-    py = sys.executable
+    """The peer's own worker entry point, run with this interpreter (``python -m ...``)."""
     if peer == "rq":
-        return [
-            *(py, "-m", "rq.cli", "worker", "--worker-class", "rq.worker.SimpleWorker"),
-            *("--url", url, "--name", f"{prefix}-worker", "--logging_level", "WARNING", prefix),
-        ]
-    if peer == "arq":
-        return [
-            py,
-            "-m",
-            "arq",
-            "--custom-log-dict",
-            f"{module}.LOG_CONFIG",
-            f"{module}.WorkerSettings",
-        ]
-    if peer == "dramatiq":
-        return [py, "-m", "dramatiq", module, "--processes", "1", "--threads", "8"]
-    if peer == "huey":
-        return [
-            py,
-            "-m",
-            "huey.bin.huey_consumer",
-            f"{module}.huey",
-            "-k",
-            "thread",
-            "-w",
-            "4",
-            "-q",
-        ]
-    if peer == "celery":
-        return [
-            *(
-                py,
-                "-m",
-                "celery",
-                "-A",
-                module,
-                "worker",
-                "--pool",
-                "solo",
-                "--loglevel",
-                "WARNING",
-            ),
-            *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-            *("--queues", prefix, "--hostname", f"{prefix}@%h"),
-        ]
-    raise ValueError(f"unknown peer {peer!r}")
+        args = ["rq.cli", "worker", "--worker-class", "rq.worker.SimpleWorker", "--url", url]
+        args += ["--name", f"{prefix}-worker", "--logging_level", "WARNING", prefix]
+    elif peer == "arq":
+        args = ["arq", "--custom-log-dict", f"{module}.LOG_CONFIG", f"{module}.WorkerSettings"]
+    elif peer == "dramatiq":
+        args = ["dramatiq", module, "--processes", "1", "--threads", "8"]
+    elif peer == "huey":
+        args = ["huey.bin.huey_consumer", f"{module}.huey", "-k", "thread", "-w", "4", "-q"]
+    elif peer == "celery":
+        args = ["celery", "-A", module, "worker", "--pool", "solo", "--loglevel", "WARNING"]
+        args += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        args += ["--queues", prefix, "--hostname", f"{prefix}@%h"]
+    else:
+        raise ValueError(f"unknown peer {peer!r}")
+    return [sys.executable, "-m", *args]
 
 
 # Shared (not per-run) set keys in which a peer registers members named after the run.
@@ -285,10 +299,9 @@ class _Producer:
 
 class _RqProducer(_Producer):
     def __init__(self, tasks: Any, url: str, prefix: str) -> None:
-        import redis
         from rq import Queue  # type: ignore[import-untyped,unused-ignore]
 
-        self._connection: Any = redis.Redis.from_url(url)
+        self._connection: Any = _redis_py().Redis.from_url(url)
         self._queue: Any = Queue(prefix, connection=self._connection)
         self._prepare: Any = Queue.prepare_data
         self._fn = tasks.noop
@@ -430,8 +443,6 @@ class _Run:
         reason = available(peer)
         if reason is not None:
             raise RuntimeError(f"{peer}: {reason}")
-        import redis
-
         self.peer = peer
         self.url = url
         self.timeout = timeout
@@ -445,7 +456,7 @@ class _Run:
         self._workers: list[subprocess.Popen[bytes]] = []
         self._stack = contextlib.ExitStack()
         try:
-            self.client: Any = redis.Redis.from_url(url)
+            self.client: Any = _redis_py().Redis.from_url(url)
             self._stack.callback(self.client.close)
             self.client.ping()
             self._new_locks = [k for k in _SHARED_LOCKS.get(peer, ()) if not self.client.exists(k)]
@@ -497,7 +508,10 @@ class _Run:
 
     def start_worker(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (self.tmpdir, env.get("PYTHONPATH")) if p)
+        # The task module's directory first; never this one (benches/redis.py would be `redis`).
+        inherited = env.get("PYTHONPATH", "").split(os.pathsep)
+        paths = [self.tmpdir, *(p for p in inherited if p and not _is_here(p))]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         env["PYTHONUNBUFFERED"] = "1"
         cmd = _worker_cmd(self.peer, self.module_name, self.url, self.prefix)
         with open(self.log_path, "ab") as log:
@@ -607,6 +621,12 @@ def available(peer: str) -> str | None:
     """None if ``peer`` can be benchmarked here, else a short reason."""
     if peer not in PEERS:
         return f"unknown peer (known: {', '.join(PEERS)})"
+    try:
+        _redis_py()
+    except ImportError:
+        return f"not installed (redis): {_INSTALL_HINT}"
+    except RuntimeError as exc:
+        return str(exc)
     for module, dist in _REQUIRES[peer]:
         # kombu replaces its module in sys.modules by one without __spec__ (find_spec raises)
         try:
@@ -615,6 +635,9 @@ def available(peer: str) -> str | None:
             found = False
         if not found:
             return f"not installed ({dist}): {_INSTALL_HINT}"
+    for var in _OVERRIDING_ENV.get(peer, ()):
+        if os.environ.get(var):
+            return f"{var} is set: it would override the benchmark's Redis URL (unset it)"
     return None
 
 
@@ -683,9 +706,7 @@ def push_latency(peer: str, url: str, m: int) -> tuple[float, float]:
 
 def _redis_version(url: str) -> str:
     try:
-        import redis
-
-        client: Any = redis.Redis.from_url(url)
+        client: Any = _redis_py().Redis.from_url(url)
         try:
             return str(client.info("server").get("redis_version", "?"))
         finally:
@@ -697,9 +718,7 @@ def _redis_version(url: str) -> str:
 def _redis_cpu(url: str) -> float | None:
     """CPU seconds used so far by the Redis server at ``url`` if it runs on this machine."""
     try:
-        import redis
-
-        client: Any = redis.Redis.from_url(url)
+        client: Any = _redis_py().Redis.from_url(url)
         try:
             host = client.connection_pool.connection_kwargs.get("host", "localhost")
             if host not in ("localhost", "::1") and not str(host).startswith("127."):

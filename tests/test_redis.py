@@ -1,0 +1,361 @@
+"""Redis only: worker processes that die, share work, or outlive Redis; cron across processes;
+a manager with no handlers acting on shared state; and a local Redis Cluster.
+
+Every test uses private redis-server processes (never the one on 6379) and skips with the
+reason if none can be started, or fails under ``RNQ_REQUIRE_REDIS=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ENABLED_BACKENDS, ManagerPool
+from helpers import WAIT, Recorder, wait_until
+from redis_servers import RedisCluster, RedisServer, free_port
+from rnode_queue import BackendError, Job
+
+pytestmark = pytest.mark.skipif(
+    "redis" not in ENABLED_BACKENDS, reason="the 'redis' backend is not enabled"
+)
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    from rnode_queue import QueueManager
+
+    lock = threading.Lock()
+
+    def emit(**event):
+        with lock:  # one whole line per event, whichever thread writes it
+            sys.stdout.write(json.dumps(event) + "\\n")
+            sys.stdout.flush()
+
+    options, queue, concurrency, mode = json.loads(sys.argv[1]), *sys.argv[2:5]
+    qm = QueueManager(**options)
+    q = qm.create_queue(queue, concurrency=int(concurrency))
+    if mode == "cron":
+        qm.schedule(queue, {"k": 1}, "* * * * * *")
+
+    def handler(job):
+        tick = job.scheduled_at.timestamp() if job.scheduled_at else None
+        emit(event="start", id=job.id, attempts=job.attempts)
+        if mode == "hang":
+            time.sleep(3600)
+        emit(event="done", id=job.id, attempts=job.attempts, tick=tick)
+
+    q.process(handler)
+    emit(event="ready")
+    sys.stdin.read()  # runs until the test closes stdin
+    qm.close(timeout=10)
+    """
+)
+
+
+class WorkerProcess:
+    """A worker in a separate Python process; its events (JSON lines) are collected here."""
+
+    def __init__(
+        self, script: Path, options: dict[str, Any], queue: str, mode: str, concurrency: int = 1
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(options), queue, str(concurrency), mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.events: list[dict[str, Any]] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.wait_for(lambda events: any(e["event"] == "ready" for e in events))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with self._changed:
+                self.events.append(json.loads(line))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, done: Callable[[list[dict[str, Any]]], bool], timeout: float = 30.0) -> None:
+        with self._changed:
+            ok = self._changed.wait_for(
+                lambda: done(self.events) or self.proc.poll() is not None, timeout
+            )
+            if not (ok and done(self.events)):
+                stderr = (
+                    self.proc.stderr.read()
+                    if self.proc.poll() is not None and self.proc.stderr
+                    else ""
+                )
+                raise AssertionError(f"worker events {self.events[-5:]}; stderr: {stderr[-800:]}")
+
+    def done(self) -> list[dict[str, Any]]:
+        with self._changed:
+            return [e for e in self.events if e["event"] == "done"]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+
+    def kill(self) -> None:
+        self.proc.kill()  # SIGKILL
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+
+
+@pytest.fixture
+def worker_script(tmp_path: Path) -> Path:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    return script
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.kill()
+
+
+def test_a_job_of_a_sigkilled_worker_runs_again_in_another_process(
+    redis_kwargs: dict[str, Any],
+    manager_pool: ManagerPool,
+    worker_script: Path,
+    workers: list[WorkerProcess],
+) -> None:
+    kwargs = {**redis_kwargs, "lease": 0.5}
+    doomed = WorkerProcess(worker_script, kwargs, "sigkill", "hang")
+    workers.append(doomed)
+    qm = manager_pool.open(**kwargs)
+    job_id = qm.push("sigkill", {"n": 1})
+    doomed.wait_for(lambda events: any(e.get("id") == job_id for e in events))
+    running = qm.get_job(job_id)
+    assert running is not None and running.status == "active"
+    doomed.kill()
+
+    recorder = Recorder()
+    qm.get_queue("sigkill").process(recorder.record)
+    job = qm.wait_for(job_id, timeout=WAIT)
+    assert job is not None and job.status == "completed"
+    assert job.attempts == 2, "the lost run counts as an attempt"
+    assert [e["job"].attempts for e in recorder.snapshot()] == [2]
+
+
+def test_a_job_longer_than_the_lease_runs_once(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    kwargs = {**redis_kwargs, "lease": 0.3}
+    runs: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def slow(tag: int) -> Callable[[Job], str]:
+        def handler(job: Job) -> str:
+            with lock:
+                runs.append((tag, job.id))
+            time.sleep(1.5)  # five leases: only renewals keep the job
+            return "slow"
+
+        return handler
+
+    managers = [manager_pool.open(**kwargs) for _ in range(2)]
+    for tag, qm in enumerate(managers):
+        qm.create_queue("long", concurrency=2)
+        qm.get_queue("long").process(slow(tag))
+    job_id = managers[0].push("long", 1)
+    job = managers[1].wait_for(job_id, timeout=WAIT)
+    assert job is not None and job.status == "completed" and job.result == "slow"
+    assert job.attempts == 1
+    assert [run[1] for run in runs] == [job_id]
+
+
+def test_two_worker_processes_run_3000_jobs_exactly_once(
+    redis_kwargs: dict[str, Any],
+    manager_pool: ManagerPool,
+    worker_script: Path,
+    workers: list[WorkerProcess],
+) -> None:
+    for _ in range(2):
+        workers.append(WorkerProcess(worker_script, redis_kwargs, "bulk", "record", concurrency=4))
+    producer = manager_pool.open(**redis_kwargs)
+    ids: list[str] = []
+    priorities = ["low", "normal", "high", "critical"]
+    for chunk in range(3):
+        ids += producer.push_batch(
+            "bulk",
+            [
+                {"data": {"n": chunk * 1000 + i}, "options": {"priority": priorities[i % 4]}}
+                for i in range(1000)
+            ],
+        )
+    assert producer.join("bulk", timeout=60)
+    for worker in workers:
+        worker.stop()
+    runs = Counter(e["id"] for worker in workers for e in worker.done())
+    assert set(runs) == set(ids), "no job lost"
+    assert max(runs.values()) == 1, f"ran twice: {[i for i, n in runs.items() if n > 1][:5]}"
+    stats = producer.get_queue("bulk").get_stats()
+    assert stats["completed"] == 3000 and stats["size"] == 0 and stats["processing"] == 0
+    assert producer.get_stats().jobs_processed == 3000
+
+
+def test_cron_declared_by_two_processes_runs_once_per_tick(
+    redis_kwargs: dict[str, Any],
+    manager_pool: ManagerPool,
+    worker_script: Path,
+    workers: list[WorkerProcess],
+) -> None:
+    for _ in range(2):
+        workers.append(WorkerProcess(worker_script, redis_kwargs, "ticks", "cron"))
+
+    def total() -> int:
+        return sum(len(worker.done()) for worker in workers)
+
+    wait_until(lambda: total() >= 4, timeout=15, what="four cron runs")
+    observer = manager_pool.open(**redis_kwargs)
+    (schedule,) = observer.list_schedules()
+    assert observer.unschedule(schedule["id"])
+    for worker in workers:
+        worker.stop()
+    ticks = [e["tick"] for worker in workers for e in worker.done()]
+    assert len(ticks) == len(set(ticks)), f"a tick ran more than once: {sorted(ticks)}"
+    assert all(float(t).is_integer() for t in ticks), "cron ticks are whole seconds"
+
+
+def test_a_manager_without_handlers_acts_on_shared_state(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    worker = manager_pool.open(**redis_kwargs)
+    admin = manager_pool.open(**redis_kwargs)
+    recorder = Recorder()
+    worker.create_queue("shared", concurrency=1)
+    worker.get_queue("shared").process(recorder.record)
+    admin.pause_queue("shared")
+    ids = [admin.push("shared", i) for i in range(3)]
+    assert admin.get_queue("shared").get_stats()["paused"] is True
+    assert [j.id for j in admin.get_jobs("shared", status="waiting")] == ids
+    assert admin.get_stats().queue_sizes["shared"] == 3
+    admin.resume_queue("shared")
+    assert admin.join("shared", timeout=WAIT)
+    assert [e["job"].id for e in recorder.snapshot()] == ids
+    assert all(admin.get_job(i).status == "completed" for i in ids)  # type: ignore[union-attr]
+    assert admin.get_stats().jobs_processed == 3
+    admin.pause_queue("shared")
+    admin.push("shared", 99)
+    assert admin.clear_queue("shared") == 1
+    assert worker.get_queue("shared").get_stats()["size"] == 0
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(
+        tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_killed_and_restarted(
+    restartable_redis: RedisServer, manager_pool: ManagerPool
+) -> None:
+    kwargs = {"backend": "redis", "url": restartable_redis.url, "prefix": "restart", "lease": 1.0}
+    qm = manager_pool.open(**kwargs)
+    recorder = Recorder()
+    qm.get_queue("work").process(recorder.record)
+    before = qm.push("work", "before")
+    assert qm.wait_for(before, timeout=WAIT) is not None
+    kept = qm.push("idle", "kept")  # a queue nobody works on: the job must survive
+
+    restartable_redis.kill()
+    started = time.monotonic()
+    with pytest.raises(BackendError):
+        qm.push("work", "while down")
+    assert time.monotonic() - started <= 5.5, "a push to a Redis that is down fails fast"
+    with pytest.raises(BackendError):
+        qm.get_stats()
+
+    restartable_redis.start()
+    # The manager reconnects by itself; pushing works again within a few seconds.
+    deadline = time.monotonic() + 15
+    after = None
+    while after is None:
+        try:
+            after = qm.push("work", "after")
+        except BackendError:
+            assert time.monotonic() < deadline, "no recovery after Redis came back"
+            time.sleep(0.2)
+    job = qm.wait_for(after, timeout=WAIT)
+    assert job is not None and job.status == "completed", "the workers resumed by themselves"
+    survivor = qm.get_job(kept)
+    assert survivor is not None and survivor.status == "waiting" and survivor.data == "kept"
+    finished = qm.get_job(before)
+    assert finished is not None and finished.status == "completed"
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+def test_a_redis_cluster_keeps_the_contract(
+    redis_cluster: RedisCluster, manager_pool: ManagerPool
+) -> None:
+    qm = manager_pool.open(backend="redis", url=redis_cluster.url, prefix="cluster", lease=1.0)
+    names = [f"queue-{n}" for n in range(6)] + ["braces{in}name"]  # spread over the slots
+    for name in names:
+        qm.create_queue(name, concurrency=1, max_retries=1, retry_delay=0.05, backoff="fixed")
+    order = [qm.push(names[0], p, priority=p) for p in ("low", "normal", "critical", "high")]
+    recorder = Recorder()
+    qm.get_queue(names[0]).process(recorder.record)
+    assert qm.join(names[0], timeout=WAIT)
+    assert [e["job"].id for e in recorder.snapshot()] == [order[2], order[3], order[1], order[0]]
+
+    def flaky(job: Job) -> str:
+        if job.attempts == 1:
+            raise RuntimeError("first run fails")
+        return f"ok {job.data}"
+
+    for name in names[1:]:
+        qm.get_queue(name).process(flaky)
+    ids = {name: qm.push(name, name, delay=0.1) for name in names[1:]}
+    for name, job_id in ids.items():
+        job = qm.wait_for(job_id, timeout=WAIT)
+        assert job is not None and job.status == "completed" and job.result == f"ok {name}"
+        assert job.attempts == 2
+    batch = qm.push_batch(names[1], [{"data": i} for i in range(2500)])  # several chunks
+    assert len(batch) == 2500
+    assert qm.join(timeout=30)
+    stats = qm.get_stats()
+    # the batch went through the flaky handler too: one retry each
+    assert stats.jobs_processed == 4 + 6 + 2500 and stats.jobs_retried == 6 + 2500
+    assert [j.status for j in qm.get_jobs(names[1], status="completed", limit=3)] == [
+        "completed"
+    ] * 3
+    sid = qm.schedule(names[2], {"cron": True}, "* * * * * *")
+    wait_until(lambda: len(qm.get_jobs(names[2], status="completed")) >= 2, timeout=6)
+    assert qm.unschedule(sid)
