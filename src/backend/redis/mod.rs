@@ -7,17 +7,20 @@
 //! |---|---|---|
 //! | `waiting` | sorted set | ids, scored priority above a FIFO sequence |
 //! | `delayed` | sorted set | ids by due time (ms) |
-//! | `active` | sorted set | ids by lease expiry (ms); the job's `tk` field names the holder |
-//! | `completed`, `failed` | sorted set | ids by finish time, trimmed by count and age |
+//! | `leases` | sorted set | worker tokens by lease expiry (ms) |
+//! | `active:<token>` | set | the jobs that worker holds |
+//! | `completed`, `failed` | list | ids in finishing order, trimmed by count and age |
 //! | `meta` | hash | paused, retention, totals, the FIFO sequence |
 //! | `wake` | list | markers that wake idle workers blocked in `BLPOP` |
-//! | `j:<id>` | hash | the job |
+//! | `j:<id>` | hash | the job: its packed body and its run state |
 //! | `ticks` | hash | the last cron tick claimed, per schedule |
 //!
-//! Leases: a fetched job is leased to this process's token. A keeper thread renews the leases
-//! of the jobs it holds; a sweeper (one per interval across all processes) takes back the jobs
-//! whose lease expired, counting the lost run as an attempt. A settle or release checks the
-//! token and the attempt, so a worker that lost its lease cannot finish the job afterwards.
+//! Leases: a fetch leases its jobs to this process's token (one lease per process and queue,
+//! not per job, so that renewing costs one command however many jobs run). A keeper thread
+//! renews it while the process lives; a sweeper (one per interval across all processes) takes
+//! back the jobs of expired tokens, counting the lost run as an attempt. A settle or release
+//! must find the job in its own active set on the same attempt, so a worker that lost its lease
+//! cannot finish the job afterwards.
 
 mod codec;
 mod connection;
@@ -30,7 +33,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Cmd, FromRedisValue, Script, Value};
 
-use self::codec::{decode_job, decode_jobs, decode_schedule, encode_schedule, job_fields, millis};
+use self::codec::{
+    decode_job, decode_jobs, decode_leased, decode_schedule, encode_body, encode_schedule, millis,
+};
 use self::connection::{Redis, COMMAND_TIMEOUT};
 use super::{
     Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
@@ -95,7 +100,7 @@ const BASE: usize = 7;
 /// What this process knows about one queue.
 struct RedisQueue {
     name: Arc<str>,
-    /// waiting, delayed, active, completed, failed, meta, wake, and the key prefix itself.
+    /// waiting, delayed, leases, completed, failed, meta, wake, and the key prefix itself.
     keys: [String; 8],
     /// Jobs this process holds a lease on.
     held: Mutex<HashSet<JobId>>,
@@ -122,7 +127,7 @@ impl RedisQueue {
             keys: [
                 key("waiting"),
                 key("delayed"),
-                key("active"),
+                key("leases"),
                 key("completed"),
                 key("failed"),
                 key("meta"),
@@ -347,7 +352,7 @@ impl Shared {
             _ => -1,
         };
         let jobs = match parts.get(1) {
-            Some(list) => decode_jobs(&queue.name, list)?,
+            Some(list) => decode_leased(&queue.name, list, at)?,
             None => Vec::new(),
         };
         Ok((next_due, jobs))
@@ -417,8 +422,7 @@ impl Shared {
                         Settlement::Retry { .. } => "r",
                         Settlement::Failed { .. } => "f",
                     })
-                    .arg(ack.at.to_string())
-                    .arg(millis(ack.at));
+                    .arg(ack.at.to_string());
                 match &ack.settlement {
                     Settlement::Completed { result } => {
                         match result {
@@ -475,21 +479,16 @@ impl Shared {
     fn renew_leases(&self) {
         let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
         for queue in queues {
-            let held: Vec<JobId> = queue.held.lock().iter().copied().collect();
-            for chunk in held.chunks(PUSH_CHUNK) {
-                let until = millis(now()) + self.lease.as_millis() as i64;
-                let lost: Result<Vec<String>> = self.invoke(&self.scripts.renew, &queue, |inv| {
-                    inv.arg(&self.token).arg(until);
-                    for id in chunk {
-                        inv.arg(id.to_string());
-                    }
-                });
-                if let Ok(lost) = lost {
-                    let mut held = queue.held.lock();
-                    for id in lost.iter().filter_map(|id| JobId::parse(id)) {
-                        held.remove(&id);
-                    }
-                }
+            if queue.held.lock().is_empty() {
+                continue;
+            }
+            let until = millis(now()) + self.lease.as_millis() as i64;
+            let renewed: Result<i64> = self.invoke(&self.scripts.renew, &queue, |cmd| {
+                cmd.arg(&self.token).arg(until);
+            });
+            if let Ok(0) = renewed {
+                // Expired and swept: those jobs are someone else's now.
+                queue.held.lock().clear();
             }
         }
     }
@@ -530,16 +529,14 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
     ) -> Result<bool> {
-        let now_ms = millis(now());
-        let add_args = |inv: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
-            inv.arg(now_ms).arg(chunk.len());
+        let add_args = |cmd: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
+            cmd.arg(chunk.len());
             match tick {
-                Some((schedule, at)) => inv.arg(schedule).arg(at.to_string()),
-                None => inv.arg("").arg("0"),
+                Some((schedule, at)) => cmd.arg(schedule).arg(at.to_string()),
+                None => cmd.arg("").arg("0"),
             };
             for job in chunk {
-                let fields = job_fields(job);
-                inv.arg(job.id.to_string())
+                cmd.arg(job.id.to_string())
                     .arg(if job.state == JobState::Delayed {
                         "1"
                     } else {
@@ -547,10 +544,12 @@ impl Shared {
                     })
                     .arg(millis(job.due_at()))
                     .arg(job.priority as u8)
-                    .arg(fields.len());
-                for (field, value) in fields {
-                    inv.arg(field).arg(value);
-                }
+                    .arg(job.max_attempts)
+                    .arg(encode_body(job));
+                match job.scheduled_at.get() {
+                    Some(due) => cmd.arg(due.to_string()),
+                    None => cmd.arg(""),
+                };
             }
         };
         if jobs.len() <= PUSH_CHUNK {

@@ -21,29 +21,43 @@ elseif op == 'pause' then
   end
   return 1
 elseif op == 'clear' or op == 'delete' then
-  local sets = { waiting, delayed }
-  if op == 'delete' then
-    sets = { waiting, delayed, active, completed, failed }
-  end
-  local removed = 0
-  for _, set in ipairs(sets) do
-    local ids = redis.call('ZRANGE', set, 0, 999 - removed)
+  local removed = {}
+  for _, set in ipairs({ waiting, delayed }) do
+    local ids = {}
+    if #removed < 1000 then
+      ids = redis.call('ZRANGE', set, 0, 999 - #removed)
+    end
     if #ids > 0 then
-      zrem_all(set, ids)
-      del_jobs(ids)
-      removed = removed + #ids
-    end
-    if removed >= 1000 then
-      return removed
+      sliced('ZREM', set, ids)
+      for _, id in ipairs(ids) do
+        removed[#removed + 1] = id
+      end
     end
   end
   if op == 'delete' then
-    redis.call('DEL', meta, wake, base .. 'ticks', base .. 'sweeper')
+    for _, list in ipairs({ completed, failed }) do
+      if #removed < 1000 then
+        for _, id in ipairs(redis.call('LPOP', list, 1000 - #removed) or {}) do
+          removed[#removed + 1] = id
+        end
+      end
+    end
+    for _, token in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+      if #removed < 1000 then
+        for _, id in ipairs(redis.call('SPOP', active_key(token), 1000 - #removed)) do
+          removed[#removed + 1] = id
+        end
+      end
+    end
   end
-  return removed
+  del_jobs(removed)
+  if op == 'delete' and #removed < 1000 then
+    redis.call('DEL', leases, meta, wake, base .. 'ticks', base .. 'sweeper')
+  end
+  return #removed
 elseif op == 'retry' then
   local key = job_key(ARGV[2])
-  local job = redis.call('HMGET', key, 's', 'p')
+  local job = redis.call('HMGET', key, 's', 'k')
   if not job[1] then
     return -1
   end
@@ -51,10 +65,11 @@ elseif op == 'retry' then
     return 0
   end
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  redis.call('ZREM', failed, ARGV[2])
-  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'q', seq)
-  redis.call('HDEL', key, 'st', 'f', 'sa', 'tk')
-  redis.call('ZADD', waiting, rank(tonumber(job[2]), seq), ARGV[2])
+  local job_rank = rerank(tonumber(job[2]), seq)
+  redis.call('LREM', failed, 1, ARGV[2])
+  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'k', job_rank)
+  redis.call('HDEL', key, 'st', 'f', 'sa')
+  redis.call('ZADD', waiting, job_rank, ARGV[2])
   signal()
   return 1
 elseif op == 'wake' then

@@ -1,20 +1,35 @@
 -- Shared by every queue script (prepended to each). All keys of one queue carry the same hash
--- tag, so a script touches one Cluster slot. Job keys are derived from `base`, in that slot too.
+-- tag, so a script touches one Cluster slot. Job keys and the per-worker active sets are derived
+-- from `base`, in that slot too.
 --
--- Times: `*_ms` values are integer milliseconds (sorted-set scores); the job's own times are
--- stored as the exact decimal strings Rust sends, never formatted by Lua (whose tostring keeps
--- only 14 digits).
-local waiting, delayed, active, completed, failed, meta, wake, base =
+-- A job is a hash `j:<id>`: `b` its packed immutable body (Rust's format), `s` state, `k` its
+-- waiting rank, `m` max attempts, `a` attempts, `st` / `f` / `sa` started, finished and due
+-- times, `r` result, `e` error, `tb` traceback. Times are the exact decimal strings Rust sends,
+-- never formatted by Lua (whose tostring keeps only 14 digits); `*_ms` values are integer
+-- milliseconds for sorted-set scores.
+local waiting, delayed, leases, completed, failed, meta, wake, base =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+
+-- The rank is priority above a FIFO sequence, 2^48 apart, lowest first: ZPOPMIN takes the
+-- highest priority, then the oldest job within it.
+local SEQ_SPAN = 281474976710656
 
 local function job_key(id)
   return base .. 'j:' .. id
 end
 
--- The waiting score: priority above a FIFO sequence (2^48 apart), lowest first, so ZPOPMIN
--- takes the highest priority, then the oldest job within it.
+-- The jobs a worker process (its token) has leased.
+local function active_key(token)
+  return base .. 'active:' .. token
+end
+
 local function rank(priority, seq)
-  return (15 - priority) * 281474976710656 + seq
+  return (15 - priority) * SEQ_SPAN + seq
+end
+
+-- The same priority, a new place at the back.
+local function rerank(old_rank, seq)
+  return math.floor(old_rank / SEQ_SPAN) * SEQ_SPAN + seq
 end
 
 -- Wakes an idle worker blocked on the wake list (in any process). A few markers are enough:
@@ -25,28 +40,21 @@ local function signal()
   end
 end
 
--- ZADD / ZREM / DEL over a long list, in slices that fit Lua's unpack limit.
-local function each_slice(list, width, fn)
-  local step = 1000 * width
-  for i = 1, #list, step do
-    fn(unpack(list, i, math.min(i + step - 1, #list)))
+-- A command over a long list of arguments, in slices that fit Lua's unpack limit.
+local function sliced(command, key, list)
+  for i = 1, #list, 2000 do
+    redis.call(command, key, unpack(list, i, math.min(i + 1999, #list)))
   end
-end
-
-local function zadd_all(key, pairs)
-  each_slice(pairs, 2, function(...) redis.call('ZADD', key, ...) end)
-end
-
-local function zrem_all(key, ids)
-  each_slice(ids, 1, function(...) redis.call('ZREM', key, ...) end)
 end
 
 local function del_jobs(ids)
-  local keys = {}
-  for i, id in ipairs(ids) do
-    keys[i] = job_key(id)
+  for i = 1, #ids, 1000 do
+    local keys = {}
+    for j = i, math.min(i + 999, #ids) do
+      keys[#keys + 1] = job_key(ids[j])
+    end
+    redis.call('DEL', unpack(keys))
   end
-  each_slice(keys, 1, function(...) redis.call('DEL', ...) end)
 end
 
 -- Delayed jobs that are due become waiting, in their FIFO place.
@@ -58,42 +66,48 @@ local function promote(now_ms)
   local ranked = {}
   for i, id in ipairs(due) do
     local key = job_key(id)
-    local fields = redis.call('HMGET', key, 'p', 'q')
-    redis.call('HSET', key, 's', 'waiting')
-    ranked[2 * i - 1] = rank(tonumber(fields[1]), tonumber(fields[2]))
+    ranked[2 * i - 1] = redis.call('HGET', key, 'k')
     ranked[2 * i] = id
+    redis.call('HSET', key, 's', 'waiting')
   end
-  zrem_all(delayed, due)
-  zadd_all(waiting, ranked)
+  sliced('ZREM', delayed, due)
+  sliced('ZADD', waiting, ranked)
   signal()
   return #due
-end
-
--- Finished jobs past their retention (count, then age) are deleted.
-local function trim(set, keep, ttl_ms, now_ms)
-  local dropped = {}
-  local excess = redis.call('ZCARD', set) - keep
-  if excess > 0 then
-    local popped = redis.call('ZPOPMIN', set, math.min(excess, 1000))
-    for i = 1, #popped, 2 do
-      dropped[#dropped + 1] = popped[i]
-    end
-  end
-  local old = redis.call('ZRANGEBYSCORE', set, '-inf', now_ms - ttl_ms, 'LIMIT', 0, 1000)
-  if #old > 0 then
-    zrem_all(set, old)
-    for _, id in ipairs(old) do
-      dropped[#dropped + 1] = id
-    end
-  end
-  if #dropped > 0 then
-    del_jobs(dropped)
-  end
 end
 
 local function retention()
   local r = redis.call('HMGET', meta, 'ttl', 'kc', 'kf')
   return tonumber(r[1]) or 86400000, tonumber(r[2]) or 10000, tonumber(r[3]) or 100000
+end
+
+-- When the oldest finished job of a list finished, in ms.
+local function head_finished_ms(list)
+  local head = redis.call('LINDEX', list, 0)
+  if not head then
+    return nil
+  end
+  local finished = tonumber(redis.call('HGET', job_key(head), 'f'))
+  return finished and finished * 1000 or 0
+end
+
+-- Finished jobs (a list, oldest first) past their retention count or age are deleted.
+local function trim(list, keep, ttl_ms, now_ms)
+  local dropped = {}
+  local excess = redis.call('LLEN', list) - keep
+  if excess > 0 then
+    dropped = redis.call('LPOP', list, math.min(excess, 1000))
+  end
+  for _ = 1, 1000 do
+    local finished = head_finished_ms(list)
+    if not finished or finished > now_ms - ttl_ms then
+      break
+    end
+    dropped[#dropped + 1] = redis.call('LPOP', list)
+  end
+  if #dropped > 0 then
+    del_jobs(dropped)
+  end
 end
 
 local function expire(now_ms)
@@ -115,8 +129,8 @@ end
 -- milliseconds; -1: nothing.
 local function next_event(ttl)
   local best = first_score(delayed)
-  for _, set in ipairs({ completed, failed }) do
-    local oldest = first_score(set)
+  for _, list in ipairs({ completed, failed }) do
+    local oldest = head_finished_ms(list)
     if oldest then
       oldest = oldest + ttl
       if not best or oldest < best then
@@ -125,4 +139,22 @@ local function next_event(ttl)
     end
   end
   return best or -1
+end
+
+-- Takes a job back from a worker that lost its lease: waiting again with the lost run
+-- counted, or failed when no attempts remain.
+local function take_back(id, error, now, now_ms, requeued, dead)
+  local key = job_key(id)
+  local job = redis.call('HMGET', key, 'a', 'm', 'k')
+  if not job[3] then
+    return
+  end
+  if (tonumber(job[1]) or 0) < tonumber(job[2]) then
+    redis.call('HSET', key, 's', 'waiting', 'e', error)
+    requeued[#requeued + 1] = job[3]
+    requeued[#requeued + 1] = id
+  else
+    redis.call('HSET', key, 's', 'failed', 'f', now, 'e', error)
+    dead[#dead + 1] = id
+  end
 end

@@ -1,6 +1,6 @@
 -- Takes up to `max` waiting jobs (about waiting / share of them) and leases them to `token`
 -- until `lease_ms`: each becomes active with one more attempt. Due delayed jobs are promoted
--- first. Returns {next delayed due in ms or -1, {id, fields, id, fields, ...}}.
+-- first. Returns {next delayed due in ms or -1, {id, attempts, max_attempts, body, due, error, traceback, ...}}.
 -- ARGV: now_ms, now, max, share, token, lease_ms
 local now_ms = tonumber(ARGV[1])
 promote(now_ms)
@@ -10,18 +10,22 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
   if available > 0 then
     local take = math.min(tonumber(ARGV[3]), math.max(1, math.ceil(available / tonumber(ARGV[4]))))
     local popped = redis.call('ZPOPMIN', waiting, take)
-    local leased = {}
+    local ids = {}
     for i = 1, #popped, 2 do
       local id = popped[i]
       local key = job_key(id)
-      redis.call('HINCRBY', key, 'a', 1)
-      redis.call('HSET', key, 's', 'active', 'st', ARGV[2], 'tk', ARGV[5])
-      leased[#leased + 1] = ARGV[6]
-      leased[#leased + 1] = id
+      local job = redis.call('HMGET', key, 'a', 'm', 'b', 'sa', 'e', 'tb')
+      local attempts = (tonumber(job[1]) or 0) + 1
+      redis.call('HSET', key, 's', 'active', 'a', attempts, 'st', ARGV[2])
+      ids[#ids + 1] = id
       taken[#taken + 1] = id
-      taken[#taken + 1] = redis.call('HGETALL', key)
+      taken[#taken + 1] = attempts
+      for field = 2, 6 do
+        taken[#taken + 1] = job[field]
+      end
     end
-    zadd_all(active, leased)
+    sliced('SADD', active_key(ARGV[5]), ids)
+    redis.call('ZADD', leases, ARGV[6], ARGV[5])
     if available > take then
       signal()
     end

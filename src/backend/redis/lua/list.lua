@@ -1,10 +1,21 @@
--- Jobs of one state: {id, fields, ...}. Waiting and delayed in run order, active by lease,
+-- Jobs of one state: {id, fields, ...}. Waiting and delayed in run order, active by worker,
 -- completed and failed newest first.
 -- ARGV: state (1 waiting, 2 delayed, 3 active, 4 completed, 5 failed), limit
 local which, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ids
-if which >= 4 then
-  ids = redis.call('ZREVRANGE', KEYS[which], 0, limit - 1)
+local ids = {}
+if which == 3 then
+  for _, token in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
+    for _, id in ipairs(redis.call('SMEMBERS', active_key(token))) do
+      if #ids < limit then
+        ids[#ids + 1] = id
+      end
+    end
+  end
+elseif which >= 4 then
+  local newest = redis.call('LRANGE', KEYS[which], -limit, -1)
+  for n = #newest, 1, -1 do
+    ids[#ids + 1] = newest[n]
+  end
 else
   ids = redis.call('ZRANGE', KEYS[which], 0, limit - 1)
 end

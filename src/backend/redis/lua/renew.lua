@@ -1,13 +1,8 @@
--- Extends the leases `token` still holds to `lease_ms`; returns the ids it no longer holds.
--- ARGV: token, lease_ms, id, ...
-local token, lease_ms = ARGV[1], ARGV[2]
-local lost = {}
-for n = 3, #ARGV do
-  local id = ARGV[n]
-  if redis.call('HGET', job_key(id), 'tk') == token then
-    redis.call('ZADD', active, 'XX', lease_ms, id)
-  else
-    lost[#lost + 1] = id
-  end
+-- Extends the lease of worker `token` to `lease_ms`. Returns 0 if it had none any more (it
+-- expired and the sweeper took its jobs back).
+-- ARGV: token, lease_ms
+if not redis.call('ZSCORE', leases, ARGV[1]) then
+  return 0
 end
-return lost
+redis.call('ZADD', leases, ARGV[2], ARGV[1])
+return 1
