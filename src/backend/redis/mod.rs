@@ -938,3 +938,261 @@ impl Backend for RedisBackend {
         self.stop_keeper();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a private `redis-server` on a free port (skipped with a note when none can be
+    //! started, a failure under `RNQ_REQUIRE_REDIS=1`).
+    use super::*;
+    use crate::job::{JobOptions, Payload, Priority};
+    use std::process::{Child, Command, Stdio};
+
+    struct Server {
+        child: Child,
+        url: String,
+        _dir: std::path::PathBuf,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn server() -> Option<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()?;
+        let dir = std::env::temp_dir().join(format!("rnq-redis-test-{port}"));
+        let _ = std::fs::create_dir_all(&dir);
+        let spawned = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(error) => return unavailable(&format!("redis-server cannot start: {error}")),
+        };
+        let server = Server {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        unavailable("redis-server did not answer")
+    }
+
+    fn unavailable(reason: &str) -> Option<Server> {
+        if std::env::var("RNQ_REQUIRE_REDIS").as_deref() == Ok("1") {
+            panic!("RNQ_REQUIRE_REDIS=1 but {reason}");
+        }
+        eprintln!("skipped: {reason}");
+        None
+    }
+
+    fn backend(server: &Server, lease: Duration) -> RedisBackend {
+        RedisBackend::connect(&RedisOptions {
+            url: server.url.clone(),
+            prefix: "test".into(),
+            lease,
+        })
+        .expect("connect")
+    }
+
+    const RETENTION: Retention = Retention {
+        ttl: 3600.0,
+        keep_completed: 2,
+        keep_failed: 10,
+    };
+
+    fn job(queue: &Arc<str>, n: u32, priority: Priority) -> Job {
+        let options = JobOptions {
+            priority,
+            ..JobOptions::default()
+        };
+        let data: Payload = Arc::from(n.to_string().into_bytes());
+        Job::new(queue.clone(), data, options, 2, 30.0)
+    }
+
+    fn request(max: usize) -> FetchRequest {
+        FetchRequest {
+            max,
+            share: 1,
+            wait: Duration::from_millis(50),
+        }
+    }
+
+    fn completed(job: &Job) -> Ack {
+        Ack {
+            id: job.id,
+            attempt: job.attempts,
+            at: now(),
+            settlement: Settlement::Completed { result: None },
+        }
+    }
+
+    #[test]
+    fn jobs_run_by_priority_then_fifo_and_finished_ones_are_trimmed() {
+        let Some(server) = server() else { return };
+        let redis = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("order");
+        redis.declare_queue(&queue, RETENTION, true).unwrap();
+        let mut jobs = vec![
+            job(&queue, 1, Priority::Low),
+            job(&queue, 2, Priority::Critical),
+            job(&queue, 3, Priority::Normal),
+            job(&queue, 4, Priority::Critical),
+        ];
+        redis.push(&queue, &mut jobs, true).unwrap();
+        let cancel = AtomicBool::new(false);
+        let taken = redis.fetch(&queue, request(10), &cancel).unwrap();
+        let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
+        assert_eq!(data, [b"2", b"4", b"3", b"1"]);
+        assert!(taken
+            .iter()
+            .all(|j| j.attempts == 1 && j.state == JobState::Active));
+        let counts = redis.counts(&queue).unwrap();
+        assert_eq!((counts.waiting, counts.active), (0, 4));
+        redis
+            .settle(&queue, taken.iter().map(completed).collect())
+            .unwrap();
+        let counts = redis.counts(&queue).unwrap();
+        assert_eq!((counts.active, counts.completed), (0, 4));
+        // keep_completed = 2: the two oldest are gone, the newest listed first.
+        let listed = redis
+            .list_jobs(&queue, Some(JobState::Completed), 10)
+            .unwrap();
+        let ids: Vec<JobId> = listed.iter().map(|j| j.id).collect();
+        assert_eq!(ids, [taken[3].id, taken[2].id]);
+        assert!(redis.get_job(taken[0].id).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_lost_lease_returns_the_job_and_the_old_ack_is_ignored() {
+        let Some(server) = server() else { return };
+        let lease = Duration::from_millis(200);
+        let dead = backend(&server, lease);
+        let queue: Arc<str> = Arc::from("lease");
+        dead.declare_queue(&queue, RETENTION, true).unwrap();
+        dead.push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
+            .unwrap();
+        let cancel = AtomicBool::new(false);
+        let first = dead.fetch(&queue, request(1), &cancel).unwrap();
+        // The worker stops renewing (as if it died); another process's sweeper takes the job.
+        dead.close();
+        let rescuer = backend(&server, lease);
+        let second = rescuer
+            .fetch(
+                &queue,
+                FetchRequest {
+                    wait: Duration::from_secs(5),
+                    ..request(1)
+                },
+                &cancel,
+            )
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].id, first[0].id);
+        assert_eq!(second[0].attempts, 2, "the lost run counts");
+        assert!(second[0]
+            .extras()
+            .and_then(|e| e.error.as_deref())
+            .is_some());
+        // The first worker's late ack changes nothing.
+        dead.settle(&queue, vec![completed(&first[0])]).unwrap();
+        let job = rescuer.get_job(first[0].id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Active);
+        rescuer.settle(&queue, vec![completed(&second[0])]).unwrap();
+        let job = rescuer.get_job(first[0].id).unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Completed, 2));
+    }
+
+    #[test]
+    fn a_live_worker_keeps_its_lease() {
+        let Some(server) = server() else { return };
+        let lease = Duration::from_millis(150);
+        let worker = backend(&server, lease);
+        let other = backend(&server, lease);
+        let queue: Arc<str> = Arc::from("renew");
+        worker.declare_queue(&queue, RETENTION, true).unwrap();
+        worker
+            .push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
+            .unwrap();
+        let cancel = AtomicBool::new(false);
+        let held = worker.fetch(&queue, request(1), &cancel).unwrap();
+        // Five leases long: renewals keep it; the other process's sweeps find nothing.
+        let stolen = other
+            .fetch(
+                &queue,
+                FetchRequest {
+                    wait: 5 * lease,
+                    ..request(1)
+                },
+                &cancel,
+            )
+            .unwrap();
+        assert!(stolen.is_empty());
+        worker.settle(&queue, vec![completed(&held[0])]).unwrap();
+        let job = worker.get_job(held[0].id).unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Completed, 1));
+    }
+
+    #[test]
+    fn each_cron_tick_is_pushed_once() {
+        let Some(server) = server() else { return };
+        let one = backend(&server, Duration::from_secs(30));
+        let two = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("cron");
+        one.declare_queue(&queue, RETENTION, true).unwrap();
+        let tick = 1_800_000_000.0;
+        let pushed: Vec<bool> = [&one, &two, &one]
+            .iter()
+            .map(|b| {
+                let mut jobs = vec![job(&queue, 1, Priority::Normal)];
+                b.push_tick(&queue, &mut jobs, "every-second", tick)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(pushed, [true, false, false]);
+        let mut later = vec![job(&queue, 2, Priority::Normal)];
+        assert!(two
+            .push_tick(&queue, &mut later, "every-second", tick + 1.0)
+            .unwrap());
+        assert_eq!(one.counts(&queue).unwrap().waiting, 2);
+    }
+
+    #[test]
+    fn released_jobs_keep_their_place_and_attempt() {
+        let Some(server) = server() else { return };
+        let redis = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("release");
+        redis.declare_queue(&queue, RETENTION, true).unwrap();
+        let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
+        redis.push(&queue, &mut jobs, true).unwrap();
+        let cancel = AtomicBool::new(false);
+        let taken = redis.fetch(&queue, request(2), &cancel).unwrap();
+        redis.release(&queue, &taken).unwrap();
+        let again = redis.fetch(&queue, request(3), &cancel).unwrap();
+        let data: Vec<&[u8]> = again.iter().map(|j| &*j.data).collect();
+        assert_eq!(data, [b"1", b"2", b"3"]);
+        assert!(again.iter().all(|j| j.attempts == 1));
+    }
+}
