@@ -50,7 +50,7 @@ pub use self::connection::redacted;
 const PUSH_CHUNK: usize = 1000;
 /// How long a finished wait re-reads state changed by other processes (its own settles wake
 /// it at once).
-const FINISH_POLL: Duration = Duration::from_millis(50);
+const FINISH_POLL: Duration = Duration::from_millis(10);
 const LEASE_LOST: &str =
     "LeaseExpired: the worker running this job stopped renewing its lease (it died or lost Redis)";
 
