@@ -8,6 +8,8 @@ reason if none can be started, or fails under ``RNQ_REQUIRE_REDIS=1``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -359,3 +361,42 @@ def test_a_redis_cluster_keeps_the_contract(
     sid = qm.schedule(names[2], {"cron": True}, "* * * * * *")
     wait_until(lambda: len(qm.get_jobs(names[2], status="completed")) >= 2, timeout=6)
     assert qm.unschedule(sid)
+
+
+def test_the_redis_example_runs_with_the_worker_command(
+    redis_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    """examples/redis_app: `rnode-queue worker worker:qm` consumes what `web.py` pushes."""
+    app = Path(__file__).resolve().parent.parent / "examples" / "redis_app"
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_kwargs["url"],
+        "REDIS_PREFIX": redis_kwargs["prefix"],
+        "PYTHONUNBUFFERED": "1",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rnode_queue", "worker", "worker:qm", "--shutdown-timeout", "5"],
+        cwd=app,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        banner = worker.stdout.readline()
+        assert "rnode-queue worker: worker:qm on redis" in banner, banner
+        web = subprocess.run(
+            [sys.executable, "web.py"], cwd=app, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert web.returncode == 0, web.stderr[-2000:]
+        assert "avatar.jpg -> avatar.jpg.thumb.png" in web.stdout
+        assert web.stdout.count(".thumb.png") == 4
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    assert code == 0, worker.stderr.read() if worker.stderr else ""

@@ -2,14 +2,19 @@
 
 ``rnode-queue demo`` (the default) runs the README quick start on the memory backend: retries,
 priorities, cron and ``schedule_at``, a large ``push_batch`` and exponential backoff, then
-prints a summary. ``rnode-queue version`` prints the version.
+prints a summary. ``rnode-queue worker module:manager`` imports an application module (which
+creates its ``QueueManager`` and registers its handlers) and runs its workers until SIGINT or
+SIGTERM, then closes the manager gracefully. ``rnode-queue version`` prints the version.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import itertools
+import os
+import signal
 import sys
 import threading
 import time
@@ -275,6 +280,43 @@ def demo(quiet: bool = False, out: TextIO | None = None, err: TextIO | None = No
     return 0
 
 
+def load_manager(target: str) -> QueueManager:
+    """``package.module:attribute`` (the current directory importable, as for ``python -m``)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise SystemExit(f"rnode-queue worker: expected module:attribute, got {target!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    try:
+        manager = getattr(module, attribute)
+    except AttributeError:
+        raise SystemExit(f"rnode-queue worker: {module_name} has no {attribute!r}") from None
+    if not isinstance(manager, QueueManager):
+        raise SystemExit(f"rnode-queue worker: {target} is not a QueueManager")
+    return manager
+
+
+def worker(target: str, shutdown_timeout: float) -> int:
+    """Runs the handlers that importing ``target`` registered until SIGINT or SIGTERM."""
+    qm = load_manager(target)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    queues = ", ".join(sorted(qm.get_stats().queue_sizes)) or "none yet"
+    print(f"rnode-queue worker: {target} on {qm.backend} (queues: {queues}); Ctrl-C to stop")
+    sys.stdout.flush()
+    while not stop.wait(0.5):  # slices: signal handlers run between them
+        pass
+    print(f"rnode-queue worker: stopping (waiting up to {shutdown_timeout:g} s for running jobs)")
+    finished = qm.close(timeout=shutdown_timeout)
+    return 0 if finished else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rnode-queue`` console script."""
     parser = argparse.ArgumentParser(
@@ -284,16 +326,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command",
         nargs="?",
         default="demo",
-        choices=("demo", "version"),
-        help="demo (default): run the quick-start flows in memory; version: print the version",
+        choices=("demo", "worker", "version"),
+        help=(
+            "demo (default): run the quick-start flows in memory; worker APP: run the handlers "
+            "of APP (module:manager) until SIGINT/SIGTERM; version: print the version"
+        ),
     )
+    parser.add_argument("app", nargs="?", help="worker: module:attribute naming a QueueManager")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="demo: no progress, only the summary"
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="worker: seconds running jobs get to finish at shutdown (default 30)",
     )
     args = parser.parse_args(argv)
     if args.command == "version":
         print(f"rnode-queue {__version__}")
         return 0
+    if args.command == "worker":
+        if not args.app:
+            parser.error("worker needs APP, e.g. rnode-queue worker myapp.tasks:qm")
+        return worker(args.app, args.shutdown_timeout)
     return demo(quiet=args.quiet)
 
 
