@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -23,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import ENABLED_BACKENDS, ManagerPool
 from helpers import WAIT, Recorder, wait_until
-from redis_servers import RedisCluster, RedisServer, free_port
+from redis_servers import RedisCluster, RedisServer, executable, free_port, unavailable
 from rnode_queue import BackendError, Job
 
 pytestmark = pytest.mark.skipif(
@@ -400,3 +403,108 @@ def test_the_redis_example_runs_with_the_worker_command(
             worker.kill()
             raise
     assert code == 0, worker.stderr.read() if worker.stderr else ""
+
+
+TLS_CLIENT = textwrap.dedent(
+    """
+    import sys
+    from rnode_queue import BackendError, QueueManager
+
+    url, bad_url = sys.argv[1], sys.argv[2]
+    with QueueManager(backend="redis", url=url, prefix="tls") as qm:
+        qm.get_queue("secure").process(lambda job: job.data * 2)
+        job = qm.wait_for(qm.push("secure", 21), timeout=10)
+        print(job.status, job.result)
+    try:
+        QueueManager(backend="redis", url=bad_url, prefix="tls")
+    except BackendError as error:
+        print("refused:", error)
+    """
+)
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks only TLS (a certificate from a private CA) and has an ACL
+    user ``alice``; yields its port and the CA certificate."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (needed to make test certificates)")
+
+    def run(command: str) -> None:
+        subprocess.run(
+            [openssl, *shlex.split(command)], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    run(
+        "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=rnq-test-CA -keyout ca.key -out ca.pem"
+    )
+    run("req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr")
+    (tmp_path / "san.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    run(
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+        "-out server.pem -extfile san.cnf"
+    )
+    port = free_port()
+    options = (
+        f"--port 0 --tls-port {port} --bind 127.0.0.1 --save '' --tls-auth-clients no "
+        "--tls-cert-file server.pem --tls-key-file server.key --tls-ca-cert-file ca.pem"
+    )
+    proc = subprocess.Popen(
+        [
+            executable(),
+            *shlex.split(options),
+            "--user",
+            "alice",
+            "on",
+            ">s3cret",
+            "~*",
+            "&*",
+            "+@all",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not _accepts(port):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                unavailable("redis-server with TLS did not start")
+            time.sleep(0.02)
+        yield port, tmp_path / "ca.pem"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_tls_with_an_acl_user_and_a_database_in_the_url(
+    redis_kwargs: dict[str, Any], tls_redis: tuple[int, Path], tmp_path: Path
+) -> None:
+    port, ca = tls_redis
+    script = tmp_path / "tls_client.py"
+    script.write_text(TLS_CLIENT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            f"rediss://alice:s3cret@localhost:{port}/3",
+            f"rediss://alice:wrong@localhost:{port}/3",
+        ],
+        env={**os.environ, "SSL_CERT_FILE": str(ca)},  # the private CA, for this client only
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "completed 42"
+    assert lines[1].startswith("refused:") and "s3cret" not in lines[1] and "wrong" not in lines[1]
