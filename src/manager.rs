@@ -745,6 +745,11 @@ impl Engine {
             entry.next_run = entry.cron.next_after(now().max(tick));
             (entry.record.clone(), tick, entry.next_run)
         };
+        if self.backend.shared() && matches!(self.backend.has_schedule(id), Ok(false)) {
+            // Unscheduled by another process: stop firing it here too.
+            self.schedules.lock().remove(id);
+            return;
+        }
         if let Some(next) = next {
             self.timers.arm(TimerKey::Cron(id.clone()), next);
         }

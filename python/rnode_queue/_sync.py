@@ -8,6 +8,7 @@ import functools
 import math
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -118,7 +119,15 @@ def _before_fork() -> None:
 
 def _after_fork(in_child: bool) -> None:
     while _forking:
-        _forking.pop()._after_fork(in_child)
+        try:
+            _forking.pop()._after_fork(in_child)
+        except Exception as exc:  # the other managers must still be set up
+            warnings.warn(
+                f"rnode-queue: a manager could not reopen its backend in the forked child and "
+                f"is closed there: {exc}",
+                RuntimeWarning,
+                stacklevel=1,
+            )
 
 
 os.register_at_fork(

@@ -173,6 +173,13 @@ pub trait Backend: Send + Sync + 'static {
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()>;
     fn remove_schedule(&self, id: &str) -> Result<bool>;
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>>;
+    /// Whether the schedule is still stored: another process sharing the store may have removed
+    /// it. A store that only this process sees knows that already.
+    fn has_schedule(&self, id: &str) -> Result<bool> {
+        let _ = id;
+        Ok(true)
+    }
+
     /// True for exactly one caller per schedule and tick, whichever process asks.
     fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool>;
 

@@ -808,7 +808,7 @@ impl PyEngine {
     /// the parent's locks may be held by threads the child does not have: the child gets a
     /// fresh engine with the same settings and queue settings, and no jobs (they stay the
     /// parent's, so none runs twice), schedules or workers.
-    fn _after_fork(&self, in_child: bool) -> PyResult<()> {
+    fn _after_fork(&self, py: Python<'_>, in_child: bool) -> PyResult<()> {
         let configs =
             std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
         if !in_child {
@@ -819,14 +819,31 @@ impl PyEngine {
         if self.engine().is_closed() {
             return Ok(());
         }
-        let fresh = self.create_engine()?;
-        for (name, config) in configs {
-            fresh.create_queue(&name, config)?;
-        }
+        // Opening a backend may wait for the network: without the GIL.
+        let opened = py.detach(|| {
+            let fresh = self.create_engine()?;
+            for (name, config) in configs {
+                fresh.create_queue(&name, config)?;
+            }
+            Ok::<_, QueueError>(fresh)
+        });
+        let (fresh, failure) = match opened {
+            Ok(fresh) => (fresh, None),
+            Err(error) => {
+                // The parent's engine cannot work here (its threads do not exist in the
+                // child): a closed one makes every call fail at once instead of hanging.
+                let closed = Engine::new(Arc::new(MemoryBackend::new()), self.options.clone())?;
+                closed.close(Duration::ZERO);
+                (closed, Some(error))
+            }
+        };
         // The old engine is leaked on purpose (dropping it would take its locks).
         self.engine
             .store(Arc::into_raw(fresh).cast_mut(), Ordering::Release);
-        Ok(())
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     fn __repr__(&self) -> String {

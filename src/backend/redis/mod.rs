@@ -25,7 +25,7 @@
 mod codec;
 mod connection;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -51,6 +51,16 @@ const PUSH_CHUNK: usize = 1000;
 /// How long a finished wait re-reads state changed by other processes (its own settles wake
 /// it at once).
 const FINISH_POLL: Duration = Duration::from_millis(10);
+/// How long `wake` waits for Redis.
+const WAKE_TIMEOUT: Duration = Duration::from_millis(250);
+/// Waits shorter than this are timed here rather than by a Redis `BLPOP` timeout.
+const PRECISE_WAIT: Duration = Duration::from_millis(150);
+/// Retention for a queue declared again without settings of its own (the engine's defaults).
+const DEFAULT_RETENTION: Retention = Retention {
+    ttl: 86_400.0,
+    keep_completed: 10_000,
+    keep_failed: 100_000,
+};
 const LEASE_LOST: &str =
     "LeaseExpired: the worker running this job stopped renewing its lease (it died or lost Redis)";
 
@@ -102,8 +112,11 @@ struct RedisQueue {
     name: Arc<str>,
     /// waiting, delayed, leases, completed, failed, meta, wake, and the key prefix itself.
     keys: [String; 8],
-    /// Jobs this process holds a lease on.
-    held: Mutex<HashSet<JobId>>,
+    /// Jobs this process holds a lease on, with the attempt it holds.
+    held: Mutex<HashMap<JobId, u32>>,
+    /// The retention last declared here, to declare the queue again if another process
+    /// deletes it while this one still pushes to it.
+    retention: Mutex<Option<Retention>>,
     listen: Mutex<Listen>,
     heard: Condvar,
     /// The connection the listener blocks on, kept between waits.
@@ -134,7 +147,8 @@ impl RedisQueue {
                 key("wake"),
                 base.clone(),
             ],
-            held: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
+            retention: Mutex::new(None),
             listen: Mutex::new(Listen::default()),
             heard: Condvar::new(),
             blocking: Mutex::new(None),
@@ -146,10 +160,11 @@ impl RedisQueue {
     }
 }
 
-/// The hash tag of a queue: its name, unless braces in it would end the tag early (then its
-/// bytes in hex), so that all keys of a queue land in one Cluster slot.
+/// The hash tag of a queue: its name, unless braces in it would end the tag early (then `#`
+/// and its bytes in hex, as for a name that starts with `#`, so no two names share a tag), so
+/// that all keys of a queue land in one Cluster slot.
 fn hash_tag(name: &str) -> String {
-    if name.contains(['{', '}']) {
+    if name.contains(['{', '}']) || name.starts_with('#') {
         let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
         format!("#{hex}")
     } else {
@@ -289,8 +304,12 @@ impl Shared {
     }
 
     fn eval<T: FromRedisValue>(&self, script: &Script, cmd: Cmd) -> Result<T> {
+        self.eval_for(COMMAND_TIMEOUT, script, cmd)
+    }
+
+    fn eval_for<T: FromRedisValue>(&self, limit: Duration, script: &Script, cmd: Cmd) -> Result<T> {
         let mut conn = self.redis.conn();
-        self.redis.run(async move {
+        self.redis.run_for(limit, async move {
             match cmd.query_async(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -335,14 +354,13 @@ impl Shared {
     /// The leased jobs of one fetch, and when the next delayed job is due (ms, or -1).
     fn take(&self, queue: &RedisQueue, request: FetchRequest) -> Result<(i64, Vec<Job>)> {
         let at = now();
-        let lease_until = millis(at) + self.lease.as_millis() as i64;
-        let reply: Value = self.invoke(&self.scripts.fetch, queue, |inv| {
-            inv.arg(millis(at))
+        let reply: Value = self.invoke(&self.scripts.fetch, queue, |cmd| {
+            cmd.arg(millis(at))
                 .arg(at.to_string())
                 .arg(request.max.max(1))
                 .arg(request.share.max(1))
                 .arg(&self.token)
-                .arg(lease_until);
+                .arg(self.lease.as_millis() as u64);
         })?;
         let Value::Array(parts) = reply else {
             return Err(QueueError::Backend("redis: unexpected fetch reply".into()));
@@ -371,7 +389,9 @@ impl Shared {
         if listen.generation != seen || cancel.load(Ordering::Acquire) {
             return Ok(());
         }
-        if listen.listening {
+        // Redis times blocking calls out at its own pace (every 100 ms when idle): a delayed
+        // job due within that is waited for here, to start on time.
+        if listen.listening || until.saturating_duration_since(Instant::now()) < PRECISE_WAIT {
             let _ = queue.heard.wait_until(listen, until);
             return Ok(());
         }
@@ -412,10 +432,10 @@ impl Shared {
 
     fn settle_acks(&self, queue: &RedisQueue, acks: &[Ack]) -> Result<i64> {
         let at = now();
-        self.invoke(&self.scripts.settle, queue, |inv| {
-            inv.arg(millis(at)).arg(&self.token).arg(acks.len());
+        self.invoke(&self.scripts.settle, queue, |cmd| {
+            cmd.arg(millis(at)).arg(&self.token).arg(acks.len());
             for ack in acks {
-                inv.arg(ack.id.to_string())
+                cmd.arg(ack.id.to_string())
                     .arg(ack.attempt)
                     .arg(match ack.settlement {
                         Settlement::Completed { .. } => "c",
@@ -426,8 +446,8 @@ impl Shared {
                 match &ack.settlement {
                     Settlement::Completed { result } => {
                         match result {
-                            Some(result) => inv.arg("1").arg(&**result),
-                            None => inv.arg("0").arg(""),
+                            Some(result) => cmd.arg("1").arg(&**result),
+                            None => cmd.arg("0").arg(""),
                         };
                     }
                     Settlement::Retry {
@@ -435,12 +455,12 @@ impl Shared {
                         error,
                         traceback,
                     } => {
-                        inv.arg(millis(*due)).arg(due.to_string()).arg(error);
-                        optional_text(inv, traceback.as_deref());
+                        cmd.arg(millis(*due)).arg(due.to_string()).arg(error);
+                        optional_text(cmd, traceback.as_deref());
                     }
                     Settlement::Failed { error, traceback } => {
-                        inv.arg(error);
-                        optional_text(inv, traceback.as_deref());
+                        cmd.arg(error);
+                        optional_text(cmd, traceback.as_deref());
                     }
                 }
             }
@@ -479,16 +499,37 @@ impl Shared {
     fn renew_leases(&self) {
         let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
         for queue in queues {
-            if queue.held.lock().is_empty() {
+            if *self.stopping.lock() {
+                return;
+            }
+            let held: Vec<(JobId, u32)> = queue
+                .held
+                .lock()
+                .iter()
+                .map(|(id, attempt)| (*id, *attempt))
+                .collect();
+            if held.is_empty() {
                 continue;
             }
-            let until = millis(now()) + self.lease.as_millis() as i64;
+            let at = now();
             let renewed: Result<i64> = self.invoke(&self.scripts.renew, &queue, |cmd| {
-                cmd.arg(&self.token).arg(until);
+                cmd.arg(&self.token)
+                    .arg(self.lease.as_millis() as u64)
+                    .arg(at.to_string())
+                    .arg(LEASE_LOST);
+                for (id, _) in &held {
+                    cmd.arg(id.to_string());
+                }
             });
             if let Ok(0) = renewed {
-                // Expired and swept: those jobs are someone else's now.
-                queue.held.lock().clear();
+                // Expired and swept: those runs are someone else's now (a fetch made since
+                // then holds a new lease and stays).
+                let mut current = queue.held.lock();
+                for (id, attempt) in held {
+                    if current.get(&id) == Some(&attempt) {
+                        current.remove(&id);
+                    }
+                }
             }
         }
     }
@@ -498,11 +539,12 @@ impl Shared {
             return;
         };
         for name in names {
+            if *self.stopping.lock() {
+                return;
+            }
             let queue = self.queue(&name);
-            let at = now();
-            let _: Result<i64> = self.invoke(&self.scripts.sweep, &queue, |inv| {
-                inv.arg(millis(at))
-                    .arg(at.to_string())
+            let _: Result<i64> = self.invoke(&self.scripts.sweep, &queue, |cmd| {
+                cmd.arg(now().to_string())
                     .arg(&self.token)
                     .arg(every.as_millis() as u64)
                     .arg(LEASE_LOST);
@@ -529,6 +571,23 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
     ) -> Result<bool> {
+        let stored = self.store_once(queue, jobs, tick)?;
+        if stored >= 0 {
+            return Ok(stored == 1);
+        }
+        // Deleted by another process while this one still knew it: declare it again.
+        let retention = queue.retention.lock().unwrap_or(DEFAULT_RETENTION);
+        self.declare(queue, retention, false)?;
+        Ok(self.store_once(queue, jobs, tick)? == 1)
+    }
+
+    /// One attempt of `store`: 1 stored, 0 the tick was claimed before, -1 the queue is gone.
+    fn store_once(
+        &self,
+        queue: &RedisQueue,
+        jobs: &[Job],
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<i64> {
         let add_args = |cmd: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
             cmd.arg(chunk.len());
             match tick {
@@ -536,12 +595,13 @@ impl Shared {
                 None => cmd.arg("").arg("0"),
             };
             for job in chunk {
+                let delayed = if job.state == JobState::Delayed {
+                    "1"
+                } else {
+                    "0"
+                };
                 cmd.arg(job.id.to_string())
-                    .arg(if job.state == JobState::Delayed {
-                        "1"
-                    } else {
-                        "0"
-                    })
+                    .arg(delayed)
                     .arg(millis(job.due_at()))
                     .arg(job.priority as u8)
                     .arg(job.max_attempts)
@@ -553,9 +613,7 @@ impl Shared {
             }
         };
         if jobs.len() <= PUSH_CHUNK {
-            let stored: i64 =
-                self.invoke(&self.scripts.push, queue, |inv| add_args(inv, jobs, tick))?;
-            return Ok(stored == 1);
+            return self.invoke(&self.scripts.push, queue, |cmd| add_args(cmd, jobs, tick));
         }
         // Several chunks, all or none: one MULTI/EXEC of EVALSHAs, the script loaded first.
         let mut conn = self.redis.conn();
@@ -572,7 +630,21 @@ impl Shared {
         let stored: Vec<i64> = self
             .redis
             .run(async move { pipe.query_async(&mut conn).await })?;
-        Ok(stored.first() == Some(&1))
+        Ok(stored.first().copied().unwrap_or(0))
+    }
+
+    fn declare(&self, queue: &RedisQueue, retention: Retention, replace: bool) -> Result<()> {
+        let _: i64 = self.command(redis::Cmd::sadd(self.global_key("queues"), &*queue.name))?;
+        let ttl_ms = (retention.ttl * 1000.0).round() as i64;
+        let _: i64 = self.invoke(&self.scripts.admin, queue, |cmd| {
+            cmd.arg("declare")
+                .arg(if replace { "1" } else { "0" })
+                .arg(ttl_ms)
+                .arg(retention.keep_completed)
+                .arg(retention.keep_failed);
+        })?;
+        *queue.retention.lock() = Some(retention);
+        Ok(())
     }
 }
 
@@ -586,10 +658,10 @@ fn eval_cmd(script: &Script, keys: &[String]) -> Cmd {
     cmd
 }
 
-fn optional_text(inv: &mut Cmd, text: Option<&str>) {
+fn optional_text(cmd: &mut Cmd, text: Option<&str>) {
     match text {
-        Some(text) => inv.arg("1").arg(text),
-        None => inv.arg("0").arg(""),
+        Some(text) => cmd.arg("1").arg(text),
+        None => cmd.arg("0").arg(""),
     };
 }
 
@@ -604,17 +676,7 @@ impl Backend for RedisBackend {
 
     fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()> {
         let s = &self.shared;
-        let handle = s.queue(queue);
-        let _: i64 = s.command(redis::Cmd::sadd(s.global_key("queues"), &**queue))?;
-        let ttl_ms = (retention.ttl * 1000.0).round() as i64;
-        let _: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
-            inv.arg("declare")
-                .arg(if replace { "1" } else { "0" })
-                .arg(ttl_ms)
-                .arg(retention.keep_completed)
-                .arg(retention.keep_failed);
-        })?;
-        Ok(())
+        s.declare(&s.queue(queue), retention, replace)
     }
 
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
@@ -651,7 +713,8 @@ impl Backend for RedisBackend {
             let seen = handle.listen.lock().generation;
             let (next_due, jobs) = s.take(&handle, request)?;
             if !jobs.is_empty() {
-                handle.held.lock().extend(jobs.iter().map(|job| job.id));
+                let leased = jobs.iter().map(|job| (job.id, job.attempts));
+                handle.held.lock().extend(leased);
                 return Ok(jobs);
             }
             let now_instant = Instant::now();
@@ -685,9 +748,12 @@ impl Backend for RedisBackend {
             }
         };
         {
+            // Only the run acked: a newer run of the same job in this process keeps its lease.
             let mut held = handle.held.lock();
             for ack in &acks {
-                held.remove(&ack.id);
+                if held.get(&ack.id) == Some(&ack.attempt) {
+                    held.remove(&ack.id);
+                }
             }
         }
         s.finished.notify();
@@ -700,15 +766,17 @@ impl Backend for RedisBackend {
         }
         let s = &self.shared;
         let handle = s.queue(queue);
-        let released: Result<i64> = s.invoke(&s.scripts.release, &handle, |inv| {
-            inv.arg(&s.token).arg(jobs.len());
+        let released: Result<i64> = s.invoke(&s.scripts.release, &handle, |cmd| {
+            cmd.arg(&s.token).arg(jobs.len());
             for job in jobs {
-                inv.arg(job.id.to_string()).arg(job.attempts);
+                cmd.arg(job.id.to_string()).arg(job.attempts);
             }
         });
         let mut held = handle.held.lock();
         for job in jobs {
-            held.remove(&job.id);
+            if held.get(&job.id) == Some(&job.attempts) {
+                held.remove(&job.id);
+            }
         }
         released.map(|_| ())
     }
@@ -716,8 +784,8 @@ impl Backend for RedisBackend {
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
         let s = &self.shared;
         let handle = s.queue(queue);
-        let next: i64 = s.invoke(&s.scripts.tick, &handle, |inv| {
-            inv.arg(millis(now));
+        let next: i64 = s.invoke(&s.scripts.tick, &handle, |cmd| {
+            cmd.arg(millis(now));
         })?;
         Ok(next_event(next))
     }
@@ -728,9 +796,11 @@ impl Backend for RedisBackend {
             return;
         };
         if handle.listen.lock().listening {
-            let _: Result<i64> = s.invoke(&s.scripts.admin, &handle, |inv| {
-                inv.arg("wake").arg(&s.token);
-            });
+            // Best effort and brief: a stop must not wait for a Redis that does not answer
+            // (the listener's BLPOP then ends by its own timeout).
+            let mut cmd = eval_cmd(&s.scripts.admin, &handle.keys);
+            cmd.arg("wake").arg(&s.token);
+            let _: Result<i64> = s.eval_for(WAKE_TIMEOUT, &s.scripts.admin, cmd);
         }
         let _listen = handle.listen.lock();
         handle.heard.notify_all();
@@ -755,8 +825,8 @@ impl Backend for RedisBackend {
             if state.is_some_and(|wanted| wanted != listed) || jobs.len() >= limit {
                 continue;
             }
-            let reply: Value = s.invoke(&s.scripts.list, &handle, |inv| {
-                inv.arg(index).arg(limit - jobs.len());
+            let reply: Value = s.invoke(&s.scripts.list, &handle, |cmd| {
+                cmd.arg(index).arg(limit - jobs.len());
             })?;
             jobs.extend(decode_jobs(&handle.name, &reply)?);
         }
@@ -768,8 +838,8 @@ impl Backend for RedisBackend {
         let s = &self.shared;
         for name in s.queue_names()? {
             let handle = s.queue(&name);
-            let outcome: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
-                inv.arg("retry").arg(id.to_string());
+            let outcome: i64 = s.invoke(&s.scripts.admin, &handle, |cmd| {
+                cmd.arg("retry").arg(id.to_string());
             })?;
             if outcome >= 0 {
                 return Ok(outcome == 1);
@@ -781,8 +851,8 @@ impl Backend for RedisBackend {
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         let s = &self.shared;
         let handle = s.queue(queue);
-        let _: i64 = s.invoke(&s.scripts.admin, &handle, |inv| {
-            inv.arg("pause").arg(if paused { "1" } else { "0" });
+        let _: i64 = s.invoke(&s.scripts.admin, &handle, |cmd| {
+            cmd.arg("pause").arg(if paused { "1" } else { "0" });
         })?;
         Ok(())
     }
@@ -792,8 +862,8 @@ impl Backend for RedisBackend {
         let handle = s.queue(queue);
         let mut removed = 0;
         loop {
-            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |inv| {
-                inv.arg("clear");
+            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |cmd| {
+                cmd.arg("clear");
             })?;
             removed += chunk;
             if chunk < 1000 {
@@ -809,8 +879,8 @@ impl Backend for RedisBackend {
         let handle = s.queue(queue);
         let mut removed = 0;
         loop {
-            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |inv| {
-                inv.arg("delete");
+            let chunk: usize = s.invoke(&s.scripts.admin, &handle, |cmd| {
+                cmd.arg("delete");
             })?;
             removed += chunk;
             if chunk < 1000 {
@@ -923,7 +993,17 @@ impl Backend for RedisBackend {
         let s = &self.shared;
         let stored: HashMap<String, Vec<u8>> =
             s.command(redis::Cmd::hgetall(s.global_key("schedules")))?;
-        stored.values().map(|text| decode_schedule(text)).collect()
+        // An entry this version cannot read (written by another one) must not stop every
+        // process from starting: it is skipped, and stays for `unschedule` to remove.
+        Ok(stored
+            .values()
+            .filter_map(|text| decode_schedule(text).ok())
+            .collect())
+    }
+
+    fn has_schedule(&self, id: &str) -> Result<bool> {
+        let s = &self.shared;
+        s.command(redis::Cmd::hexists(s.global_key("schedules"), id))
     }
 
     fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool> {

@@ -57,23 +57,38 @@ local function del_jobs(ids)
   end
 end
 
--- Delayed jobs that are due become waiting, in their FIFO place.
+-- Delayed jobs that are due become waiting, at the back of their priority (as if pushed now).
 local function promote(now_ms)
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_ms, 'LIMIT', 0, 1000)
   if #due == 0 then
     return 0
   end
+  local seq = redis.call('HINCRBY', meta, 'seq', #due) - #due
   local ranked = {}
-  for i, id in ipairs(due) do
+  for _, id in ipairs(due) do
     local key = job_key(id)
-    ranked[2 * i - 1] = redis.call('HGET', key, 'k')
-    ranked[2 * i] = id
-    redis.call('HSET', key, 's', 'waiting')
+    local old_rank = redis.call('HGET', key, 'k')
+    -- A job whose record vanished (deleted outside the queue) is only dropped from the set.
+    if old_rank then
+      seq = seq + 1
+      local job_rank = rerank(tonumber(old_rank), seq)
+      redis.call('HSET', key, 's', 'waiting', 'k', job_rank)
+      ranked[#ranked + 1] = job_rank
+      ranked[#ranked + 1] = id
+    end
   end
   sliced('ZREM', delayed, due)
-  sliced('ZADD', waiting, ranked)
-  signal()
-  return #due
+  if #ranked > 0 then
+    sliced('ZADD', waiting, ranked)
+    signal()
+  end
+  return #ranked / 2
+end
+
+-- Redis's clock in ms: leases are judged by one clock whichever host holds them.
+local function server_ms()
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
 local function retention()
@@ -143,10 +158,10 @@ end
 
 -- Takes a job back from a worker that lost its lease: waiting again with the lost run
 -- counted, or failed when no attempts remain.
-local function take_back(id, error, now, now_ms, requeued, dead)
+local function take_back(id, error, now, requeued, dead)
   local key = job_key(id)
   local job = redis.call('HMGET', key, 'a', 'm', 'k')
-  if not job[3] then
+  if not (job[2] and job[3]) then
     return
   end
   if (tonumber(job[1]) or 0) < tonumber(job[2]) then

@@ -1,5 +1,5 @@
 -- Takes up to `max` waiting jobs (about waiting / share of them) and leases them to `token`
--- until `lease_ms`: each becomes active with one more attempt. Due delayed jobs are promoted
+-- for `lease_ms` (by Redis's clock): each becomes active with one more attempt. Due delayed jobs are promoted
 -- first. Returns {next delayed due in ms or -1, {id, attempts, max_attempts, body, due, error, traceback, ...}}.
 -- ARGV: now_ms, now, max, share, token, lease_ms
 local now_ms = tonumber(ARGV[1])
@@ -15,17 +15,22 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
       local id = popped[i]
       local key = job_key(id)
       local job = redis.call('HMGET', key, 'a', 'm', 'b', 'sa', 'e', 'tb')
-      local attempts = (tonumber(job[1]) or 0) + 1
-      redis.call('HSET', key, 's', 'active', 'a', attempts, 'st', ARGV[2])
-      ids[#ids + 1] = id
-      taken[#taken + 1] = id
-      taken[#taken + 1] = attempts
-      for field = 2, 6 do
-        taken[#taken + 1] = job[field]
+      -- A job whose record vanished (deleted outside the queue) is skipped.
+      if job[3] then
+        local attempts = (tonumber(job[1]) or 0) + 1
+        redis.call('HSET', key, 's', 'active', 'a', attempts, 'st', ARGV[2])
+        ids[#ids + 1] = id
+        taken[#taken + 1] = id
+        taken[#taken + 1] = attempts
+        for field = 2, 6 do
+          taken[#taken + 1] = job[field]
+        end
       end
     end
-    sliced('SADD', active_key(ARGV[5]), ids)
-    redis.call('ZADD', leases, ARGV[6], ARGV[5])
+    if #ids > 0 then
+      sliced('SADD', active_key(ARGV[5]), ids)
+      redis.call('ZADD', leases, server_ms() + tonumber(ARGV[6]), ARGV[5])
+    end
     if available > take then
       signal()
     end

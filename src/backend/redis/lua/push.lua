@@ -1,8 +1,12 @@
 -- Stores new jobs, all in one step. With a schedule id, first claims that cron tick: a tick
--- already claimed (by any process) pushes nothing and returns 0.
+-- already claimed (by any process) pushes nothing and returns 0. Returns -1, storing nothing,
+-- if the queue was deleted (its record is gone): the caller declares it again first.
 -- ARGV: count, schedule_id ('' = none), tick,
 --   then per job: id, delayed ('1'/'0'), due_ms, priority, max_attempts, body, due ('' = none)
 local count = tonumber(ARGV[1])
+if redis.call('EXISTS', meta) == 0 then
+  return -1
+end
 if ARGV[2] ~= '' then
   local ticks = base .. 'ticks'
   local last = redis.call('HGET', ticks, ARGV[2])
