@@ -508,3 +508,91 @@ def test_tls_with_an_acl_user_and_a_database_in_the_url(
     lines = proc.stdout.splitlines()
     assert lines[0] == "completed 42"
     assert lines[1].startswith("refused:") and "s3cret" not in lines[1] and "wrong" not in lines[1]
+
+
+def test_a_queue_deleted_by_another_process_comes_back_when_pushed_to(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    pusher = manager_pool.open(**redis_kwargs)
+    admin = manager_pool.open(**redis_kwargs)
+    pusher.push("reborn", 1)
+    assert admin.delete_queue("reborn")
+    job_id = pusher.push("reborn", 2)  # this process still knows the queue
+    job = admin.get_job(job_id)
+    assert job is not None and job.data == 2
+    assert admin.get_stats().queue_sizes["reborn"] == 1
+
+
+def test_unscheduling_in_one_process_stops_every_process(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    firing = manager_pool.open(**redis_kwargs)
+    admin = manager_pool.open(**redis_kwargs)
+    recorder = Recorder()
+    sid = firing.schedule("cron-stop", 1, "* * * * * *")
+    firing.get_queue("cron-stop").process(recorder.record)
+    assert recorder.wait_count(1, timeout=WAIT)
+    assert admin.unschedule(sid)
+    assert firing.join("cron-stop", timeout=WAIT)
+    seen = len(recorder.snapshot())
+    # Two more ticks pass: the process that declared it must not fire them.
+    assert not recorder.wait_count(seen + 1, timeout=2.2)
+
+
+def test_queue_names_that_look_alike_never_share_keys(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    qm = manager_pool.open(**redis_kwargs)
+    # "a{b" is hex-tagged as "#617b62"; a queue really named so must not collide with it.
+    for name in ("a{b", "#617b62", "a", "{a}", "a}"):
+        qm.push(name, name)
+    sizes = qm.get_stats().queue_sizes
+    assert all(sizes[name] == 1 for name in ("a{b", "#617b62", "a", "{a}", "a}")), sizes
+    assert [j.data for j in qm.get_jobs("#617b62")] == ["#617b62"]
+
+
+FORKING_CLIENT = textwrap.dedent(
+    """
+    import json, os, sys
+    from rnode_queue import QueueError, QueueManager
+
+    qm = QueueManager(**json.loads(sys.argv[1]))
+    qm.push("before-fork", 1)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test has killed Redis
+    pid = os.fork()
+    if pid == 0:
+        try:
+            qm.push("after-fork", 1)
+            os._exit(3)
+        except QueueError as error:
+            print("child:", type(error).__name__, flush=True)
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    sys.exit(os.waitstatus_to_exitcode(status))
+    """
+)
+
+
+def test_a_fork_while_redis_is_down_fails_fast_in_the_child(
+    restartable_redis: RedisServer, tmp_path: Path
+) -> None:
+    script = tmp_path / "forking.py"
+    script.write_text(FORKING_CLIENT)
+    options = {"backend": "redis", "url": restartable_redis.url, "prefix": "fork"}
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "always", str(script), json.dumps(options)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert proc.stdout.readline().strip() == "ready"
+    restartable_redis.kill()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.strip() in ("child: QueueClosedError", "child: BackendError")
+    assert "could not reopen its backend in the forked child" in err

@@ -16,6 +16,7 @@ from helpers import (
     Recorder,
     assert_aware_utc,
     utcnow,
+    wait_until,
 )
 from rnode_queue import QueueManager
 
@@ -70,6 +71,19 @@ def test_a_delayed_job_falling_due_on_a_paused_queue_waits(qm: QueueManager) -> 
     q.resume()
     done = qm.wait_for(job_id, timeout=WAIT)
     assert done is not None and done.status == "completed"
+
+
+def test_a_delayed_job_falling_due_queues_behind_jobs_pushed_meanwhile(qm: QueueManager) -> None:
+    q = qm.create_queue("due-order", concurrency=1)
+    q.pause()
+    delayed = q.push("delayed", delay=0.1)
+    first, second = q.push("first"), q.push("second")
+    wait_until(lambda: qm.get_job(delayed).status == "waiting", what="the job falls due")  # type: ignore[union-attr]
+    recorder = Recorder()
+    q.process(recorder.record)
+    q.resume()
+    assert qm.join("due-order", timeout=WAIT)
+    assert [e["job"].id for e in recorder.snapshot()] == [first, second, delayed]
 
 
 def _run_schedule_at(qm: QueueManager, queue: str, when: datetime, due: datetime) -> None:

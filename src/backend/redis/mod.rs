@@ -1236,6 +1236,39 @@ mod tests {
     }
 
     #[test]
+    fn a_leased_job_the_worker_lost_track_of_is_taken_back() {
+        let Some(server) = server() else { return };
+        let lease = Duration::from_millis(200);
+        let worker = backend(&server, lease);
+        let other = backend(&server, lease);
+        let queue: Arc<str> = Arc::from("orphan");
+        worker.declare_queue(&queue, RETENTION, true).unwrap();
+        let mut jobs = vec![
+            job(&queue, 1, Priority::Normal),
+            job(&queue, 2, Priority::Normal),
+        ];
+        worker.push(&queue, &mut jobs, true).unwrap();
+        let cancel = AtomicBool::new(false);
+        let taken = worker.fetch(&queue, request(2), &cancel).unwrap();
+        assert_eq!(taken.len(), 2);
+        // As if the reply for the first job had been lost: the worker holds (and renews)
+        // only the second.
+        let handle = worker.shared.queue(&queue);
+        handle.held.lock().remove(&taken[0].id);
+        let wait = FetchRequest {
+            wait: Duration::from_secs(5),
+            ..request(2)
+        };
+        let rescued = other.fetch(&queue, wait, &cancel).unwrap();
+        assert_eq!(rescued.len(), 1);
+        assert_eq!((rescued[0].id, rescued[0].attempts), (taken[0].id, 2));
+        // The job it does hold is still its own.
+        worker.settle(&queue, vec![completed(&taken[1])]).unwrap();
+        let job = worker.get_job(taken[1].id).unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Completed, 1));
+    }
+
+    #[test]
     fn each_cron_tick_is_pushed_once() {
         let Some(server) = server() else { return };
         let one = backend(&server, Duration::from_secs(30));
