@@ -48,9 +48,10 @@ pub use self::connection::redacted;
 
 /// Jobs per push script; a larger batch is several scripts in one MULTI/EXEC round trip.
 const PUSH_CHUNK: usize = 1000;
-/// How long a finished wait re-reads state changed by other processes (its own settles wake
-/// it at once).
-const FINISH_POLL: Duration = Duration::from_millis(10);
+/// How often a wait for a finished job or an idle queue re-reads state that other processes
+/// change: from the first to the last interval, doubling (this process's own settles wake it
+/// at once).
+const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
 /// How long `wake` waits for Redis.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Waits shorter than this are timed here rather than by a Redis `BLPOP` timeout.
@@ -921,6 +922,7 @@ impl Backend for RedisBackend {
     fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
         let s = &self.shared;
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut poll = FINISH_POLL.0;
         loop {
             let seen = s.finished.current();
             match s.find_job(id)? {
@@ -928,7 +930,8 @@ impl Backend for RedisBackend {
                 Some(_) => {}
                 None => return Ok(None),
             }
-            let mut wait = FINISH_POLL;
+            let mut wait = poll;
+            poll = (poll * 2).min(FINISH_POLL.1);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -943,6 +946,7 @@ impl Backend for RedisBackend {
     fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
         let s = &self.shared;
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut poll = FINISH_POLL.0;
         loop {
             let seen = s.finished.current();
             let names = match queue {
@@ -960,7 +964,8 @@ impl Backend for RedisBackend {
             if idle {
                 return Ok(true);
             }
-            let mut wait = FINISH_POLL;
+            let mut wait = poll;
+            poll = (poll * 2).min(FINISH_POLL.1);
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
