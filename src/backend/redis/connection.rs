@@ -152,10 +152,6 @@ impl Redis {
         })
     }
 
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.target, Target::Cluster { .. })
-    }
-
     /// The shared connection for commands.
     pub fn conn(&self) -> Conn {
         self.commands.clone()
@@ -249,7 +245,7 @@ fn timed_out(url: &str) -> QueueError {
 }
 
 /// The url without its password, for error messages.
-pub fn redacted(url: &str) -> String {
+fn redacted(url: &str) -> String {
     url.split(',')
         .map(|one| match (one.find("://"), one.rfind('@')) {
             (Some(scheme), Some(at)) if at > scheme => {

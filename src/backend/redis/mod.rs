@@ -44,8 +44,6 @@ use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
 
-pub use self::connection::redacted;
-
 /// Jobs per push script; a larger batch is several scripts in one MULTI/EXEC round trip.
 const PUSH_CHUNK: usize = 1000;
 /// How often a wait for a finished job or an idle queue re-reads state that other processes
@@ -253,10 +251,6 @@ impl RedisBackend {
             shared,
             keeper: Mutex::new(Some(keeper)),
         })
-    }
-
-    pub fn is_cluster(&self) -> bool {
-        self.shared.redis.is_cluster()
     }
 
     fn stop_keeper(&self) {
