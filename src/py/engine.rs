@@ -859,9 +859,18 @@ impl Drop for PyEngine {
     fn drop(&mut self) {
         // SAFETY: the pointer came from `Arc::into_raw` and nothing else will use it.
         let engine = unsafe { Arc::from_raw(*self.engine.get_mut()) };
-        // Unclosed and unreachable: stop the workers without waiting for them.
-        if !engine.is_closed() {
-            engine.close(Duration::ZERO);
+        // Unclosed and unreachable: stop the workers without waiting for them. Stopping may
+        // still talk to a backend (Redis), so Python is let go of meanwhile where it can be.
+        let mut engine = Some(engine);
+        let mut shut_down = || {
+            if let Some(engine) = engine.take() {
+                if !engine.is_closed() {
+                    engine.close(Duration::ZERO);
+                }
+            }
+        };
+        if Python::try_attach(|py| py.detach(&mut shut_down)).is_none() {
+            shut_down();
         }
     }
 }
