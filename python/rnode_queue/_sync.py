@@ -157,8 +157,9 @@ class QueueManager:
 
     ``backend`` is ``"memory"`` (default) or ``"redis"`` (``url=``, ``prefix=``, ``lease=``:
     jobs shared by every process using that Redis); ``"file"`` (``path=``) is planned and
-    raises :class:`BackendError` in this version. The queue keyword arguments are the defaults of every queue that is not
-    configured with :meth:`create_queue`. Durations are seconds (floats allowed).
+    raises :class:`BackendError` in this version. The queue keyword arguments are the
+    defaults of every queue that is not configured with :meth:`create_queue`. Durations are
+    seconds (floats allowed).
     Use as a context manager, or call :meth:`close`; managers still open at interpreter exit
     are closed then, with a short timeout.
     """
