@@ -46,6 +46,8 @@ use crate::sync::{Condvar, Mutex, RwLock};
 
 /// Jobs per push script; a larger batch is several scripts in one MULTI/EXEC round trip.
 const PUSH_CHUNK: usize = 1000;
+/// How many pushed jobs `remember_pushed` keeps track of (then it starts over).
+const PUSHED_HERE_LIMIT: usize = 100_000;
 /// How often a wait for a finished job or an idle queue re-reads state that other processes
 /// change: from the first to the last interval, doubling (this process's own settles wake it
 /// at once).
@@ -204,6 +206,8 @@ struct Shared {
     lease: Duration,
     scripts: Scripts,
     queues: RwLock<HashMap<Arc<str>, Arc<RedisQueue>>>,
+    /// The queue of each job recently pushed from this process (see `remember_pushed`).
+    pushed_here: Mutex<HashMap<JobId, Arc<str>>>,
     finished: LocalSignal,
     stopping: Mutex<bool>,
     stop: Condvar,
@@ -238,6 +242,7 @@ impl RedisBackend {
             lease: options.lease.max(Duration::from_millis(10)),
             scripts: Scripts::new(),
             queues: RwLock::new(HashMap::new()),
+            pushed_here: Mutex::new(HashMap::new()),
             finished: LocalSignal::default(),
             stopping: Mutex::new(false),
             stop: Condvar::new(),
@@ -549,14 +554,38 @@ impl Shared {
 
     /// Finds a job in whichever queue holds it.
     fn find_job(&self, id: JobId) -> Result<Option<Job>> {
+        let pushed_to = self.pushed_here.lock().get(&id).cloned();
+        if let Some(name) = &pushed_to {
+            if let Some(job) = self.read_job(&self.queue(name), id)? {
+                return Ok(Some(job));
+            }
+        }
         for name in self.queue_names()? {
-            let queue = self.queue(&name);
-            let hash: Value = self.command(redis::Cmd::hgetall(queue.job_key(id)))?;
-            if let Some(job) = decode_job(&queue.name, id.to_string().as_bytes(), &hash)? {
+            if pushed_to.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            if let Some(job) = self.read_job(&self.queue(&name), id)? {
                 return Ok(Some(job));
             }
         }
         Ok(None)
+    }
+
+    fn read_job(&self, queue: &RedisQueue, id: JobId) -> Result<Option<Job>> {
+        let hash: Value = self.command(redis::Cmd::hgetall(queue.job_key(id)))?;
+        decode_job(&queue.name, id.to_string().as_bytes(), &hash)
+    }
+
+    /// Remembers which queue jobs pushed here went to: `get_job` and `wait_for`, which a web
+    /// process typically calls on what it pushed, then take one round trip, not one per queue.
+    fn remember_pushed(&self, queue: &Arc<str>, jobs: &[Job]) {
+        let mut pushed = self.pushed_here.lock();
+        if pushed.len() + jobs.len() > PUSHED_HERE_LIMIT {
+            pushed.clear();
+        }
+        if jobs.len() <= PUSHED_HERE_LIMIT {
+            pushed.extend(jobs.iter().map(|job| (job.id, queue.clone())));
+        }
     }
 
     /// Stores jobs; with a cron tick, only if that tick was not claimed yet.
@@ -680,6 +709,7 @@ impl Backend for RedisBackend {
         }
         let handle = self.shared.queue(queue);
         self.shared.store(&handle, jobs, None)?;
+        self.shared.remember_pushed(&handle.name, jobs);
         jobs.clear();
         Ok(true)
     }
