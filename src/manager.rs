@@ -58,6 +58,9 @@ impl QueueConfig {
     }
 }
 
+/// How often an engine on a shared backend looks for schedules other processes stored.
+const SCHEDULE_RELOAD: f64 = 5.0;
+
 /// Each sync slot is an OS thread with a Python thread state: keep their number sane.
 pub const MAX_CONCURRENCY: usize = 1024;
 
@@ -168,6 +171,11 @@ impl Engine {
         }
         for name in engine.backend.queue_names()? {
             engine.ensure_queue(&name)?;
+        }
+        if engine.backend.shared() {
+            engine
+                .timers
+                .arm(TimerKey::Schedules, now() + SCHEDULE_RELOAD);
         }
         Ok(engine)
     }
@@ -629,6 +637,11 @@ impl Engine {
             }
             TimerKey::Cron(id) => self.fire_schedule(id),
             TimerKey::Watchdog => self.check_timeouts(),
+            TimerKey::Schedules => {
+                self.reload_schedules();
+                self.timers
+                    .arm(TimerKey::Schedules, now() + SCHEDULE_RELOAD);
+            }
             TimerKey::Settle(queue) => {
                 let pool = self.pools.lock().get(queue).cloned();
                 if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {
@@ -683,6 +696,25 @@ impl Engine {
         self.backend.save_schedule(&record)?;
         self.install_schedule(record)?;
         Ok(id)
+    }
+
+    /// Installs the schedules another process stored since this one started or last looked
+    /// (one declared by a deploy script, say), so that they fire here too.
+    fn reload_schedules(&self) {
+        let Ok(records) = self.backend.load_schedules() else {
+            return;
+        };
+        for record in records {
+            let known = self
+                .schedules
+                .lock()
+                .get(&record.id)
+                .is_some_and(|entry| entry.record == record);
+            if !known {
+                // One that does not parse was stored by a newer version: it stays stored.
+                let _ = self.install_schedule(record);
+            }
+        }
     }
 
     fn install_schedule(&self, record: ScheduleRecord) -> Result<()> {

@@ -27,6 +27,8 @@ pub enum TimerKey {
     Watchdog,
     /// Settle what the queue's workers finished before a job that is taking long.
     Settle(Arc<str>),
+    /// Pick up the schedules other processes stored (shared backends).
+    Schedules,
 }
 
 #[derive(PartialEq)]

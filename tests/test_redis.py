@@ -27,7 +27,7 @@ import pytest
 from conftest import ENABLED_BACKENDS, ManagerPool
 from helpers import WAIT, Recorder, wait_until
 from redis_servers import RedisCluster, RedisServer, executable, free_port, unavailable
-from rnode_queue import BackendError, Job
+from rnode_queue import BackendError, Job, QueueManager
 
 pytestmark = pytest.mark.skipif(
     "redis" not in ENABLED_BACKENDS, reason="the 'redis' backend is not enabled"
@@ -596,3 +596,18 @@ def test_a_fork_while_redis_is_down_fails_fast_in_the_child(
     assert proc.returncode == 0, err[-2000:]
     assert out.strip() in ("child: QueueClosedError", "child: BackendError")
     assert "could not reopen its backend in the forked child" in err
+
+
+def test_a_schedule_declared_by_a_short_lived_process_fires_in_running_workers(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    worker = manager_pool.open(**redis_kwargs)
+    recorder = Recorder()
+    worker.get_queue("deployed-cron").process(recorder.record)
+    with QueueManager(**redis_kwargs) as deploy:  # declares the schedule, then exits
+        sid = deploy.schedule("deployed-cron", {"from": "deploy"}, "* * * * * *")
+    # The worker looks for new schedules every 5 s, then fires each tick.
+    assert recorder.wait_count(1, timeout=10), "the running worker never fired it"
+    assert recorder.snapshot()[0]["job"].data == {"from": "deploy"}
+    assert [s["id"] for s in worker.list_schedules()] == [sid]
+    assert worker.unschedule(sid)
