@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::sync::{Condvar, Mutex};
 
 use crate::backend::FetchRequest;
+use crate::error::QueueError;
 use crate::job::{Job, Payload};
 use crate::manager::Engine;
 
@@ -396,7 +397,7 @@ impl Pool {
                 Ok(Some(batch)) => batch,
                 Ok(None) => continue,
                 Err(error) => {
-                    if !engine.backend_failed(&self.queue, &error) {
+                    if !self.back_off(engine, session, &error) {
                         return;
                     }
                     continue;
@@ -507,12 +508,19 @@ impl Pool {
                     session.submit(started);
                 }
                 Err(error) => {
-                    if !engine.backend_failed(&self.queue, &error) {
+                    if !self.back_off(engine, session, &error) {
                         return;
                     }
                 }
             }
         });
+    }
+
+    /// After a failed fetch: waits (Python let go of) before the next try. False: stop.
+    fn back_off(&self, engine: &Engine, session: &mut dyn Session, error: &QueueError) -> bool {
+        let mut keep_going = false;
+        session.unlocked(&mut || keep_going = engine.backend_failed(&self.queue, error));
+        keep_going
     }
 
     fn ack_async(self: &Arc<Self>, engine: &Arc<Engine>, done: mpsc::Receiver<(Job, RunOutcome)>) {
