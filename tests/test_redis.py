@@ -288,6 +288,9 @@ def test_redis_killed_and_restarted(
     kwargs = {"backend": "redis", "url": restartable_redis.url, "prefix": "restart", "lease": 1.0}
     qm = manager_pool.open(**kwargs)
     recorder = Recorder()
+    # Many workers: while Redis is down they all fail and back off, and none of that may keep
+    # Python (this test's thread) from running.
+    qm.create_queue("work", concurrency=16)
     qm.get_queue("work").process(recorder.record)
     before = qm.push("work", "before")
     assert qm.wait_for(before, timeout=WAIT) is not None
