@@ -58,6 +58,29 @@ impl QueueConfig {
     }
 }
 
+/// The same schedule, whatever the layout of its JSON (a store may give it back with its keys
+/// sorted and its spaces gone).
+fn same_schedule(a: &ScheduleRecord, b: &ScheduleRecord) -> bool {
+    fn json(bytes: &[u8]) -> Option<serde_json::Value> {
+        serde_json::from_slice(bytes).ok()
+    }
+    let same_json = |x: &[u8], y: &[u8]| x == y || json(x).is_some_and(|v| Some(v) == json(y));
+    a.id == b.id
+        && a.name == b.name
+        && a.queue == b.queue
+        && a.cron == b.cron
+        && a.priority == b.priority
+        && a.attempts == b.attempts
+        && a.timeout == b.timeout
+        && a.tags == b.tags
+        && same_json(&a.data, &b.data)
+        && match (&a.metadata, &b.metadata) {
+            (Some(x), Some(y)) => same_json(x, y),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
 /// How often an engine on a shared backend looks for schedules other processes stored.
 const SCHEDULE_RELOAD: f64 = 5.0;
 
@@ -133,6 +156,8 @@ pub struct Engine {
     queues: RwLock<HashMap<Arc<str>, Arc<QueueEntry>>>,
     pools: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
     schedules: Mutex<HashMap<Arc<str>, CronEntry>>,
+    /// Held while schedules are declared, removed or reloaded, so that those never interleave.
+    schedule_changes: Mutex<()>,
     timers: Arc<Timers>,
     closed: AtomicBool,
     /// Sync run deadlines are nanoseconds since this instant.
@@ -159,15 +184,17 @@ impl Engine {
             queues: RwLock::new(HashMap::new()),
             pools: Mutex::new(HashMap::new()),
             schedules: Mutex::new(HashMap::new()),
+            schedule_changes: Mutex::new(()),
             timers: Arc::new(Timers::default()),
             closed: AtomicBool::new(false),
             epoch: Instant::now(),
             this: this.clone(),
         });
         engine.timers.start(Arc::downgrade(&engine));
-        // Schedules kept by a persistent backend start ticking again.
+        // Schedules kept by a persistent backend start ticking again (one this version cannot
+        // parse, stored by another, stays stored and is skipped).
         for record in engine.backend.load_schedules()? {
-            engine.install_schedule(record)?;
+            let _ = engine.install_schedule(record);
         }
         for name in engine.backend.queue_names()? {
             engine.ensure_queue(&name)?;
@@ -688,8 +715,9 @@ impl Engine {
         CronSchedule::parse(&record.cron)?;
         self.ensure_queue(&record.queue)?;
         let id = record.id.clone();
+        let _changing = self.schedule_changes.lock();
         if let Some(existing) = self.schedules.lock().get(&id) {
-            if existing.record == record {
+            if same_schedule(&existing.record, &record) {
                 return Ok(id);
             }
         }
@@ -700,16 +728,33 @@ impl Engine {
 
     /// Installs the schedules another process stored since this one started or last looked
     /// (one declared by a deploy script, say), so that they fire here too.
+    /// Drops those another process removed (they would otherwise stay listed until their next
+    /// tick, a year for a yearly one).
     fn reload_schedules(&self) {
+        // Not interleaved with this process's own declarations.
+        let _changing = self.schedule_changes.lock();
         let Ok(records) = self.backend.load_schedules() else {
             return;
         };
+        let stored: std::collections::HashSet<Arc<str>> =
+            records.iter().map(|r| r.id.clone()).collect();
+        let gone: Vec<Arc<str>> = self
+            .schedules
+            .lock()
+            .keys()
+            .filter(|id| !stored.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.schedules.lock().remove(&id);
+            self.timers.disarm(&TimerKey::Cron(id));
+        }
         for record in records {
             let known = self
                 .schedules
                 .lock()
                 .get(&record.id)
-                .is_some_and(|entry| entry.record == record);
+                .is_some_and(|entry| same_schedule(&entry.record, &record));
             if !known {
                 // One that does not parse was stored by a newer version: it stays stored.
                 let _ = self.install_schedule(record);
@@ -738,6 +783,7 @@ impl Engine {
 
     pub fn unschedule(&self, id: &str) -> Result<bool> {
         self.check_open()?;
+        let _changing = self.schedule_changes.lock();
         let known = self.schedules.lock().remove(id).is_some();
         self.timers.disarm(&TimerKey::Cron(Arc::from(id)));
         let stored = self.backend.remove_schedule(id)?;
@@ -778,8 +824,12 @@ impl Engine {
             (entry.record.clone(), tick, entry.next_run)
         };
         if self.backend.shared() && matches!(self.backend.has_schedule(id), Ok(false)) {
-            // Unscheduled by another process: stop firing it here too.
-            self.schedules.lock().remove(id);
+            // Unscheduled by another process: stop firing it here too (unless this process
+            // declared it again meanwhile).
+            let mut schedules = self.schedules.lock();
+            if schedules.get(id).is_some_and(|e| e.record == record) {
+                schedules.remove(id);
+            }
             return;
         }
         if let Some(next) = next {

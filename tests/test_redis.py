@@ -7,6 +7,7 @@ reason if none can be started, or fails under ``RNQ_REQUIRE_REDIS=1``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -614,3 +615,39 @@ def test_a_schedule_declared_by_a_short_lived_process_fires_in_running_workers(
     assert recorder.snapshot()[0]["job"].data == {"from": "deploy"}
     assert [s["id"] for s in worker.list_schedules()] == [sid]
     assert worker.unschedule(sid)
+
+
+def test_a_queue_pushed_to_while_it_is_deleted_stays_listed(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    pusher = manager_pool.open(**redis_kwargs)
+    admin = manager_pool.open(**redis_kwargs)
+    pusher.push("churn", 0)
+    done = threading.Event()
+
+    def push_until_done() -> None:
+        while not done.is_set():
+            with contextlib.suppress(BackendError):  # deleted again and again: said, not lost
+                pusher.push("churn", 1)
+
+    thread = threading.Thread(target=push_until_done)
+    thread.start()
+    try:
+        for _ in range(100):
+            admin.delete_queue("churn")
+    finally:
+        done.set()
+        thread.join(timeout=WAIT)
+    size = admin.get_stats().queue_sizes.get("churn", 0)
+    jobs = admin.get_jobs("churn", status="waiting", limit=1_000_000)
+    assert size == len(jobs), "every job left is in a listed queue"
+
+
+def test_a_schedule_removed_elsewhere_leaves_every_list(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    holder = manager_pool.open(**redis_kwargs)
+    admin = manager_pool.open(**redis_kwargs)
+    sid = holder.schedule("yearly", {"k": 1}, "0 0 1 1 *")  # its next tick is months away
+    assert admin.unschedule(sid)
+    wait_until(lambda: holder.list_schedules() == [], timeout=10, what="the reload drops it")

@@ -118,13 +118,17 @@ def _before_fork() -> None:
 
 
 def _after_fork(in_child: bool) -> None:
+    failures: list[Exception] = []
     while _forking:
         try:
             _forking.pop()._after_fork(in_child)
         except Exception as exc:  # the other managers must still be set up
+            failures.append(exc)
+    for failure in failures:
+        with contextlib.suppress(Exception):  # `-W error` must not break the fork
             warnings.warn(
                 f"rnode-queue: a manager could not reopen its backend in the forked child and "
-                f"is closed there: {exc}",
+                f"is closed there: {failure}",
                 RuntimeWarning,
                 stacklevel=1,
             )

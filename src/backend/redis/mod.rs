@@ -52,6 +52,10 @@ const PUSHED_HERE_LIMIT: usize = 100_000;
 /// change: from the first to the last interval, doubling (this process's own settles wake it
 /// at once).
 const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
+/// A leased job this process no longer lists as held is taken back only this long (and a
+/// lease) after it was leased: a fetch's reply is used within `COMMAND_TIMEOUT` of the script
+/// running or not at all, so it cannot still be on its way then.
+const ORPHAN_AFTER: Duration = Duration::from_secs(COMMAND_TIMEOUT.as_secs() + 2);
 /// How long `wake` waits for Redis.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Waits shorter than this are timed here rather than by a Redis `BLPOP` timeout.
@@ -516,7 +520,8 @@ impl Shared {
                 cmd.arg(&self.token)
                     .arg(self.lease.as_millis() as u64)
                     .arg(at.to_string())
-                    .arg(LEASE_LOST);
+                    .arg(LEASE_LOST)
+                    .arg(ORPHAN_AFTER.as_millis() as u64);
                 for (id, _) in &held {
                     cmd.arg(id.to_string());
                 }
@@ -595,14 +600,20 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
     ) -> Result<bool> {
-        let stored = self.store_once(queue, jobs, tick)?;
-        if stored >= 0 {
-            return Ok(stored == 1);
+        // A queue deleted by another process while this one still knew it is declared again;
+        // a few times, since deletions may keep racing with this push.
+        for _ in 0..3 {
+            let stored = self.store_once(queue, jobs, tick)?;
+            if stored >= 0 {
+                return Ok(stored == 1);
+            }
+            let retention = queue.retention.lock().unwrap_or(DEFAULT_RETENTION);
+            self.declare(queue, retention, false)?;
         }
-        // Deleted by another process while this one still knew it: declare it again.
-        let retention = queue.retention.lock().unwrap_or(DEFAULT_RETENTION);
-        self.declare(queue, retention, false)?;
-        Ok(self.store_once(queue, jobs, tick)? == 1)
+        Err(QueueError::Backend(format!(
+            "redis: queue {:?} kept being deleted while this push declared it again",
+            &*queue.name
+        )))
     }
 
     /// One attempt of `store`: 1 stored, 0 the tick was claimed before, -1 the queue is gone.
@@ -902,6 +913,9 @@ impl Backend for RedisBackend {
     fn delete(&self, queue: &str) -> Result<bool> {
         let s = &self.shared;
         let handle = s.queue(queue);
+        // Unlisted first: a push that lands meanwhile is either deleted by a later chunk or
+        // finds the queue gone and declares (and lists) it again.
+        let listed: i64 = s.command(redis::Cmd::srem(s.global_key("queues"), queue))?;
         let mut removed = 0;
         loop {
             let chunk: usize = s.invoke(&s.scripts.admin, &handle, |cmd| {
@@ -912,7 +926,6 @@ impl Backend for RedisBackend {
                 break;
             }
         }
-        let listed: i64 = s.command(redis::Cmd::srem(s.global_key("queues"), queue))?;
         s.queues.write().remove(queue);
         {
             let _listen = handle.listen.lock();
@@ -1285,7 +1298,7 @@ mod tests {
         let handle = worker.shared.queue(&queue);
         handle.held.lock().remove(&taken[0].id);
         let wait = FetchRequest {
-            wait: Duration::from_secs(5),
+            wait: ORPHAN_AFTER + Duration::from_secs(4),
             ..request(2)
         };
         let rescued = other.fetch(&queue, wait, &cancel).unwrap();

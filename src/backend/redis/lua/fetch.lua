@@ -10,6 +10,7 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
   if available > 0 then
     local take = math.min(tonumber(ARGV[3]), math.max(1, math.ceil(available / tonumber(ARGV[4]))))
     local popped = redis.call('ZPOPMIN', waiting, take)
+    local leased_at = server_ms()
     local ids = {}
     for i = 1, #popped, 2 do
       local id = popped[i]
@@ -18,7 +19,7 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
       -- A job whose record vanished (deleted outside the queue) is skipped.
       if job[3] then
         local attempts = (tonumber(job[1]) or 0) + 1
-        redis.call('HSET', key, 's', 'active', 'a', attempts, 'st', ARGV[2])
+        redis.call('HSET', key, 's', 'active', 'a', attempts, 'st', ARGV[2], 'ls', leased_at)
         ids[#ids + 1] = id
         taken[#taken + 1] = id
         taken[#taken + 1] = attempts
@@ -29,7 +30,7 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
     end
     if #ids > 0 then
       sliced('SADD', active_key(ARGV[5]), ids)
-      redis.call('ZADD', leases, server_ms() + tonumber(ARGV[6]), ARGV[5])
+      redis.call('ZADD', leases, leased_at + tonumber(ARGV[6]), ARGV[5])
     end
     if available > take then
       signal()

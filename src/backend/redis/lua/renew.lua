@@ -3,24 +3,26 @@
 --
 -- Also takes back the jobs in the worker's active set that it no longer knows it holds (a
 -- fetch whose reply never arrived, results that could not be recorded), once they were leased
--- over a lease ago by its own clock: no reply can still be on its way, and nobody else would.
--- ARGV: token, lease_ms, now (the worker's clock, seconds), error, held id, ...
+-- (by Redis's clock) longer ago than a lease and than any command may take (`settled_ms`): no
+-- reply can still be on its way then.
+-- ARGV: token, lease_ms, now (seconds, for the jobs' records), error, settled_ms, held id, ...
 local token, lease_ms = ARGV[1], tonumber(ARGV[2])
 if not redis.call('ZSCORE', leases, token) then
   return 0
 end
-redis.call('ZADD', leases, server_ms() + lease_ms, token)
+local now_ms = server_ms()
+redis.call('ZADD', leases, now_ms + lease_ms, token)
 local held = {}
-for n = 5, #ARGV do
+for n = 6, #ARGV do
   held[ARGV[n]] = true
 end
 local mine = active_key(token)
-local cutoff = tonumber(ARGV[3]) - lease_ms / 1000
+local cutoff = now_ms - math.max(lease_ms, tonumber(ARGV[5]))
 local orphans, requeued, dead = {}, {}, {}
 for _, id in ipairs(redis.call('SMEMBERS', mine)) do
   if not held[id] then
-    local started = tonumber(redis.call('HGET', job_key(id), 'st'))
-    if not started or started < cutoff then
+    local leased_at = tonumber(redis.call('HGET', job_key(id), 'ls'))
+    if not leased_at or leased_at < cutoff then
       orphans[#orphans + 1] = id
       take_back(id, ARGV[4], ARGV[3], requeued, dead)
     end
