@@ -970,6 +970,12 @@ mod tests {
 
     const WAIT: Option<Duration> = Some(Duration::from_secs(10));
 
+    fn error_of(job: &Job) -> &str {
+        job.extras()
+            .and_then(|e| e.error.as_deref())
+            .expect("the job has an error")
+    }
+
     #[test]
     fn failing_jobs_retry_then_fail_then_retry_on_request() {
         let engine = engine();
@@ -1022,13 +1028,7 @@ mod tests {
         let stuck = push(&engine, "q", "\"stuck\"", JobOptions::default());
         let job = engine.wait_for_job(stuck, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
-        assert!(job
-            .extras()
-            .unwrap()
-            .error
-            .as_ref()
-            .unwrap()
-            .contains("timed out"));
+        assert!(error_of(&job).contains("timed out"));
         // The only slot is stuck, yet a replacement worker runs the next job.
         let next = push(&engine, "q", "\"fine\"", JobOptions::default());
         let job = engine.wait_for_job(next, WAIT).unwrap().unwrap();
@@ -1133,13 +1133,7 @@ mod tests {
         let id = push(&engine, "q", "1", JobOptions::default());
         let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
-        assert!(job
-            .extras()
-            .unwrap()
-            .error
-            .as_ref()
-            .unwrap()
-            .contains("handler bug"));
+        assert!(error_of(&job).contains("handler bug"));
         assert!(engine.close(Duration::from_secs(5)));
     }
 

@@ -17,16 +17,11 @@ another backend is adding its name to ``ENABLED_BACKENDS``.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 from rnode_queue import AsyncQueueManager, QueueManager
@@ -42,86 +37,27 @@ TEARDOWN_CLOSE_TIMEOUT = 5.0
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from redis_servers import RedisServer, executable, free_port, unavailable  # noqa: E402
 
 # -- a private redis-server -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 6379:
-            return port
-
-
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _redis_unavailable(reason: str) -> NoReturn:
-    if os.environ.get("RNQ_REQUIRE_REDIS") == "1":
-        pytest.fail(f"RNQ_REQUIRE_REDIS=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a redis-server private to this test session."""
-    exe = shutil.which("redis-server")
-    if exe is None:
-        _redis_unavailable("redis-server is not installed (not on PATH)")
+    executable()
     workdir = tmp_path_factory.mktemp("redis")
-    log_path = workdir / "redis.log"
-    reason = "redis-server did not start"
+    failure = None
     for _ in range(3):  # another process may grab the free port before redis binds it
-        port = _free_port()
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [
-                    exe,
-                    "--port",
-                    str(port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=workdir,
-            )
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _redis_ping(port):
-                break
-            time.sleep(0.02)
-        if proc.poll() is None and _redis_ping(port):
+        server = RedisServer(workdir, free_port(), "--appendonly", "no")
+        failure = server.try_start()
+        if failure is None:
             try:
-                yield f"redis://127.0.0.1:{port}/0"
+                yield server.url
             finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+                server.stop()
             return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        tail = log_path.read_text(errors="replace")[-500:]
-        reason = f"redis-server did not start on port {port}: {tail.strip()}"
-    _redis_unavailable(reason)
+    unavailable(failure or "redis-server did not start")
 
 
 # -- backends ---------------------------------------------------------------------------------

@@ -77,6 +77,12 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> None:
+        failure = self.try_start(timeout)
+        if failure is not None:
+            unavailable(failure)
+
+    def try_start(self, timeout: float = 10.0) -> str | None:
+        """Starts the server; the reason if it did not answer within ``timeout`` seconds."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(
@@ -100,11 +106,11 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.proc.poll() is None:
             if ping(self.port):
-                return
+                return None
             time.sleep(0.02)
         tail = (self.workdir / "redis.log").read_text(errors="replace")[-500:]
         self.stop()
-        unavailable(f"redis-server did not start on port {self.port}: {tail.strip()}")
+        return f"redis-server did not start on port {self.port}: {tail.strip()}"
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final save."""

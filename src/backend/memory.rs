@@ -3,14 +3,15 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::{
-    Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
+    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, Retention, ScheduleRecord, Settlement,
+    Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, IdMap, Job, JobId, JobState, MaybeTime, Priority, Timestamp};
@@ -245,56 +246,6 @@ impl MemoryQueue {
     }
 }
 
-/// Wakes callers of `wait_finished` / `wait_idle`; notifies only when someone waits.
-#[derive(Default)]
-struct FinishSignal {
-    lock: Mutex<u64>,
-    changed: Condvar,
-    waiters: AtomicUsize,
-}
-
-impl FinishSignal {
-    fn notify(&self) {
-        if self.waiters.load(AtomicOrdering::SeqCst) > 0 {
-            *self.lock.lock() += 1;
-            self.changed.notify_all();
-        }
-    }
-
-    /// Runs `check` until it returns `Some`, waiting for a notification between tries.
-    fn wait_until<T>(
-        &self,
-        timeout: Option<Duration>,
-        mut check: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        // Registered before the first check: a finish after it bumps the generation.
-        self.waiters.fetch_add(1, AtomicOrdering::SeqCst);
-        let result = loop {
-            let seen = *self.lock.lock();
-            if let Some(found) = check() {
-                break Some(found);
-            }
-            let generation = self.lock.lock();
-            if *generation != seen {
-                continue;
-            }
-            match deadline {
-                Some(deadline) => {
-                    let (generation, timed_out) = self.changed.wait_until(generation, deadline);
-                    if timed_out && *generation == seen {
-                        drop(generation);
-                        break check();
-                    }
-                }
-                None => drop(self.changed.wait(generation)),
-            }
-        };
-        self.waiters.fetch_sub(1, AtomicOrdering::SeqCst);
-        result
-    }
-}
-
 #[derive(Default)]
 pub struct MemoryBackend {
     queues: RwLock<HashMap<Arc<str>, Arc<MemoryQueue>>>,
@@ -317,6 +268,18 @@ impl MemoryBackend {
             .get(name)
             .cloned()
             .ok_or_else(|| QueueError::Other(format!("queue {name:?} does not exist")))
+    }
+
+    /// True for the first caller per schedule and tick.
+    fn claim_tick(&self, id: &str, tick: Timestamp) -> bool {
+        let mut ticks = self.last_ticks.lock();
+        match ticks.get(id) {
+            Some(last) if *last >= tick => false,
+            _ => {
+                ticks.insert(Arc::from(id), tick);
+                true
+            }
+        }
     }
 
     fn find<T>(&self, f: impl Fn(&mut QueueState) -> Option<T>) -> Option<T> {
@@ -348,6 +311,20 @@ impl Backend for MemoryBackend {
             })
         });
         Ok(())
+    }
+
+    fn push_tick(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        schedule: &str,
+        tick: Timestamp,
+    ) -> Result<bool> {
+        // One process: nothing can come between the claim and the push.
+        if !self.claim_tick(schedule, tick) {
+            return Ok(false);
+        }
+        self.push(queue, jobs, true)
     }
 
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
@@ -685,7 +662,7 @@ impl Backend for MemoryBackend {
 
     fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
         // Outer `None`: keep waiting. Inner `None`: the job is unknown (or gone).
-        let found = self.finished.wait_until(timeout, || {
+        let found = self.finished.wait_until(timeout, None, || {
             match self.find(|state| state.jobs.get(&id).map(|j| (**j).clone())) {
                 Some(job) if job.state.is_finished() => Some(Some(job)),
                 Some(_) => None,
@@ -696,7 +673,7 @@ impl Backend for MemoryBackend {
     }
 
     fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
-        let idle = self.finished.wait_until(timeout, || {
+        let idle = self.finished.wait_until(timeout, None, || {
             let queues: Vec<Arc<MemoryQueue>> = match queue {
                 Some(name) => self.queues.read().get(name).cloned().into_iter().collect(),
                 None => self.queues.read().values().cloned().collect(),
@@ -723,17 +700,6 @@ impl Backend for MemoryBackend {
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
         Ok(self.schedules.lock().values().cloned().collect())
-    }
-
-    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool> {
-        let mut ticks = self.last_ticks.lock();
-        match ticks.get(id) {
-            Some(last) if *last >= tick => Ok(false),
-            _ => {
-                ticks.insert(Arc::from(id), tick);
-                Ok(true)
-            }
-        }
     }
 }
 
@@ -975,9 +941,15 @@ mod tests {
 
     #[test]
     fn cron_ticks_are_claimed_once() {
-        let backend = MemoryBackend::new();
-        assert!(backend.claim_tick("s", 100.0).unwrap());
-        assert!(!backend.claim_tick("s", 100.0).unwrap());
-        assert!(backend.claim_tick("s", 101.0).unwrap());
+        let (backend, queue) = setup();
+        let pushed: Vec<bool> = [100.0, 100.0, 101.0]
+            .into_iter()
+            .map(|tick| {
+                let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+                backend.push_tick(&queue, &mut jobs, "s", tick).unwrap()
+            })
+            .collect();
+        assert_eq!(pushed, [true, false, true]);
+        assert_eq!(backend.counts(&queue).unwrap().waiting, 2);
     }
 }

@@ -8,12 +8,13 @@
 pub mod memory;
 pub mod redis;
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 use crate::job::{Job, JobId, JobState, Payload, Priority, Timestamp};
+use crate::sync::{Condvar, Mutex};
 
 /// How long finished jobs are kept, per queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -116,21 +117,16 @@ pub trait Backend: Send + Sync + 'static {
     /// the call returns `Ok(false)` instead of waiting and changes nothing.
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool>;
 
-    /// Stores the job of a cron tick, unless that tick of `schedule` was claimed before (by any
-    /// process): then `Ok(false)`. Backends that can do both in one step override this, so that
-    /// a crash between the claim and the push cannot lose the tick.
+    /// Stores the job of a cron tick, unless that tick of `schedule` was pushed before (by any
+    /// process sharing the store): then `Ok(false)`. The claim and the push are one step, so
+    /// that a crash between them cannot lose the tick.
     fn push_tick(
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
         schedule: &str,
         tick: Timestamp,
-    ) -> Result<bool> {
-        if !self.claim_tick(schedule, tick)? {
-            return Ok(false);
-        }
-        self.push(queue, jobs, true)
-    }
+    ) -> Result<bool>;
 
     /// Takes waiting jobs (highest priority first, FIFO within one) and marks them active with one
     /// more attempt. Blocks up to `request.wait` for a first job; returns early, maybe empty, when
@@ -180,9 +176,69 @@ pub trait Backend: Send + Sync + 'static {
         Ok(true)
     }
 
-    /// True for exactly one caller per schedule and tick, whichever process asks.
-    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool>;
-
     /// The engine has stopped its workers: background upkeep (lease renewal) ends.
     fn close(&self) {}
+}
+
+/// Wakes callers of `wait_finished` / `wait_idle` when this process records a result;
+/// notifying costs an atomic load unless someone waits.
+#[derive(Default)]
+pub(crate) struct FinishSignal {
+    generation: Mutex<u64>,
+    changed: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl FinishSignal {
+    pub(crate) fn notify(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            *self.generation.lock() += 1;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Runs `check` until it returns `Some`, waiting for a notification between tries, or, with
+    /// `poll` (first, last interval, doubling), no longer than that: for state that other
+    /// processes change without notifying. At the timeout, returns what a last `check` gives.
+    pub(crate) fn wait_until<T>(
+        &self,
+        timeout: Option<Duration>,
+        poll: Option<(Duration, Duration)>,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut interval = poll.map(|(first, _)| first);
+        // Registered before the first check: a finish after it bumps the generation.
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let result = loop {
+            let seen = *self.generation.lock();
+            if let Some(found) = check() {
+                break Some(found);
+            }
+            let generation = self.generation.lock();
+            if *generation != seen {
+                continue;
+            }
+            let wake_at = match (deadline, interval) {
+                (Some(deadline), Some(every)) => Some(deadline.min(Instant::now() + every)),
+                (deadline, every) => deadline.or_else(|| every.map(|e| Instant::now() + e)),
+            };
+            match wake_at {
+                Some(wake_at) => {
+                    let (generation, timed_out) = self.changed.wait_until(generation, wake_at);
+                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
+                    if timed_out && expired && *generation == seen {
+                        drop(generation);
+                        break check();
+                    }
+                }
+                None => drop(self.changed.wait(generation)),
+            }
+            if let (Some(every), Some((_, last))) = (interval.as_mut(), poll) {
+                *every = (*every * 2).min(last);
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
 }

@@ -5,6 +5,7 @@
 //! Never call these from a tokio thread.
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 use redis::aio::{
@@ -73,7 +74,8 @@ enum Target {
 }
 
 pub struct Redis {
-    runtime: tokio::runtime::Runtime,
+    /// Shut down in the background on drop (see `Drop`).
+    runtime: ManuallyDrop<tokio::runtime::Runtime>,
     target: Target,
     commands: Conn,
 }
@@ -146,7 +148,7 @@ impl Redis {
             }
         })?;
         Ok(Redis {
-            runtime,
+            runtime: ManuallyDrop::new(runtime),
             target,
             commands,
         })
@@ -197,13 +199,8 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         // Dropping a runtime waits for its tasks; the reconnect tasks need not finish.
-        let runtime = std::mem::replace(
-            &mut self.runtime,
-            tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("an empty current-thread runtime"),
-        );
-        runtime.shutdown_background();
+        // SAFETY: the runtime is taken once, here, and never used again.
+        unsafe { ManuallyDrop::take(&mut self.runtime) }.shutdown_background();
     }
 }
 

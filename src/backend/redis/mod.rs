@@ -38,7 +38,8 @@ use self::codec::{
 };
 use self::connection::{Redis, COMMAND_TIMEOUT};
 use super::{
-    Ack, Backend, FetchRequest, QueueCounts, Retention, ScheduleRecord, Settlement, Totals,
+    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, Retention, ScheduleRecord, Settlement,
+    Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Timestamp};
@@ -49,8 +50,7 @@ const PUSH_CHUNK: usize = 1000;
 /// How many pushed jobs `remember_pushed` keeps track of (then it starts over).
 const PUSHED_HERE_LIMIT: usize = 100_000;
 /// How often a wait for a finished job or an idle queue re-reads state that other processes
-/// change: from the first to the last interval, doubling (this process's own settles wake it
-/// at once).
+/// change: the first and the last interval (this process's own settles wake it at once).
 const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
 /// A leased job this process no longer lists as held is taken back only this long (and a
 /// lease) after it was leased: a fetch's reply is used within `COMMAND_TIMEOUT` of the script
@@ -82,7 +82,6 @@ struct Scripts {
     counts: Script,
     list: Script,
     admin: Script,
-    claim: Script,
 }
 
 impl Scripts {
@@ -99,11 +98,6 @@ impl Scripts {
             counts: queue_script(include_str!("lua/counts.lua")),
             list: queue_script(include_str!("lua/list.lua")),
             admin: queue_script(include_str!("lua/admin.lua")),
-            claim: Script::new(
-                "local last = redis.call('HGET', KEYS[1], ARGV[1]) \
-                 if last and tonumber(last) >= tonumber(ARGV[2]) then return 0 end \
-                 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1",
-            ),
         }
     }
 }
@@ -177,31 +171,6 @@ fn hash_tag(name: &str) -> String {
     }
 }
 
-/// Wakes waiters of `wait_finished` / `wait_idle` when this process settles a job.
-#[derive(Default)]
-struct LocalSignal {
-    generation: Mutex<u64>,
-    changed: Condvar,
-}
-
-impl LocalSignal {
-    fn notify(&self) {
-        *self.generation.lock() += 1;
-        self.changed.notify_all();
-    }
-
-    fn current(&self) -> u64 {
-        *self.generation.lock()
-    }
-
-    fn wait(&self, seen: u64, limit: Duration) {
-        let generation = self.generation.lock();
-        if *generation == seen {
-            let _ = self.changed.wait_for(generation, limit);
-        }
-    }
-}
-
 struct Shared {
     redis: Redis,
     prefix: String,
@@ -212,7 +181,7 @@ struct Shared {
     queues: RwLock<HashMap<Arc<str>, Arc<RedisQueue>>>,
     /// The queue of each job recently pushed from this process (see `remember_pushed`).
     pushed_here: Mutex<HashMap<JobId, Arc<str>>>,
-    finished: LocalSignal,
+    finished: FinishSignal,
     stopping: Mutex<bool>,
     stop: Condvar,
 }
@@ -247,7 +216,7 @@ impl RedisBackend {
             scripts: Scripts::new(),
             queues: RwLock::new(HashMap::new()),
             pushed_here: Mutex::new(HashMap::new()),
-            finished: LocalSignal::default(),
+            finished: FinishSignal::default(),
             stopping: Mutex::new(false),
             stop: Condvar::new(),
         });
@@ -555,6 +524,21 @@ impl Shared {
                     .arg(LEASE_LOST);
             });
         }
+    }
+
+    /// Whether the queue (or every queue) has no waiting, delayed or active job.
+    fn all_idle(&self, queue: Option<&str>) -> Result<bool> {
+        let names = match queue {
+            Some(name) => vec![name.to_string()],
+            None => self.queue_names()?,
+        };
+        for name in names {
+            let (counts, _) = self.counts(&self.queue(&name))?;
+            if counts.waiting + counts.delayed + counts.active > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Finds a job in whichever queue holds it.
@@ -958,60 +942,25 @@ impl Backend for RedisBackend {
 
     fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
         let s = &self.shared;
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut poll = FINISH_POLL.0;
-        loop {
-            let seen = s.finished.current();
-            match s.find_job(id)? {
-                Some(job) if job.state.is_finished() => return Ok(Some(job)),
-                Some(_) => {}
-                None => return Ok(None),
-            }
-            let mut wait = poll;
-            poll = (poll * 2).min(FINISH_POLL.1);
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(None);
-                }
-                wait = wait.min(left);
-            }
-            s.finished.wait(seen, wait);
-        }
+        // A finished job, an unknown one, or an error ends the wait.
+        let found = s
+            .finished
+            .wait_until(timeout, Some(FINISH_POLL), || match s.find_job(id) {
+                Ok(Some(job)) if !job.state.is_finished() => None,
+                other => Some(other),
+            });
+        found.unwrap_or(Ok(None))
     }
 
     fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
         let s = &self.shared;
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut poll = FINISH_POLL.0;
-        loop {
-            let seen = s.finished.current();
-            let names = match queue {
-                Some(name) => vec![name.to_string()],
-                None => s.queue_names()?,
-            };
-            let mut idle = true;
-            for name in names {
-                let (counts, _) = s.counts(&s.queue(&name))?;
-                if counts.waiting + counts.delayed + counts.active > 0 {
-                    idle = false;
-                    break;
-                }
-            }
-            if idle {
-                return Ok(true);
-            }
-            let mut wait = poll;
-            poll = (poll * 2).min(FINISH_POLL.1);
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Ok(false);
-                }
-                wait = wait.min(left);
-            }
-            s.finished.wait(seen, wait);
-        }
+        let idle = s
+            .finished
+            .wait_until(timeout, Some(FINISH_POLL), || match s.all_idle(queue) {
+                Ok(false) => None,
+                other => Some(other),
+            });
+        idle.unwrap_or(Ok(false))
     }
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
@@ -1046,14 +995,6 @@ impl Backend for RedisBackend {
     fn has_schedule(&self, id: &str) -> Result<bool> {
         let s = &self.shared;
         s.command(redis::Cmd::hexists(s.global_key("schedules"), id))
-    }
-
-    fn claim_tick(&self, id: &str, tick: Timestamp) -> Result<bool> {
-        let s = &self.shared;
-        let mut cmd = eval_cmd(&s.scripts.claim, &[s.global_key("ticks")]);
-        cmd.arg(id).arg(tick.to_string());
-        let claimed: i64 = s.eval(&s.scripts.claim, cmd)?;
-        Ok(claimed == 1)
     }
 
     fn close(&self) {

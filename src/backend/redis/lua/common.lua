@@ -173,3 +173,16 @@ local function take_back(id, error, now, requeued, dead)
     dead[#dead + 1] = id
   end
 end
+
+-- Files the jobs `take_back` sorted: the requeued ones waiting again, the dead ones failed.
+local function file_taken_back(requeued, dead)
+  if #requeued > 0 then
+    sliced('ZADD', waiting, requeued)
+    redis.call('HINCRBY', meta, 'rt', #requeued / 2)
+    signal()
+  end
+  if #dead > 0 then
+    sliced('RPUSH', failed, dead)
+    redis.call('HINCRBY', meta, 'ft', #dead)
+  end
+end

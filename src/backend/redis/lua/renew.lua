@@ -30,14 +30,6 @@ for _, id in ipairs(redis.call('SMEMBERS', mine)) do
 end
 if #orphans > 0 then
   sliced('SREM', mine, orphans)
-  if #requeued > 0 then
-    sliced('ZADD', waiting, requeued)
-    redis.call('HINCRBY', meta, 'rt', #requeued / 2)
-    signal()
-  end
-  if #dead > 0 then
-    sliced('RPUSH', failed, dead)
-    redis.call('HINCRBY', meta, 'ft', #dead)
-  end
+  file_taken_back(requeued, dead)
 end
 return 1

@@ -17,13 +17,5 @@ for _, token in ipairs(expired) do
     redis.call('ZREM', leases, token)
   end
 end
-if #requeued > 0 then
-  sliced('ZADD', waiting, requeued)
-  redis.call('HINCRBY', meta, 'rt', #requeued / 2)
-  signal()
-end
-if #dead > 0 then
-  sliced('RPUSH', failed, dead)
-  redis.call('HINCRBY', meta, 'ft', #dead)
-end
+file_taken_back(requeued, dead)
 return #requeued / 2 + #dead
