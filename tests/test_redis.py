@@ -633,7 +633,7 @@ def test_a_queue_pushed_to_while_it_is_deleted_stays_listed(
     thread = threading.Thread(target=push_until_done)
     thread.start()
     try:
-        for _ in range(100):
+        for _ in range(300):
             admin.delete_queue("churn")
     finally:
         done.set()

@@ -652,8 +652,11 @@ impl Shared {
         Ok(stored.first().copied().unwrap_or(0))
     }
 
+    /// The queue's record first, then its name in the list: a `delete` (which unlists first,
+    /// then removes the record) racing with this either removes the record after both steps,
+    /// so the next push declares it again, or is over before the name is listed. The other
+    /// order could leave a record, and jobs, under a name nobody lists.
     fn declare(&self, queue: &RedisQueue, retention: Retention, replace: bool) -> Result<()> {
-        let _: i64 = self.command(redis::Cmd::sadd(self.global_key("queues"), &*queue.name))?;
         let ttl_ms = (retention.ttl * 1000.0).round() as i64;
         let _: i64 = self.invoke(&self.scripts.admin, queue, |cmd| {
             cmd.arg("declare")
@@ -662,6 +665,7 @@ impl Shared {
                 .arg(retention.keep_completed)
                 .arg(retention.keep_failed);
         })?;
+        let _: i64 = self.command(redis::Cmd::sadd(self.global_key("queues"), &*queue.name))?;
         *queue.retention.lock() = Some(retention);
         Ok(())
     }
