@@ -4,7 +4,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
@@ -23,17 +23,17 @@ pub struct JobId(pub Uuid);
 const COUNTER_BITS: u32 = 42;
 const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
-/// The process's random bits, with bit 32 set once they are chosen (0: not yet).
+/// The process's random bits, with bit 32 set once they are chosen (0: not yet). Reset to 0 in
+/// a forked child (see `forget_in_child`), which then draws its own on first use.
 static PROCESS_BITS: AtomicU64 = AtomicU64::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl JobId {
     /// A fresh id for a job created at `created_at`: no syscall, no lock (one atomic add).
     pub fn new(created_at: Timestamp) -> Self {
-        let mut bits = PROCESS_BITS.load(Ordering::Relaxed);
+        let mut bits = PROCESS_BITS.load(Ordering::Acquire);
         if bits == 0 {
-            Self::reseed();
-            bits = PROCESS_BITS.load(Ordering::Relaxed);
+            bits = Self::seed();
         }
         let process = bits as u32;
         let counter = COUNTER.fetch_add(1, Ordering::Relaxed) & COUNTER_MASK;
@@ -48,11 +48,24 @@ impl JobId {
         JobId(Uuid::from_bytes(bytes))
     }
 
-    /// New random process bits (and counter start): at first use, and in a forked child,
-    /// which would otherwise repeat its parent's ids.
-    pub fn reseed() {
-        COUNTER.store(fastrand::u64(..) & COUNTER_MASK, Ordering::Relaxed);
-        PROCESS_BITS.store(1 << 32 | u64::from(fastrand::u32(..)), Ordering::Relaxed);
+    /// Draws the process bits and the counter's start from the OS (a v4 UUID is 122 bits of OS
+    /// entropy), at first use and again after `fork`. A user-space generator would not do: its
+    /// state is copied by `fork`, so sibling children would draw the same bits.
+    fn seed() -> u64 {
+        static AT_FORK: Once = Once::new();
+        AT_FORK.call_once(|| {
+            // SAFETY: registers a handler that only stores to an atomic (async-signal-safe).
+            unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
+        });
+        let (high, low) = Uuid::new_v4().as_u64_pair();
+        let bits = 1 << 32 | (high & 0xffff_ffff);
+        COUNTER.store(low & COUNTER_MASK, Ordering::Relaxed);
+        // Two threads may seed at once: the first one's bits stay (the counter keeps every id
+        // of this process distinct either way).
+        match PROCESS_BITS.compare_exchange(0, bits, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => bits,
+            Err(current) => current,
+        }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -79,6 +92,12 @@ impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.hyphenated().fmt(f)
     }
+}
+
+/// In every forked child, whoever forked (a manager, multiprocessing, a web server): the child
+/// must not repeat its parent's ids.
+extern "C" fn forget_in_child() {
+    PROCESS_BITS.store(0, Ordering::Release);
 }
 
 /// Passes `JobId::hash_word` through unchanged.
@@ -253,22 +272,23 @@ pub struct JobOptions {
 
 impl JobOptions {
     pub fn validate(&self) -> Result<()> {
-        check_seconds("delay", self.delay)?;
+        let invalid = QueueError::InvalidJob;
+        seconds_error("delay", self.delay).map_or(Ok(()), |e| Err(invalid(e)))?;
         if let Some(timeout) = self.timeout {
-            check_seconds("timeout", timeout)?;
+            seconds_error("timeout", timeout).map_or(Ok(()), |e| Err(invalid(e)))?;
             if timeout == 0.0 {
-                return Err(QueueError::InvalidJob("timeout must be > 0 seconds".into()));
+                return Err(invalid("timeout must be > 0 seconds".into()));
             }
         }
         if let Some(at) = self.scheduled_at {
-            if !at.is_finite() || at > MAX_TIMESTAMP {
-                return Err(QueueError::InvalidJob(
-                    "scheduled_at must be a time before the year 10000".into(),
+            if !at.is_finite() || !(MIN_TIMESTAMP..=MAX_TIMESTAMP).contains(&at) {
+                return Err(invalid(
+                    "scheduled_at must be a time from the year 1 to the year 9999 (UTC)".into(),
                 ));
             }
         }
         if self.attempts == Some(0) {
-            return Err(QueueError::InvalidJob("attempts must be at least 1".into()));
+            return Err(invalid("attempts must be at least 1".into()));
         }
         Ok(())
     }
@@ -279,14 +299,24 @@ impl JobOptions {
 pub const MAX_SECONDS: f64 = 10.0 * 365.25 * 86_400.0;
 /// 9999-12-31T23:59:59Z, the last second a `datetime` can hold.
 pub const MAX_TIMESTAMP: Timestamp = 253_402_300_799.0;
+/// 0001-01-01T00:00:00Z, the first.
+pub const MIN_TIMESTAMP: Timestamp = -62_135_596_800.0;
 
-pub fn check_seconds(what: &str, value: f64) -> Result<()> {
-    if !value.is_finite() || !(0.0..=MAX_SECONDS).contains(&value) {
-        return Err(QueueError::InvalidJob(format!(
+/// Why `value` is not a valid duration for `what`, if it is not.
+pub fn seconds_error(what: &str, value: f64) -> Option<String> {
+    (!value.is_finite() || !(0.0..=MAX_SECONDS).contains(&value)).then(|| {
+        format!(
             "{what} must be a number of seconds from 0 to {MAX_SECONDS} (ten years), got {value}"
-        )));
+        )
+    })
+}
+
+/// A duration setting (a queue's timeout, retry delay, ttl): `ConfigError` when out of range.
+pub fn check_setting_seconds(what: &str, value: f64) -> Result<f64> {
+    match seconds_error(what, value) {
+        Some(error) => Err(QueueError::Config(error)),
+        None => Ok(value),
     }
-    Ok(())
 }
 
 /// Fields that most jobs never set live behind one pointer, which keeps a queued job small.

@@ -1,17 +1,22 @@
 //! The engine behind a `QueueManager`: the queue registry and its settings, pushes, settling
 //! runs (retry with backoff, or fail), worker pools, cron schedules, stats and shutdown.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::sync::{Mutex, RwLock};
 
-use crate::backend::{Ack, Backend, QueueCounts, Retention, ScheduleRecord, Settlement, Totals};
-use crate::backoff::Backoff;
+use crate::backend::{
+    Ack, Backend, QueueCounts, QueueDeclaration, Retention, ScheduleRecord, Settlement, Totals,
+};
+use crate::backoff::{Backoff, BackoffSpec};
 use crate::error::{QueueError, Result};
-use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload, Timestamp};
+use crate::job::{
+    check_setting_seconds, now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload,
+    Timestamp,
+};
 use crate::scheduler::{CronSchedule, TimerKey, Timers};
 use crate::worker::{Executor, Pool, RunOutcome};
 
@@ -46,15 +51,98 @@ impl Default for QueueConfig {
     }
 }
 
+/// A queue's settings as the store keeps them (JSON), so that processes that did not declare
+/// the queue use them. A function backoff cannot be stored: others see its `retry_delay`.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct StoredSettings {
+    concurrency: Option<usize>,
+    max_retries: Option<u32>,
+    timeout: Option<f64>,
+    backoff: Option<String>,
+    retry_delay: Option<f64>,
+    backoff_cap: Option<f64>,
+    jitter: Option<f64>,
+    custom_delays: Option<Vec<f64>>,
+}
+
 impl QueueConfig {
     pub fn validate(&self) -> Result<()> {
         check_concurrency(self.concurrency)?;
-        crate::job::check_seconds("timeout", self.timeout)?;
+        check_setting_seconds("timeout", self.timeout)?;
         if self.timeout == 0.0 {
-            return Err(QueueError::InvalidJob("timeout must be > 0 seconds".into()));
+            return Err(QueueError::config("timeout must be > 0 seconds"));
         }
-        crate::job::check_seconds("ttl", self.retention.ttl)?;
+        check_setting_seconds("ttl", self.retention.ttl)?;
         Ok(())
+    }
+
+    /// The declaration a backend stores for this queue.
+    pub fn declaration(&self) -> QueueDeclaration {
+        let (cap, jitter, custom) = match &self.backoff {
+            Backoff::Exponential { cap, jitter, .. } => (Some(*cap), Some(*jitter), None),
+            Backoff::Custom { delays } => (None, None, Some(delays.clone())),
+            _ => (None, None, None),
+        };
+        let kind = match &self.backoff {
+            Backoff::Function { .. } => "fixed",
+            other => other.kind(),
+        };
+        let stored = StoredSettings {
+            concurrency: Some(self.concurrency),
+            max_retries: Some(self.max_retries),
+            timeout: Some(self.timeout),
+            backoff: Some(kind.into()),
+            retry_delay: Some(self.backoff.base()),
+            backoff_cap: cap,
+            jitter,
+            custom_delays: custom,
+        };
+        QueueDeclaration {
+            retention: self.retention,
+            settings: Payload::from(serde_json::to_vec(&stored).unwrap_or_default()),
+        }
+    }
+
+    /// The settings a store holds, completed with `defaults` where it says nothing (or says
+    /// something this version cannot read).
+    pub fn from_declaration(declaration: &QueueDeclaration, defaults: &QueueConfig) -> Self {
+        let stored: StoredSettings =
+            serde_json::from_slice(&declaration.settings).unwrap_or_else(|error| {
+                if !declaration.settings.is_empty() {
+                    log::warn!(
+                        target: "rnode_queue",
+                        "stored queue settings cannot be read ({error}); using the defaults"
+                    );
+                }
+                StoredSettings::default()
+            });
+        let backoff = match stored.backoff {
+            Some(kind) => Backoff::parse(BackoffSpec {
+                kind,
+                base: stored.retry_delay.unwrap_or(defaults.backoff.base()),
+                cap: stored.backoff_cap,
+                jitter: stored.jitter,
+                custom: stored.custom_delays,
+                function: None,
+            })
+            .unwrap_or_else(|_| defaults.backoff.clone()),
+            None => defaults.backoff.clone(),
+        };
+        let config = QueueConfig {
+            concurrency: stored.concurrency.unwrap_or(defaults.concurrency),
+            max_retries: stored.max_retries.unwrap_or(defaults.max_retries),
+            timeout: stored.timeout.unwrap_or(defaults.timeout),
+            backoff,
+            retention: declaration.retention,
+        };
+        if config.validate().is_ok() {
+            config
+        } else {
+            QueueConfig {
+                retention: declaration.retention,
+                ..defaults.clone()
+            }
+        }
     }
 }
 
@@ -81,15 +169,46 @@ fn same_schedule(a: &ScheduleRecord, b: &ScheduleRecord) -> bool {
         }
 }
 
-/// How often an engine on a shared backend looks for schedules other processes stored.
-const SCHEDULE_RELOAD: f64 = 5.0;
+/// A schedule's id when it has no name: the same queue, cron and data give the same id, so that
+/// every process can declare its schedules at start-up.
+pub fn schedule_id(queue: &str, cron: &str, data: &[u8]) -> String {
+    // Key order must not matter: hash the data with its keys sorted.
+    let canonical = serde_json::from_slice::<serde_json::Value>(data)
+        .and_then(|v| serde_json::to_vec(&v))
+        .unwrap_or_else(|_| data.to_vec());
+    let mut key = Vec::with_capacity(queue.len() + cron.len() + canonical.len() + 2);
+    key.extend_from_slice(queue.as_bytes());
+    key.push(0);
+    key.extend_from_slice(
+        cron.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_bytes(),
+    );
+    key.push(0);
+    key.extend_from_slice(&canonical);
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &key).to_string()
+}
+
+/// How often an engine on a shared backend looks for schedules other processes stored and
+/// re-reads the settings of the queues it did not declare.
+const RELOAD_EVERY: f64 = 5.0;
 
 /// Each sync slot is an OS thread with a Python thread state: keep their number sane.
 pub const MAX_CONCURRENCY: usize = 1024;
 
+/// Error texts and tracebacks longer than this are cut (a handler's exception can carry
+/// megabytes; every attempt stores it).
+const MAX_ERROR_TEXT: usize = 64 * 1024;
+
+/// A failed cron tick's push is tried again after this, doubling up to `CRON_RETRY_MAX`, until
+/// the next tick is due.
+const CRON_RETRY_FIRST: f64 = 0.25;
+const CRON_RETRY_MAX: f64 = 5.0;
+
 fn check_concurrency(concurrency: usize) -> Result<()> {
     if !(1..=MAX_CONCURRENCY).contains(&concurrency) {
-        return Err(QueueError::InvalidJob(format!(
+        return Err(QueueError::config(format!(
             "concurrency must be from 1 to {MAX_CONCURRENCY}, got {concurrency}"
         )));
     }
@@ -99,6 +218,7 @@ fn check_concurrency(concurrency: usize) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
     pub defaults: QueueConfig,
+    /// The largest job (data, tags, metadata, queue name) and the largest result accepted.
     pub max_job_bytes: usize,
 }
 
@@ -114,6 +234,8 @@ impl Default for EngineOptions {
 struct QueueEntry {
     name: Arc<str>,
     config: RwLock<Arc<QueueConfig>>,
+    /// `create_queue` ran in this process: its settings win here over the stored ones.
+    declared_here: AtomicBool,
 }
 
 /// Queue stats as users see them.
@@ -144,16 +266,37 @@ pub struct ScheduleInfo {
     pub next_run: Option<Timestamp>,
 }
 
+/// A failed tick waiting to be pushed again.
+#[derive(Clone, Copy, Debug)]
+struct TickRetry {
+    tick: Timestamp,
+    failures: u32,
+}
+
 struct CronEntry {
     record: ScheduleRecord,
     cron: CronSchedule,
     next_run: Option<Timestamp>,
+    retry: Option<TickRetry>,
+}
+
+/// What `close` did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CloseReport {
+    /// Every running handler finished within the timeout.
+    pub finished: bool,
+    /// Runs still going at the timeout, handed back to the store (queue, job id): they run
+    /// again elsewhere.
+    pub handed_back: Vec<(Arc<str>, JobId)>,
 }
 
 pub struct Engine {
     backend: Arc<dyn Backend>,
     options: EngineOptions,
     queues: RwLock<HashMap<Arc<str>, Arc<QueueEntry>>>,
+    /// Held while a queue is created, re-declared or deleted, so that those never interleave:
+    /// a push racing a delete either lands before it or declares the queue again, whole.
+    queue_changes: Mutex<()>,
     pools: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
     schedules: Mutex<HashMap<Arc<str>, CronEntry>>,
     /// Held while schedules are declared, removed or reloaded, so that those never interleave.
@@ -174,6 +317,20 @@ pub enum Pushed {
     WouldBlock,
 }
 
+/// Cuts `text` to at most `MAX_ERROR_TEXT` bytes (at a character boundary), saying so.
+fn bounded_text(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("\n... (cut: {total} bytes in all)"));
+    }
+    text
+}
+
 impl Engine {
     pub fn new(backend: Arc<dyn Backend>, options: EngineOptions) -> Result<Arc<Engine>> {
         options.defaults.validate()?;
@@ -182,6 +339,7 @@ impl Engine {
             watchdog_at: AtomicU64::new(u64::MAX),
             options,
             queues: RwLock::new(HashMap::new()),
+            queue_changes: Mutex::new(()),
             pools: Mutex::new(HashMap::new()),
             schedules: Mutex::new(HashMap::new()),
             schedule_changes: Mutex::new(()),
@@ -194,15 +352,21 @@ impl Engine {
         // Schedules kept by a persistent backend start ticking again (one this version cannot
         // parse, stored by another, stays stored and is skipped).
         for record in engine.backend.load_schedules()? {
-            let _ = engine.install_schedule(record);
+            if let Err(error) = engine.install_schedule(record.clone()) {
+                log::warn!(
+                    target: "rnode_queue",
+                    "stored schedule {:?} is skipped: {error}",
+                    &*record.id
+                );
+            }
         }
+        // Delayed jobs and retention a persistent backend already holds get their timer; no
+        // record is kept for a queue this process does not use.
         for name in engine.backend.queue_names()? {
-            engine.ensure_queue(&name)?;
+            engine.timers.arm(TimerKey::Queue(Arc::from(name)), now());
         }
         if engine.backend.shared() {
-            engine
-                .timers
-                .arm(TimerKey::Schedules, now() + SCHEDULE_RELOAD);
+            engine.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
         }
         Ok(engine)
     }
@@ -213,6 +377,10 @@ impl Engine {
 
     pub fn defaults(&self) -> &QueueConfig {
         &self.options.defaults
+    }
+
+    pub fn max_job_bytes(&self) -> usize {
+        self.options.max_job_bytes
     }
 
     pub fn is_closed(&self) -> bool {
@@ -229,27 +397,28 @@ impl Engine {
 
     // ---- queues ------------------------------------------------------------------------------
 
-    /// Creates a queue, or changes the settings of an existing one.
+    /// Creates a queue, or changes the settings of an existing one (stored with the queue, for
+    /// the processes that did not declare it).
     pub fn create_queue(&self, name: &str, config: QueueConfig) -> Result<()> {
         self.check_open()?;
         validate_queue_name(name)?;
         config.validate()?;
-        let entry = self.ensure_queue(name)?;
-        self.backend
-            .declare_queue(&entry.name, config.retention, true)?;
-        *entry.config.write() = Arc::new(config);
+        let entry = {
+            let _changing = self.queue_changes.lock();
+            let name: Arc<str> = Arc::from(name);
+            self.backend
+                .declare_queue(&name, &config.declaration(), true)?;
+            let entry = self.insert_entry(&name, config.clone());
+            *entry.config.write() = Arc::new(config);
+            entry.declared_here.store(true, Ordering::Release);
+            entry
+        };
+        self.settings_changed(&entry);
         Ok(())
     }
 
-    /// The queue, created with the defaults if it does not exist.
-    fn ensure_queue(&self, name: &str) -> Result<Arc<QueueEntry>> {
-        if let Some(entry) = self.queues.read().get(name) {
-            return Ok(entry.clone());
-        }
-        validate_queue_name(name)?;
-        let name: Arc<str> = Arc::from(name);
-        self.backend
-            .declare_queue(&name, self.options.defaults.retention, false)?;
+    /// The queue's record in this process, added with `config` if missing.
+    fn insert_entry(&self, name: &Arc<str>, config: QueueConfig) -> Arc<QueueEntry> {
         let entry = self
             .queues
             .write()
@@ -257,18 +426,106 @@ impl Engine {
             .or_insert_with(|| {
                 Arc::new(QueueEntry {
                     name: name.clone(),
-                    config: RwLock::new(Arc::new(self.options.defaults.clone())),
+                    config: RwLock::new(Arc::new(config)),
+                    declared_here: AtomicBool::new(false),
                 })
             })
             .clone();
         // Delayed jobs or retention a persistent backend already holds get their timer.
-        self.timers.arm(TimerKey::Queue(name), now());
-        Ok(entry)
+        self.timers.arm(TimerKey::Queue(name.clone()), now());
+        entry
+    }
+
+    /// The queue, created with the defaults if it does not exist (with the stored settings if
+    /// another process declared it).
+    fn ensure_queue(&self, name: &str) -> Result<Arc<QueueEntry>> {
+        if let Some(entry) = self.queues.read().get(name) {
+            return Ok(entry.clone());
+        }
+        validate_queue_name(name)?;
+        let _changing = self.queue_changes.lock();
+        if let Some(entry) = self.queues.read().get(name) {
+            return Ok(entry.clone());
+        }
+        let name: Arc<str> = Arc::from(name);
+        let defaults = &self.options.defaults;
+        let stored = self
+            .backend
+            .declare_queue(&name, &defaults.declaration(), false)?;
+        Ok(self.insert_entry(&name, QueueConfig::from_declaration(&stored, defaults)))
+    }
+
+    /// Declares the queue again after it vanished from the store (deleted, maybe by another
+    /// process, while this one still used it), with the settings this process has for it.
+    fn redeclare(&self, entry: &Arc<QueueEntry>) -> Result<()> {
+        let _changing = self.queue_changes.lock();
+        let config = entry.config.read().clone();
+        let here = entry.declared_here.load(Ordering::Acquire);
+        self.backend
+            .declare_queue(&entry.name, &config.declaration(), here)?;
+        self.queues
+            .write()
+            .entry(entry.name.clone())
+            .or_insert_with(|| entry.clone());
+        Ok(())
     }
 
     pub fn declare_queue(&self, name: &str) -> Result<()> {
         self.check_open()?;
         self.ensure_queue(name).map(|_| ())
+    }
+
+    /// `declare_queue` without waiting for the store (for callers on an event loop): the queue
+    /// is known here at once with the defaults, and declared by the timer thread, which then
+    /// takes the stored settings.
+    pub fn declare_queue_later(&self, name: &str) -> Result<()> {
+        self.check_open()?;
+        validate_queue_name(name)?;
+        if self.queues.read().contains_key(name) {
+            return Ok(());
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.insert_entry(&name, self.options.defaults.clone());
+        self.timers.arm(TimerKey::Declare(name), now());
+        Ok(())
+    }
+
+    fn declare_in_background(&self, name: &Arc<str>) {
+        let entry = self.queues.read().get(name).cloned();
+        let Some(entry) = entry else { return };
+        if entry.declared_here.load(Ordering::Acquire) {
+            return;
+        }
+        let defaults = &self.options.defaults;
+        match self
+            .backend
+            .declare_queue(name, &defaults.declaration(), false)
+        {
+            Ok(stored) => {
+                *entry.config.write() = Arc::new(QueueConfig::from_declaration(&stored, defaults));
+                self.settings_changed(&entry);
+            }
+            Err(error) => {
+                log::warn!(
+                    target: "rnode_queue",
+                    "queue {:?} could not be declared ({error}); trying again in 1 s",
+                    &**name
+                );
+                self.timers
+                    .arm(TimerKey::Declare(name.clone()), now() + 1.0);
+            }
+        }
+    }
+
+    /// A queue's settings changed: its workers follow the new concurrency.
+    fn settings_changed(&self, entry: &QueueEntry) {
+        let pool = self.pools.lock().get(&entry.name).cloned();
+        if let (Some(pool), Some(engine)) = (pool, self.this.upgrade()) {
+            let concurrency = entry.config.read().concurrency;
+            if pool.concurrency() != concurrency {
+                pool.resize(&engine, concurrency);
+            }
+        }
     }
 
     pub fn queue_config(&self, name: &str) -> Result<QueueConfig> {
@@ -304,6 +561,7 @@ impl Engine {
         self.backend.queue_names()
     }
 
+    /// A clear error for a queue that exists nowhere.
     fn known_queue(&self, name: &str) -> Result<()> {
         validate_queue_name(name)?;
         if self.queues.read().contains_key(name) {
@@ -311,33 +569,49 @@ impl Engine {
         }
         // Another process may have created it in a shared store.
         if self.backend.shared() && self.backend.queue_names()?.iter().any(|n| n == name) {
-            return self.ensure_queue(name).map(|_| ());
+            return Ok(());
         }
-        Err(QueueError::Other(format!("queue {name:?} does not exist")))
+        Err(QueueError::UnknownQueue(name.to_string()))
     }
 
     pub fn pause_queue(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        self.ensure_queue(name)?;
-        self.backend.set_paused(name, true)
+        let entry = self.ensure_queue(name)?;
+        self.with_queue(&entry, || self.backend.set_paused(name, true))
     }
 
     pub fn resume_queue(&self, name: &str) -> Result<()> {
         self.check_open()?;
-        self.ensure_queue(name)?;
-        self.backend.set_paused(name, false)
+        let entry = self.ensure_queue(name)?;
+        self.with_queue(&entry, || self.backend.set_paused(name, false))
+    }
+
+    /// Runs `op` on the queue, declaring it again first if it vanished meanwhile.
+    fn with_queue<T>(&self, entry: &Arc<QueueEntry>, op: impl Fn() -> Result<T>) -> Result<T> {
+        match op() {
+            Err(QueueError::UnknownQueue(_)) => {
+                self.redeclare(entry)?;
+                op()
+            }
+            other => other,
+        }
     }
 
     pub fn clear_queue(&self, name: &str) -> Result<usize> {
         self.check_open()?;
         self.known_queue(name)?;
-        self.backend.clear(name)
+        match self.backend.clear(name) {
+            // Deleted since: nothing left to clear.
+            Err(QueueError::UnknownQueue(_)) => Ok(0),
+            other => other,
+        }
     }
 
     /// Stops the queue's workers (after their current job) and removes the queue and its jobs.
     pub fn delete_queue(&self, name: &str) -> Result<bool> {
         self.check_open()?;
         validate_queue_name(name)?;
+        let _changing = self.queue_changes.lock();
         let pool = self.pools.lock().remove(name);
         if let Some(pool) = &pool {
             pool.request_stop(self);
@@ -350,7 +624,11 @@ impl Engine {
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {
         self.check_open()?;
         self.known_queue(name)?;
-        let counts = self.backend.counts(name)?;
+        let counts = match self.backend.counts(name) {
+            // Deleted meanwhile: it holds nothing.
+            Err(QueueError::UnknownQueue(_)) => QueueCounts::default(),
+            other => other?,
+        };
         let running = self.pools.lock().get(name).map_or(0, |p| p.running()) as u64;
         Ok(self.stats_from(counts, running))
     }
@@ -375,20 +653,19 @@ impl Engine {
 
     pub fn stats(&self) -> Result<EngineStats> {
         self.check_open()?;
-        let pools: Vec<(Arc<str>, Arc<Pool>)> = self
+        let running: HashMap<Arc<str>, u64> = self
             .pools
             .lock()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let running: HashMap<Arc<str>, u64> = pools
-            .iter()
             .map(|(name, pool)| (name.clone(), pool.running() as u64))
             .collect();
-        let mut queue_sizes = Vec::new();
+        let names = self.backend.queue_names()?;
+        let all_counts = self.backend.counts_of(&names)?;
+        let mut queue_sizes = Vec::with_capacity(names.len());
         let mut active_workers = 0;
-        for name in self.backend.queue_names()? {
-            let counts = self.backend.counts(&name)?;
+        for (name, counts) in names.into_iter().zip(all_counts) {
+            // A queue deleted while this ran is left out.
+            let Some(counts) = counts else { continue };
             let stats = self.stats_from(counts, running.get(name.as_str()).copied().unwrap_or(0));
             active_workers += stats.processing;
             queue_sizes.push((name, stats.size));
@@ -461,13 +738,7 @@ impl Engine {
                 config.max_retries.saturating_add(1),
                 config.timeout,
             );
-            let size = job.encoded_len();
-            if size > self.options.max_job_bytes {
-                return Err(QueueError::JobTooLarge {
-                    size,
-                    limit: self.options.max_job_bytes,
-                });
-            }
+            self.check_size(&job)?;
             if job.state == JobState::Delayed {
                 let due = job.due_at();
                 earliest_due = Some(earliest_due.map_or(due, |e| e.min(due)));
@@ -475,25 +746,62 @@ impl Engine {
             jobs.push(job);
         }
         let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-        match tick {
-            Some((schedule, at)) => {
-                if !self
+        // A queue deleted meanwhile (here or by another process) is declared again, whole; a
+        // few times, since deletions may keep racing with this push.
+        let mut attempts = 0;
+        loop {
+            let stored = match tick {
+                Some((schedule, at)) => self
                     .backend
-                    .push_tick(&entry.name, &mut jobs, schedule, at)?
-                {
-                    return Ok(Pushed::Done(Vec::new()));
+                    .push_tick(&entry.name, &mut jobs, schedule, at)
+                    .map(|pushed| {
+                        if pushed {
+                            Some(ids.clone())
+                        } else {
+                            Some(Vec::new())
+                        }
+                    }),
+                None => self
+                    .backend
+                    .push(&entry.name, &mut jobs, may_block)
+                    .map(|pushed| pushed.then(|| ids.clone())),
+            };
+            match stored {
+                Ok(Some(ids)) => break Ok(Pushed::Done(ids)),
+                Ok(None) => return Ok(Pushed::WouldBlock),
+                Err(QueueError::UnknownQueue(_)) if !may_block => return Ok(Pushed::WouldBlock),
+                Err(QueueError::UnknownQueue(name)) if attempts < 3 => {
+                    attempts += 1;
+                    log::debug!(
+                        target: "rnode_queue",
+                        "queue {name:?} was deleted while a push went to it: declared again"
+                    );
+                    self.redeclare(&entry)?;
                 }
-            }
-            None => {
-                if !self.backend.push(&entry.name, &mut jobs, may_block)? {
-                    return Ok(Pushed::WouldBlock);
+                Err(QueueError::UnknownQueue(name)) => {
+                    break Err(QueueError::Backend(format!(
+                        "queue {name:?} kept being deleted while this push declared it again"
+                    )))
                 }
+                Err(error) => break Err(error),
             }
         }
-        if let Some(due) = earliest_due {
-            self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
+        .inspect(|_| {
+            if let Some(due) = earliest_due {
+                self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
+            }
+        })
+    }
+
+    fn check_size(&self, job: &Job) -> Result<()> {
+        let size = job.encoded_len();
+        if size > self.options.max_job_bytes {
+            return Err(QueueError::JobTooLarge {
+                size,
+                limit: self.options.max_job_bytes,
+            });
         }
-        Ok(Pushed::Done(ids))
+        Ok(())
     }
 
     pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -512,7 +820,11 @@ impl Engine {
         if !self.backend.shared() && !self.queues.read().contains_key(queue) {
             return Ok(Vec::new());
         }
-        self.backend.list_jobs(queue, state, limit)
+        match self.backend.list_jobs(queue, state, limit) {
+            // Deleted meanwhile: it holds no jobs.
+            Err(QueueError::UnknownQueue(_)) => Ok(Vec::new()),
+            other => other,
+        }
     }
 
     pub fn retry_job(&self, id: JobId) -> Result<bool> {
@@ -520,9 +832,17 @@ impl Engine {
         self.backend.retry_failed(id)
     }
 
+    /// Waits until the job is completed or finally failed: `Some(job)`, or `None` when the
+    /// timeout passed first. An id no backend holds is `JobNotFound`.
     pub fn wait_for_job(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
         self.check_open()?;
-        self.backend.wait_finished(id, timeout)
+        match self.backend.wait_finished(id, timeout)? {
+            Some(job) => Ok(Some(job)),
+            None if self.backend.get_job(id)?.is_none() => Err(QueueError::JobNotFound(format!(
+                "no job with id {id} (unknown, or no longer retained)"
+            ))),
+            None => Ok(None),
+        }
     }
 
     pub fn join(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
@@ -535,18 +855,28 @@ impl Engine {
 
     // ---- running jobs ------------------------------------------------------------------------
 
-    /// Starts workers for a queue. One handler per queue.
+    /// Starts workers for a queue. One handler per queue. `concurrency` pins the number of
+    /// slots; without it the pool follows the queue's settings. With `later`, nothing waits for
+    /// the store (see `declare_queue_later`).
     pub fn process(
         &self,
         queue: &str,
         executor: Arc<dyn Executor>,
         concurrency: Option<usize>,
+        later: bool,
     ) -> Result<()> {
         self.check_open()?;
-        let entry = self.ensure_queue(queue)?;
-        let concurrency = concurrency.unwrap_or(entry.config.read().concurrency);
-        check_concurrency(concurrency)?;
+        if let Some(n) = concurrency {
+            check_concurrency(n)?;
+        }
+        if later {
+            self.declare_queue_later(queue)?;
+        }
         let engine = self.this.upgrade().ok_or(QueueError::Closed)?;
+        // Not interleaved with a delete of the same queue: the pool is started for a queue
+        // that exists, or the delete stops it.
+        let entry = self.ensure_queue(queue)?;
+        let _changing = self.queue_changes.lock();
         let mut pools = self.pools.lock();
         // `close` sets the flag under this lock: a pool is either seen by it or never started.
         self.check_open()?;
@@ -556,7 +886,21 @@ impl Engine {
                 &*entry.name
             )));
         }
-        let pool = Pool::start(&engine, entry.name.clone(), executor, concurrency);
+        if !self.queues.read().contains_key(&entry.name) {
+            // Deleted between the declaration and here: declare it again.
+            drop(pools);
+            drop(_changing);
+            self.redeclare(&entry)?;
+            return self.process(queue, executor, concurrency, false);
+        }
+        let slots = concurrency.unwrap_or(entry.config.read().concurrency);
+        let pool = Pool::start(
+            &engine,
+            entry.name.clone(),
+            executor,
+            slots,
+            concurrency.is_some(),
+        );
         pools.insert(entry.name.clone(), pool);
         Ok(())
     }
@@ -586,9 +930,18 @@ impl Engine {
         }
         let config = self.config_of(queue);
         let at = now();
-        let acks = runs
+        let limit = self.options.max_job_bytes;
+        let acks: Vec<Ack> = runs
             .map(|(job, outcome)| {
                 let settlement = match outcome {
+                    RunOutcome::Success(Some(result)) if result.len() > limit => {
+                        let error = format!(
+                            "JobTooLargeError: the handler's result is {} bytes, more than \
+                             max_job_bytes ({limit}); it was not stored",
+                            result.len()
+                        );
+                        Self::failure(&config, job, at, error, None)
+                    }
                     RunOutcome::Success(result) => Settlement::Completed { result },
                     RunOutcome::Failure { error, traceback } => {
                         Self::failure(&config, job, at, error, traceback)
@@ -607,8 +960,15 @@ impl Engine {
                 }
             })
             .collect();
-        if let Ok(Some(due)) = self.backend.settle(queue, acks) {
-            self.timers.arm(TimerKey::Queue(Arc::from(queue)), due);
+        let count = acks.len();
+        match self.backend.settle(queue, acks) {
+            Ok(Some(due)) => self.timers.arm(TimerKey::Queue(Arc::from(queue)), due),
+            Ok(None) => {}
+            Err(error) => log::error!(
+                target: "rnode_queue",
+                "the results of {count} run(s) of queue {queue:?} could not be recorded \
+                 ({error}); those jobs run again once their lease expires"
+            ),
         }
     }
 
@@ -619,9 +979,11 @@ impl Engine {
         error: String,
         traceback: Option<String>,
     ) -> Settlement {
+        let error = bounded_text(error);
+        let traceback = traceback.map(bounded_text);
         if job.attempts < job.max_attempts {
             Settlement::Retry {
-                due: at + config.backoff.delay(job.attempts),
+                due: at + config.backoff.delay(job.attempts, &error),
                 error,
                 traceback,
             }
@@ -631,16 +993,50 @@ impl Engine {
     }
 
     pub fn release(&self, queue: &str, jobs: &[Job]) {
-        let _ = self.backend.release(queue, jobs);
+        if let Err(error) = self.backend.release(queue, jobs) {
+            log::warn!(
+                target: "rnode_queue",
+                "{} unstarted job(s) of queue {queue:?} could not be handed back ({error}); \
+                 they run again once their lease expires",
+                jobs.len()
+            );
+        }
+    }
+
+    /// Reports runs that started after their fetch (see `Backend::mark_started`).
+    pub fn mark_started(&self, queue: &str, runs: &[(JobId, u32)]) {
+        if let Err(error) = self.backend.mark_started(queue, runs) {
+            log::debug!(
+                target: "rnode_queue",
+                "could not note that {} run(s) of queue {queue:?} started: {error}",
+                runs.len()
+            );
+        }
     }
 
     /// A worker's fetch failed. Returns whether it should keep going (after a pause).
     pub fn backend_failed(&self, queue: &str, error: &QueueError) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let registered = || self.pools.lock().contains_key(queue);
         match error {
-            QueueError::Backend(_) if !self.is_closed() => {
+            QueueError::Backend(_) | QueueError::Indeterminate(_) => {
+                log::warn!(
+                    target: "rnode_queue",
+                    "workers of queue {queue:?} cannot fetch jobs ({error}); retrying in 0.5 s"
+                );
                 // Back off instead of spinning while the backend is down.
                 std::thread::sleep(Duration::from_millis(500));
-                self.queues.read().contains_key(queue)
+                registered()
+            }
+            // Deleted while its workers ran (by another process): declared again, they go on.
+            QueueError::UnknownQueue(_) if registered() => {
+                let entry = self.queues.read().get(queue).cloned();
+                match entry {
+                    Some(entry) => self.redeclare(&entry).is_ok(),
+                    None => false,
+                }
             }
             _ => false,
         }
@@ -651,24 +1047,28 @@ impl Engine {
             return;
         }
         match key {
-            TimerKey::Queue(queue) => {
-                if !self.queues.read().contains_key(queue) {
-                    return;
+            TimerKey::Queue(queue) => match self.backend.tick(queue, now()) {
+                Ok(Some(next)) => self.timers.arm(key.clone(), next),
+                Ok(None) | Err(QueueError::UnknownQueue(_)) => {}
+                // Backend down: try again shortly.
+                Err(error) => {
+                    log::warn!(
+                        target: "rnode_queue",
+                        "queue {:?}: due jobs could not be promoted nor old ones expired \
+                         ({error}); trying again in 1 s",
+                        &**queue
+                    );
+                    self.timers.arm(key.clone(), now() + 1.0);
                 }
-                match self.backend.tick(queue, now()) {
-                    Ok(Some(next)) => self.timers.arm(key.clone(), next),
-                    Ok(None) => {}
-                    // Backend down: try again shortly.
-                    Err(_) => self.timers.arm(key.clone(), now() + 1.0),
-                }
-            }
+            },
             TimerKey::Cron(id) => self.fire_schedule(id),
             TimerKey::Watchdog => self.check_timeouts(),
-            TimerKey::Schedules => {
+            TimerKey::Reload => {
                 self.reload_schedules();
-                self.timers
-                    .arm(TimerKey::Schedules, now() + SCHEDULE_RELOAD);
+                self.reload_settings();
+                self.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
             }
+            TimerKey::Declare(queue) => self.declare_in_background(queue),
             TimerKey::Settle(queue) => {
                 let pool = self.pools.lock().get(queue).cloned();
                 if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {
@@ -678,11 +1078,59 @@ impl Engine {
         }
     }
 
+    /// Takes the stored settings of the queues this process did not declare (another process
+    /// may have changed them), and forgets the queues deleted elsewhere that it does not use.
+    fn reload_settings(&self) {
+        let undeclared: Vec<Arc<QueueEntry>> = self
+            .queues
+            .read()
+            .values()
+            .filter(|e| !e.declared_here.load(Ordering::Acquire))
+            .cloned()
+            .collect();
+        if undeclared.is_empty() {
+            return;
+        }
+        let names: Vec<Arc<str>> = undeclared.iter().map(|e| e.name.clone()).collect();
+        let stored = match self.backend.stored_declarations(&names) {
+            Ok(stored) => stored,
+            Err(error) => {
+                log::debug!(target: "rnode_queue", "queue settings not reloaded: {error}");
+                return;
+            }
+        };
+        let defaults = &self.options.defaults;
+        for (entry, stored) in undeclared.iter().zip(stored) {
+            match stored {
+                Some(declaration) => {
+                    let config = QueueConfig::from_declaration(&declaration, defaults);
+                    if **entry.config.read() != config {
+                        *entry.config.write() = Arc::new(config);
+                        self.settings_changed(entry);
+                    }
+                }
+                None => {
+                    // Deleted elsewhere: keep no record of it unless its workers run here.
+                    let _changing = self.queue_changes.lock();
+                    if !self.pools.lock().contains_key(&entry.name) {
+                        self.queues.write().remove(&entry.name);
+                    }
+                }
+            }
+        }
+    }
+
     /// Makes sure the watchdog wakes by `deadline` (engine clock). Called as each sync run
-    /// begins; costs an atomic load unless this deadline is the earliest.
+    /// begins (after `Slot::begin`); costs an atomic load unless this deadline is the earliest.
+    ///
+    /// This load and the watchdog's store of "unset" (`check_timeouts`) form a store-load pair
+    /// on each side: `begin` stores the run then loads `watchdog_at`; the watchdog stores
+    /// `watchdog_at` then loads the runs. With only acquire/release both loads may see the old
+    /// values — the run thinks the watchdog is set, the watchdog misses the run — and a hung run
+    /// is never abandoned. The SeqCst fences on both sides forbid that outcome.
     pub fn watch_deadline(&self, deadline: u64) {
-        if deadline < self.watchdog_at.load(Ordering::Acquire)
-            && deadline < self.watchdog_at.fetch_min(deadline, Ordering::AcqRel)
+        if deadline < self.watchdog_at.load(Ordering::SeqCst)
+            && deadline < self.watchdog_at.fetch_min(deadline, Ordering::SeqCst)
         {
             let wait = deadline.saturating_sub(self.clock()) as f64 / 1e9;
             self.timers.arm(TimerKey::Watchdog, now() + wait);
@@ -693,8 +1141,9 @@ impl Engine {
         let Some(engine) = self.this.upgrade() else {
             return;
         };
-        // Runs that begin from now on set the watchdog themselves.
-        self.watchdog_at.store(u64::MAX, Ordering::Release);
+        // Runs that begin from now on set the watchdog themselves (see `watch_deadline`).
+        self.watchdog_at.store(u64::MAX, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
         let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
         let now_ns = self.clock();
         let earliest = pools
@@ -713,6 +1162,11 @@ impl Engine {
         self.check_open()?;
         validate_queue_name(&record.queue)?;
         CronSchedule::parse(&record.cron)?;
+        // Every tick would be refused: say so now, not at each tick.
+        let options = Self::tick_options(&record, now());
+        options.validate()?;
+        let job = Job::new(record.queue.clone(), record.data.clone(), options, 1, 1.0);
+        self.check_size(&job)?;
         self.ensure_queue(&record.queue)?;
         let id = record.id.clone();
         let _changing = self.schedule_changes.lock();
@@ -733,11 +1187,14 @@ impl Engine {
     fn reload_schedules(&self) {
         // Not interleaved with this process's own declarations.
         let _changing = self.schedule_changes.lock();
-        let Ok(records) = self.backend.load_schedules() else {
-            return;
+        let records = match self.backend.load_schedules() {
+            Ok(records) => records,
+            Err(error) => {
+                log::debug!(target: "rnode_queue", "schedules not reloaded: {error}");
+                return;
+            }
         };
-        let stored: std::collections::HashSet<Arc<str>> =
-            records.iter().map(|r| r.id.clone()).collect();
+        let stored: HashSet<Arc<str>> = records.iter().map(|r| r.id.clone()).collect();
         let gone: Vec<Arc<str>> = self
             .schedules
             .lock()
@@ -772,6 +1229,7 @@ impl Engine {
                 record,
                 cron,
                 next_run,
+                retry: None,
             },
         );
         if let Some(at) = next_run {
@@ -805,23 +1263,59 @@ impl Engine {
         Ok(list)
     }
 
+    fn tick_options(record: &ScheduleRecord, tick: Timestamp) -> JobOptions {
+        JobOptions {
+            priority: record.priority,
+            scheduled_at: Some(tick),
+            attempts: record.attempts,
+            timeout: record.timeout,
+            tags: record.tags.clone(),
+            metadata: record.metadata.clone(),
+            schedule_id: Some(record.id.clone()),
+            ..JobOptions::default()
+        }
+    }
+
+    /// Pushes the due tick of a schedule, or tries again a tick whose push failed. A failed
+    /// push is tried again (backing off) until the next tick is due; then it is given up, and
+    /// logged.
     fn fire_schedule(&self, id: &Arc<str>) {
-        let (record, tick, next) = {
+        let now = now();
+        let (record, tick, failures) = {
             let mut schedules = self.schedules.lock();
             let Some(entry) = schedules.get_mut(id) else {
                 return;
             };
-            let Some(tick) = entry.next_run else {
-                return;
-            };
-            if tick > now() {
-                // Woken early (a re-declared schedule): keep waiting.
-                self.timers.arm(TimerKey::Cron(id.clone()), tick);
-                return;
+            let retry = entry.retry.take();
+            match retry {
+                Some(retry) if entry.next_run.is_none_or(|next| next > now) => {
+                    (entry.record.clone(), retry.tick, retry.failures)
+                }
+                _ => {
+                    if let Some(lost) = retry {
+                        log::error!(
+                            target: "rnode_queue",
+                            "schedule {:?}: the job of the tick at {} was not pushed after {} \
+                             tries, and the next tick is due: that tick is given up",
+                            &**id,
+                            lost.tick,
+                            lost.failures
+                        );
+                    }
+                    let Some(tick) = entry.next_run else {
+                        return;
+                    };
+                    if tick > now {
+                        // Woken early (a re-declared schedule): keep waiting.
+                        self.timers.arm(TimerKey::Cron(id.clone()), tick);
+                        return;
+                    }
+                    // Ticks missed while nothing ran are skipped: the next run is the next
+                    // future tick.
+                    entry.next_run = entry.cron.next_after(now.max(tick));
+                    (entry.record.clone(), tick, 0)
+                }
             }
-            // Ticks missed while nothing ran are skipped: the next run is the next future tick.
-            entry.next_run = entry.cron.next_after(now().max(tick));
-            (entry.record.clone(), tick, entry.next_run)
         };
         if self.backend.shared() && matches!(self.backend.has_schedule(id), Ok(false)) {
             // Unscheduled by another process: stop firing it here too (unless this process
@@ -832,34 +1326,65 @@ impl Engine {
             }
             return;
         }
-        if let Some(next) = next {
-            self.timers.arm(TimerKey::Cron(id.clone()), next);
-        }
-        let options = JobOptions {
-            priority: record.priority,
-            scheduled_at: Some(tick),
-            attempts: record.attempts,
-            timeout: record.timeout,
-            tags: record.tags.clone(),
-            metadata: record.metadata.clone(),
-            schedule_id: Some(record.id.clone()),
-            ..JobOptions::default()
-        };
+        let options = Self::tick_options(&record, tick);
         // The tick is claimed and its job stored in one step: one run per tick, whichever
         // process gets there first.
-        let _ = self.push_jobs(
+        let pushed = self.push_jobs(
             &record.queue,
             &[(record.data.clone(), options)],
             true,
             Some((id, tick)),
         );
+        let mut schedules = self.schedules.lock();
+        let Some(entry) = schedules.get_mut(id) else {
+            return;
+        };
+        let mut wake_at = entry.next_run;
+        match pushed {
+            Err(error) if error.is_backend() && entry.next_run.is_some() => {
+                let failures = failures + 1;
+                if failures == 1 {
+                    log::warn!(
+                        target: "rnode_queue",
+                        "schedule {:?}: the job of the tick at {tick} could not be pushed \
+                         ({error}); trying again until the next tick",
+                        &**id
+                    );
+                }
+                let backoff =
+                    (CRON_RETRY_FIRST * 2f64.powi(failures as i32 - 1)).min(CRON_RETRY_MAX);
+                entry.retry = Some(TickRetry { tick, failures });
+                wake_at = wake_at.map(|next| next.min(now + backoff));
+            }
+            Err(QueueError::Closed) => return,
+            Err(error) => log::error!(
+                target: "rnode_queue",
+                "schedule {:?}: the job of the tick at {tick} was not pushed ({error}); that \
+                 tick is given up",
+                &**id
+            ),
+            Ok(_) => {
+                if failures > 0 {
+                    log::info!(
+                        target: "rnode_queue",
+                        "schedule {:?}: the tick at {tick} was pushed after {failures} failed \
+                         tries",
+                        &**id
+                    );
+                }
+            }
+        }
+        if let Some(at) = wake_at {
+            self.timers.arm(TimerKey::Cron(id.clone()), at);
+        }
     }
 
     // ---- shutdown ----------------------------------------------------------------------------
 
-    /// Stops taking jobs and waits up to `timeout` for running ones. True if all finished.
-    /// Called again, it waits again for workers that had not finished.
-    pub fn close(&self, timeout: Duration) -> bool {
+    /// Stops taking jobs and waits up to `timeout` for running ones. Runs still going then are
+    /// handed back to the store, to run again elsewhere at once (their run counted). Called
+    /// again, it waits again for workers that had not finished.
+    pub fn close(&self, timeout: Duration) -> CloseReport {
         let deadline = Instant::now() + timeout;
         let pools: Vec<Arc<Pool>> = {
             let pools = self.pools.lock();
@@ -870,13 +1395,36 @@ impl Engine {
             pool.request_stop(self);
         }
         let finished = pools.iter().all(|pool| pool.wait_stopped(deadline));
+        let mut handed_back = Vec::new();
         if finished {
             self.pools.lock().clear();
+        } else if self.backend.shared() {
+            for pool in &pools {
+                let runs = pool.running_jobs();
+                if runs.is_empty() {
+                    continue;
+                }
+                match self.backend.hand_back(&pool.queue, &runs) {
+                    Ok(_) => {
+                        handed_back.extend(runs.iter().map(|(id, _)| (pool.queue.clone(), *id)))
+                    }
+                    Err(error) => log::error!(
+                        target: "rnode_queue",
+                        "{} running job(s) of queue {:?} could not be handed back ({error}); \
+                         they run again once their lease expires",
+                        runs.len(),
+                        &*pool.queue
+                    ),
+                }
+            }
         }
         self.timers.stop();
         // Only now: leases stay renewed while running jobs finish.
         self.backend.close();
-        finished
+        CloseReport {
+            finished,
+            handed_back,
+        }
     }
 }
 
@@ -990,7 +1538,7 @@ mod tests {
             }
         });
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         let id = push(&engine, "q", "1", JobOptions::default());
         let job = engine.wait_for_job(id, WAIT).unwrap().expect("finished");
@@ -1007,7 +1555,7 @@ mod tests {
         // Wait for the second round to fail again.
         assert!(engine.join(Some("q"), WAIT).unwrap());
         assert_eq!(runs.load(Ordering::SeqCst), 6);
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
     }
 
     #[test]
@@ -1023,7 +1571,7 @@ mod tests {
             RunOutcome::Success(None)
         });
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         let stuck = push(&engine, "q", "\"stuck\"", JobOptions::default());
         let job = engine.wait_for_job(stuck, WAIT).unwrap().unwrap();
@@ -1035,7 +1583,7 @@ mod tests {
         assert_eq!(job.state, JobState::Completed);
         release.open();
         // The late result of the abandoned run changes nothing.
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
         assert_eq!(
             engine.backend().get_job(stuck).unwrap().unwrap().state,
             JobState::Failed
@@ -1055,7 +1603,7 @@ mod tests {
             RunOutcome::Success(None)
         });
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         let first = push(&engine, "q", "1", JobOptions::default());
         let second = push(&engine, "q", "2", JobOptions::default());
@@ -1072,7 +1620,7 @@ mod tests {
         gate.open();
         let job = engine.wait_for_job(third, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Completed);
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
     }
 
     #[test]
@@ -1090,7 +1638,7 @@ mod tests {
             RunOutcome::Success(None)
         });
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         for i in 0..40 {
             push(&engine, "q", &i.to_string(), JobOptions::default());
@@ -1098,7 +1646,7 @@ mod tests {
         assert!(engine.join(Some("q"), WAIT).unwrap());
         assert_eq!(peak.load(Ordering::SeqCst), 4);
         assert_eq!(engine.queue_stats("q").unwrap().completed, 40);
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
     }
 
     #[test]
@@ -1107,7 +1655,7 @@ mod tests {
         engine.create_queue("q", config(1, 0, 10.0)).unwrap();
         let handler: Arc<Handler> = Arc::new(|_job: &Job| RunOutcome::Success(None));
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         let options = JobOptions {
             delay: 0.2,
@@ -1119,7 +1667,7 @@ mod tests {
         let due = job.due_at();
         assert!(started >= due, "started {started} before due {due}");
         assert!(started - due < 0.5, "started {:.3}s late", started - due);
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
     }
 
     #[test]
@@ -1128,19 +1676,19 @@ mod tests {
         engine.create_queue("q", config(1, 0, 10.0)).unwrap();
         let handler: Arc<Handler> = Arc::new(|_job: &Job| panic!("handler bug"));
         engine
-            .process("q", Arc::new(ClosureExecutor(handler)), None)
+            .process("q", Arc::new(ClosureExecutor(handler)), None, false)
             .unwrap();
         let id = push(&engine, "q", "1", JobOptions::default());
         let job = engine.wait_for_job(id, WAIT).unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
         assert!(error_of(&job).contains("handler bug"));
-        assert!(engine.close(Duration::from_secs(5)));
+        assert!(engine.close(Duration::from_secs(5)).finished);
     }
 
     #[test]
     fn closed_engines_refuse_work() {
         let engine = engine();
-        assert!(engine.close(Duration::from_secs(1)));
+        assert!(engine.close(Duration::from_secs(1)).finished);
         let spec = (Payload::from(&b"1"[..]), JobOptions::default());
         assert!(matches!(
             engine.push("q", &[spec], true),

@@ -27,8 +27,10 @@ pub enum TimerKey {
     Watchdog,
     /// Settle what the queue's workers finished before a job that is taking long.
     Settle(Arc<str>),
-    /// Pick up the schedules other processes stored (shared backends).
-    Schedules,
+    /// Pick up the schedules and queue settings other processes stored (shared backends).
+    Reload,
+    /// Declare a queue first used where waiting for the store was not allowed.
+    Declare(Arc<str>),
 }
 
 #[derive(PartialEq)]
@@ -158,23 +160,65 @@ pub struct CronSchedule {
     cron: Cron,
 }
 
+/// The `@` macros cron users know, as 5-field expressions (croner knows all but `@midnight`).
+const MACROS: [(&str, &str); 7] = [
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+    ("@monthly", "0 0 1 * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@hourly", "0 * * * *"),
+];
+
 impl CronSchedule {
     pub fn parse(expression: &str) -> Result<Self> {
-        let fields = expression.split_whitespace().count();
-        if !(5..=6).contains(&fields) {
-            return Err(QueueError::InvalidCron(format!(
-                "invalid cron expression {expression:?}: expected 5 fields \
-                 (minute hour day month weekday) or 6 with leading seconds, got {fields}"
+        let invalid = |why: String| {
+            QueueError::InvalidCron(format!(
+                "invalid cron expression {}: {why}",
+                expression.escape_debug()
+            ))
+        };
+        if let Some(c) = expression.chars().find(|c| c.is_control() && *c != '\t') {
+            return Err(invalid(format!(
+                "it contains the control character {}",
+                c.escape_unicode()
             )));
         }
-        CronParser::builder()
+        let trimmed = expression.trim();
+        let pattern = if trimmed.starts_with('@') {
+            MACROS
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(trimmed))
+                .map(|(_, pattern)| *pattern)
+                .ok_or_else(|| {
+                    invalid(
+                        "the macros are @yearly, @annually, @monthly, @weekly, @daily, \
+                         @midnight and @hourly"
+                            .into(),
+                    )
+                })?
+        } else {
+            let fields = trimmed.split_whitespace().count();
+            if !(5..=6).contains(&fields) {
+                return Err(invalid(format!(
+                    "expected 5 fields (minute hour day month weekday), 6 with leading \
+                     seconds, or a macro such as @daily; got {fields}"
+                )));
+            }
+            trimmed
+        };
+        let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
-            .parse(expression)
-            .map(|cron| CronSchedule { cron })
-            .map_err(|e| {
-                QueueError::InvalidCron(format!("invalid cron expression {expression:?}: {e}"))
-            })
+            .parse(pattern)
+            .map_err(|e| invalid(e.to_string()))?;
+        let schedule = CronSchedule { cron };
+        // `0 0 31 2 *` parses but names a day that never comes.
+        if schedule.next_after(now()).is_none() {
+            return Err(invalid("it never fires (no such date)".into()));
+        }
+        Ok(schedule)
     }
 
     /// The first tick strictly after `after`.
@@ -224,9 +268,31 @@ mod tests {
             "61 * * * *",
             "* * * * * * * *",
             "hello world * * *",
+            "@reboot",
+            "0 0 31 2 *",
         ] {
             assert!(CronSchedule::parse(bad).is_err(), "{bad:?}");
         }
+        let nul = CronSchedule::parse("0 2 * *\0 *").unwrap_err().to_string();
+        assert!(nul.contains("control character \\u{0}"), "{nul}");
+        let never = CronSchedule::parse("0 0 30 2 *").unwrap_err().to_string();
+        assert!(never.contains("never fires"), "{never}");
+    }
+
+    #[test]
+    fn macros_are_the_usual_schedules() {
+        let daily = CronSchedule::parse("@daily").unwrap();
+        let midnight = CronSchedule::parse("@MIDNIGHT").unwrap();
+        let at = ts("2026-01-01T03:00:00Z");
+        assert_eq!(daily.next_after(at), Some(ts("2026-01-02T00:00:00Z")));
+        assert_eq!(midnight.next_after(at), daily.next_after(at));
+        let hourly = CronSchedule::parse(" @hourly ").unwrap();
+        assert_eq!(hourly.next_after(at), Some(ts("2026-01-01T04:00:00Z")));
+        let weekly = CronSchedule::parse("@weekly").unwrap();
+        // 2026-01-01 is a Thursday: the next Sunday is the 4th.
+        assert_eq!(weekly.next_after(at), Some(ts("2026-01-04T00:00:00Z")));
+        let yearly = CronSchedule::parse("@annually").unwrap();
+        assert_eq!(yearly.next_after(at), Some(ts("2027-01-01T00:00:00Z")));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -18,7 +18,7 @@ use crate::sync::{Condvar, Mutex};
 
 use crate::backend::FetchRequest;
 use crate::error::QueueError;
-use crate::job::{Job, Payload};
+use crate::job::{IdMap, Job, JobId, Payload};
 use crate::manager::Engine;
 
 /// Jobs taken per fetch at most: one GIL acquisition runs up to this many handlers.
@@ -113,6 +113,8 @@ pub struct Slot {
     current: AtomicUsize,
     /// When the current run began, in nanoseconds since the engine's epoch.
     started: AtomicU64,
+    /// The last run (counter of `state`) reported to the backend as started.
+    marked_run: AtomicU64,
     work: Mutex<SlotWork>,
 }
 
@@ -155,6 +157,7 @@ impl Slot {
             deadline: AtomicU64::new(0),
             current: AtomicUsize::new(0),
             started: AtomicU64::new(0),
+            marked_run: AtomicU64::new(0),
             work: Mutex::new(SlotWork::default()),
         }
     }
@@ -163,12 +166,16 @@ impl Slot {
         self.state.load(Ordering::Acquire) & 3 == RUNNING
     }
 
+    /// Marks the run of `batch.jobs[index]` as begun. The caller then tells the watchdog its
+    /// deadline (`Engine::watch_deadline`), which loads the watchdog's next wake-up: the fence
+    /// orders this store before that load (see `Engine::check_timeouts` for the other side).
     fn begin(&self, index: usize, now: u64, deadline: u64) -> u64 {
         let run = (self.state.load(Ordering::Relaxed) >> 2) + 1;
         self.current.store(index, Ordering::Relaxed);
         self.started.store(now, Ordering::Relaxed);
         self.deadline.store(deadline, Ordering::Relaxed);
         self.state.store(run << 2 | RUNNING, Ordering::Release);
+        fence(Ordering::SeqCst);
         run
     }
 
@@ -231,6 +238,28 @@ impl Slot {
         let deadline = self.deadline.load(Ordering::Acquire);
         (self.is_running() && deadline > 0).then_some(deadline)
     }
+
+    /// The job this slot is running, with its attempt.
+    fn running_job(&self) -> Option<(JobId, u32)> {
+        if !self.is_running() {
+            return None;
+        }
+        let index = self.current.load(Ordering::Acquire);
+        let batch = self.work.lock().batch.clone()?;
+        batch.jobs.get(index).map(|job| (job.id, job.attempts))
+    }
+
+    /// The running job, if it is not the first of its batch (the fetch marked that one) and was
+    /// not reported as started yet.
+    fn unmarked_start(&self) -> Option<(JobId, u32)> {
+        let run = self.state.load(Ordering::Acquire) >> 2;
+        if self.current.load(Ordering::Acquire) == 0
+            || self.marked_run.swap(run, Ordering::AcqRel) == run
+        {
+            return None;
+        }
+        self.running_job()
+    }
 }
 
 /// Reports one async run. Dropping it unused reports a failure, so a job is never left active.
@@ -268,15 +297,22 @@ impl Drop for Completion {
 /// A queue's workers.
 pub struct Pool {
     pub queue: Arc<str>,
-    concurrency: usize,
+    /// Handlers running at once: sync worker threads, or async runs in flight. Changes when the
+    /// queue's settings do, unless `pinned` (set by `process(concurrency=...)`).
+    concurrency: AtomicUsize,
+    pub pinned: bool,
     executor: Arc<dyn Executor>,
     stop: AtomicBool,
     slots: Mutex<Vec<Arc<Slot>>>,
+    /// Sync worker threads taking jobs (not counting those stuck in an abandoned run).
+    workers: AtomicUsize,
     /// Live threads, and a signal for `close` to wait on.
     live: Mutex<usize>,
     exited: Condvar,
     /// Async pools: runs started and not yet reported.
     in_flight: Mutex<usize>,
+    /// Async pools: the runs in flight (id, attempt), to hand back at exit.
+    in_flight_jobs: Mutex<IdMap<u32>>,
     capacity: Condvar,
     /// Sync threads still inside a handler the watchdog gave up on.
     stuck: AtomicUsize,
@@ -291,16 +327,20 @@ impl Pool {
         queue: Arc<str>,
         executor: Arc<dyn Executor>,
         concurrency: usize,
+        pinned: bool,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             queue,
-            concurrency: concurrency.max(1),
+            concurrency: AtomicUsize::new(concurrency.max(1)),
+            pinned,
             executor,
             stop: AtomicBool::new(false),
             slots: Mutex::new(Vec::new()),
+            workers: AtomicUsize::new(0),
             live: Mutex::new(0),
             exited: Condvar::new(),
             in_flight: Mutex::new(0),
+            in_flight_jobs: Mutex::new(IdMap::default()),
             capacity: Condvar::new(),
             stuck: AtomicUsize::new(0),
             owed: AtomicUsize::new(0),
@@ -314,11 +354,43 @@ impl Pool {
                 pool.ack_async(&engine, done_rx)
             });
         } else {
-            for _ in 0..pool.concurrency {
+            for _ in 0..pool.concurrency() {
                 pool.spawn_sync_worker(engine);
             }
         }
         pool
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.concurrency.load(Ordering::Acquire)
+    }
+
+    /// A new concurrency (the queue's settings changed): more threads now, or fewer as the
+    /// surplus ones finish their batch.
+    pub fn resize(self: &Arc<Self>, engine: &Arc<Engine>, concurrency: usize) {
+        let concurrency = concurrency.max(1);
+        if self.pinned || self.stopped() {
+            return;
+        }
+        self.concurrency.store(concurrency, Ordering::Release);
+        if self.is_async() {
+            let _guard = self.in_flight.lock();
+            self.capacity.notify_all();
+            return;
+        }
+        let running = self.workers.load(Ordering::Acquire);
+        for _ in running..concurrency {
+            self.spawn_sync_worker(engine);
+        }
+    }
+
+    /// A sync worker leaves if there are more of them than the concurrency asks for.
+    fn retire_if_surplus(&self) -> bool {
+        self.workers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n > self.concurrency()).then(|| n - 1)
+            })
+            .is_ok()
     }
 
     pub fn is_async(&self) -> bool {
@@ -349,6 +421,7 @@ impl Pool {
 
     fn spawn_sync_worker(self: &Arc<Self>, engine: &Arc<Engine>) {
         let slot = self.new_slot();
+        self.workers.fetch_add(1, Ordering::AcqRel);
         self.spawn(engine, "worker", move |pool, engine| {
             pool.run_sync(&engine, slot)
         });
@@ -363,8 +436,9 @@ impl Pool {
     fn fetch_request(&self, max: usize) -> FetchRequest {
         FetchRequest {
             max,
-            share: self.concurrency,
+            share: self.concurrency(),
             wait: FETCH_WAIT,
+            start_all: self.is_async(),
         }
     }
 
@@ -372,8 +446,14 @@ impl Pool {
         let executor = self.executor.clone();
         let mut batch_size = 1;
         let mut slot = first_slot;
+        // Whether this thread is counted in `workers` (not while stuck in an abandoned run).
+        let mut counted = true;
         executor.enter(&mut |session| loop {
             if self.stopped() {
+                return;
+            }
+            if self.retire_if_surplus() {
+                counted = false;
                 return;
             }
             let mut fetched = Ok(None);
@@ -431,7 +511,9 @@ impl Pool {
             }
             if abandoned {
                 // Back from a run the watchdog gave up on (and replaced, unless too many were
-                // stuck): work again only in a place that is owed.
+                // stuck; the watchdog uncounted this thread): work again only in a place that
+                // is owed.
+                counted = false;
                 self.stuck.fetch_sub(1, Ordering::AcqRel);
                 let owed = self
                     .owed
@@ -439,6 +521,8 @@ impl Pool {
                 if self.stopped() || owed.is_err() {
                     return;
                 }
+                self.workers.fetch_add(1, Ordering::AcqRel);
+                counted = true;
                 slot = self.new_slot();
                 continue;
             }
@@ -455,6 +539,9 @@ impl Pool {
             });
             batch_size = next_batch_size(batch_size, ran, elapsed);
         });
+        if counted {
+            self.workers.fetch_sub(1, Ordering::AcqRel);
+        }
         self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
     }
 
@@ -465,10 +552,10 @@ impl Pool {
             session.unlocked(&mut || {
                 let free = {
                     let mut in_flight = self.in_flight.lock();
-                    while *in_flight >= self.concurrency && !self.stopped() {
+                    while *in_flight >= self.concurrency() && !self.stopped() {
                         in_flight = self.capacity.wait_for(in_flight, FETCH_WAIT).0;
                     }
-                    self.concurrency.saturating_sub(*in_flight)
+                    self.concurrency().saturating_sub(*in_flight)
                 };
                 if self.stopped() || free == 0 {
                     return;
@@ -495,6 +582,9 @@ impl Pool {
             match fetched {
                 Ok(jobs) if jobs.is_empty() => {}
                 Ok(jobs) => {
+                    self.in_flight_jobs
+                        .lock()
+                        .extend(jobs.iter().map(|job| (job.id, job.attempts)));
                     let started = jobs
                         .into_iter()
                         .map(|job| {
@@ -538,6 +628,12 @@ impl Pool {
             let mut outcomes = vec![first];
             outcomes.extend(done.try_iter().take(MAX_BATCH));
             let count = outcomes.len();
+            {
+                let mut in_flight = self.in_flight_jobs.lock();
+                for (job, _) in &outcomes {
+                    in_flight.remove(&job.id);
+                }
+            }
             engine.settle(
                 &self.queue,
                 outcomes.iter().map(|(job, o)| (job, o.clone())),
@@ -588,8 +684,22 @@ impl Pool {
         self.slots.lock().iter().filter(|s| s.is_running()).count()
     }
 
+    /// The runs in progress (id, attempt): what a close that timed out hands back.
+    pub fn running_jobs(&self) -> Vec<(JobId, u32)> {
+        if self.is_async() {
+            let in_flight = self.in_flight_jobs.lock();
+            return in_flight
+                .iter()
+                .map(|(id, attempt)| (*id, *attempt))
+                .collect();
+        }
+        let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
+        slots.iter().filter_map(|slot| slot.running_job()).collect()
+    }
+
     /// Settles the ended runs of workers busy with a job that began over `BATCH_BUDGET` ago,
-    /// so that a long job does not hold back the results of the fast ones before it. Returns
+    /// so that a long job does not hold back the results of the fast ones before it, and
+    /// reports that job as started (see `Backend::mark_started`). Returns
     /// how long to wait before looking again while a worker is busy (at most a budget: the
     /// timer wakes about once per batch while jobs run).
     pub fn settle_stalled(&self, engine: &Engine, now: u64) -> Option<Duration> {
@@ -608,6 +718,10 @@ impl Pool {
             if running_for >= budget {
                 let taken = slot.work.lock().take_finished();
                 settle_finished(engine, &self.queue, taken);
+                // A long run inside a batch: its attempt must count should this process die.
+                if let Some(run) = slot.unmarked_start() {
+                    engine.mark_started(&self.queue, &[run]);
+                }
             } else {
                 // Results may still pile up behind a job that starts later in this batch.
                 let wait = budget - running_for;
@@ -632,10 +746,12 @@ impl Pool {
                 settle_finished(engine, &self.queue, taken);
                 engine.settle(&self.queue, [(&batch.jobs[index], RunOutcome::TimedOut)]);
                 self.slots.lock().retain(|s| !Arc::ptr_eq(s, &slot));
+                // The stuck thread no longer counts as a worker.
+                self.workers.fetch_sub(1, Ordering::AcqRel);
                 // At most `concurrency` stuck threads get a replacement: a handler that hangs
                 // on every job must not grow the process thread by thread.
                 if !self.stopped() {
-                    if self.stuck.load(Ordering::Acquire) <= self.concurrency {
+                    if self.stuck.load(Ordering::Acquire) <= self.concurrency() {
                         self.spawn_sync_worker(engine);
                     } else {
                         self.owed.fetch_add(1, Ordering::AcqRel);

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from rnode_queue import InvalidJobError, Job, QueueManager
+from rnode_queue import ConfigError, InvalidJobError, Job, QueueManager
 
 WAIT = 10.0
 
@@ -54,9 +54,10 @@ def test_a_sync_handler_returning_a_coroutine_fails_clearly(qm: QueueManager) ->
 
 @pytest.mark.parametrize("concurrency", [0, -1, 1025])
 def test_concurrency_out_of_range_is_rejected(qm: QueueManager, concurrency: int) -> None:
-    with pytest.raises(InvalidJobError):
+    # A setting, not job data: ConfigError (a QueueError and a ValueError).
+    with pytest.raises(ConfigError):
         qm.create_queue("c", concurrency=concurrency)
-    with pytest.raises(InvalidJobError):
+    with pytest.raises(ConfigError):
         qm.get_queue("c2").process_concurrent(lambda job: None, concurrency)
 
 
@@ -66,7 +67,7 @@ def test_delays_and_times_a_datetime_cannot_show_are_rejected(qm: QueueManager) 
         q.push(1, delay=1e12)
     with pytest.raises(InvalidJobError):
         q.push(1, timeout=1e12)
-    with pytest.raises(InvalidJobError):
+    with pytest.raises(ConfigError):
         qm.create_queue("far2", retry_delay=1e12, backoff="fixed")
     # The latest representable time is accepted, and reads back.
     last = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)

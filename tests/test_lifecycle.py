@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from helpers import WAIT, Recorder, utcnow
-from rnode_queue import Job, Queue, QueueClosedError, QueueError, QueueManager
+from rnode_queue import Job, JobNotFoundError, Queue, QueueClosedError, QueueError, QueueManager
 
 
 def test_close_lets_a_running_job_finish(make_qm: Callable[..., QueueManager]) -> None:
@@ -169,7 +169,14 @@ def test_unknown_backend_is_a_queue_error() -> None:
 
 
 def test_wait_for(qm: QueueManager) -> None:
-    assert qm.wait_for(str(uuid.uuid4()), timeout=0.1) is None
+    # "No such job" is not "timed out": the first raises, only the second returns None.
+    unknown = str(uuid.uuid4())
+    begin = time.monotonic()
+    with pytest.raises(JobNotFoundError, match=unknown):
+        qm.wait_for(unknown, timeout=5)
+    assert time.monotonic() - begin < 4, "an unknown id is reported at once, not at the timeout"
+    with pytest.raises(JobNotFoundError):
+        qm.wait_for("not-a-job-id", timeout=0.1)
     waiting = qm.push("no-handler", 1)
     begin = time.monotonic()
     assert qm.wait_for(waiting, timeout=0.2) is None

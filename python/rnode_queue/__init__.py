@@ -1,4 +1,5 @@
-"""rnode-queue: a job queue for Python with a Rust engine (memory, Redis and file backends).
+"""rnode-queue: a job queue for Python with a Rust engine (memory and Redis backends; a file
+backend is planned).
 
 >>> from rnode_queue import QueueManager
 >>> with QueueManager() as qm:
@@ -16,11 +17,14 @@ from __future__ import annotations
 from ._async import AsyncQueue, AsyncQueueManager
 from ._core import (
     BackendError,
+    ConfigError,
     InvalidCronError,
     InvalidJobError,
     InvalidQueueNameError,
     Job,
+    JobNotFoundError,
     JobTooLargeError,
+    PushOutcomeUnknownError,
     QueueClosedError,
     QueueError,
     Stats,
@@ -32,11 +36,14 @@ __all__ = [
     "AsyncQueue",
     "AsyncQueueManager",
     "BackendError",
+    "ConfigError",
     "InvalidCronError",
     "InvalidJobError",
     "InvalidQueueNameError",
     "Job",
+    "JobNotFoundError",
     "JobTooLargeError",
+    "PushOutcomeUnknownError",
     "Queue",
     "QueueClosedError",
     "QueueError",

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, overload
 
-from ._sync import _H, QueueManager, _QueueHandle, _utc, env_config
+from ._sync import _H, BackoffFunction, QueueManager, Seconds, _QueueHandle, _utc, env_config
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     from typing_extensions import Self
 
-    from ._core import Job, Stats
+    from ._core import Engine, Job, Stats
 
 __all__ = ["AsyncQueue", "AsyncQueueManager"]
 
@@ -28,28 +29,30 @@ _WAIT_SLICE = 0.5
 class AsyncQueueManager:
     """:class:`QueueManager` for asyncio applications: the same methods, as coroutines.
 
-    ``get_queue``, ``process`` and the properties are plain. On the memory backend, calls that
-    never block run directly on the event loop; blocking calls (``wait_for``, ``join``,
-    ``close``, and every call on the redis and file backends) run in a worker thread.
-    Async handlers run on the manager's own event loop thread, not on the caller's loop.
+    ``get_queue``, ``process`` and the properties are plain calls that never wait for the
+    network (on redis, a queue first seen by them is declared in the background). On the
+    memory backend, calls that never block run directly on the event loop; blocking calls
+    (``wait_for``, ``join``, ``close``, and every call on the redis and file backends) run in
+    a worker thread. Async handlers run on the manager's own event loop thread, not on the
+    caller's loop.
     """
 
     def __init__(
         self,
-        backend: str = "memory",
+        backend: str | None = None,
         *,
         path: str | os.PathLike[str] | None = None,
         url: str | None = None,
         prefix: str = "rnode:queue",
         max_job_bytes: int = 1_048_576,
-        lease: float = 30.0,
+        lease: Seconds = 30.0,
         fsync: str = "everysec",
         concurrency: int = 5,
         max_retries: int = 3,
-        timeout: float = 300.0,
-        retry_delay: float = 1.0,
-        backoff: str = "exponential",
-        ttl: float = 86_400.0,
+        timeout: Seconds = 300.0,
+        retry_delay: Seconds = 1.0,
+        backoff: str | BackoffFunction = "exponential",
+        ttl: Seconds = 86_400.0,
         keep_completed: int = 10_000,
         keep_failed: int = 100_000,
     ) -> None:
@@ -100,14 +103,14 @@ class AsyncQueueManager:
         name: str,
         *,
         concurrency: int | None = None,
-        retry_delay: float | None = None,
+        retry_delay: Seconds | None = None,
         max_retries: int | None = None,
-        timeout: float | None = None,
-        backoff: str | None = None,
-        custom_delays: Sequence[float] | None = None,
-        backoff_cap: float | None = None,
+        timeout: Seconds | None = None,
+        backoff: str | BackoffFunction | None = None,
+        custom_delays: Sequence[Seconds] | None = None,
+        backoff_cap: Seconds | None = None,
         jitter: float | None = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         keep_completed: int | None = None,
         keep_failed: int | None = None,
     ) -> AsyncQueue:
@@ -133,8 +136,11 @@ class AsyncQueueManager:
         return AsyncQueue(self, name)
 
     def get_queue(self, name: str) -> AsyncQueue:
-        """The handle of queue ``name``, created with the defaults if missing (a plain call)."""
-        self._engine.ensure_queue(name)
+        """The handle of queue ``name``, created with the defaults if missing (a plain call).
+
+        It never waits for the network: on redis a new queue is declared in the background.
+        """
+        self._engine.ensure_queue(name, later=not self._direct)
         return AsyncQueue(self, name)
 
     async def pause_queue(self, name: str) -> None:
@@ -177,8 +183,11 @@ class AsyncQueueManager:
     def process(
         self, queue: str, handler: _H | None = None, *, concurrency: int | None = None
     ) -> _H | Callable[[_H], _H]:
-        """Run ``handler`` for the jobs of ``queue``: see :meth:`QueueManager.process`."""
-        return self._sync.process(queue, handler, concurrency=concurrency)
+        """Run ``handler`` for the jobs of ``queue``: see :meth:`QueueManager.process`.
+
+        It never waits for the network (see :meth:`get_queue`).
+        """
+        return self._sync._process(queue, handler, concurrency, later=not self._direct)
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -188,9 +197,9 @@ class AsyncQueueManager:
         data: Any,
         *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: Seconds | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
@@ -235,7 +244,7 @@ class AsyncQueueManager:
         *,
         priority: str | int | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
@@ -260,7 +269,7 @@ class AsyncQueueManager:
         name: str | None = None,
         priority: str | int | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
@@ -313,25 +322,26 @@ class AsyncQueueManager:
             return self._engine.retry_job(job_id)
         return await asyncio.to_thread(self._engine.retry_job, job_id)
 
-    async def wait_for(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Wait until the job completed or finally failed; None on timeout or unknown id."""
+    async def wait_for(self, job_id: str, timeout: Seconds | None = None) -> Job | None:
+        """Wait until the job completed or finally failed and return it; None on timeout.
+
+        An id no job has raises :class:`JobNotFoundError`.
+        """
         engine = self._engine
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(engine, timeout)
         while True:
-            wait = _slice(deadline)
-            job = await asyncio.to_thread(engine.wait_for_job, job_id, wait)
+            # Each slice raises JobNotFoundError for an unknown id.
+            job = await asyncio.to_thread(engine.wait_for_job, job_id, _slice(deadline))
             if job is not None or (deadline is not None and time.monotonic() >= deadline):
                 return job
-            if await self.get_job(job_id) is None:  # unknown id: no need to wait on
-                return None
 
-    async def join(self, queue: str | None = None, timeout: float | None = None) -> bool:
+    async def join(self, queue: str | None = None, timeout: Seconds | None = None) -> bool:
         """Wait until ``queue`` (or every queue) has no waiting, delayed or active job.
 
         Returns False if ``timeout`` expired first.
         """
         engine = self._engine
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _deadline(engine, timeout)
         while True:
             if await asyncio.to_thread(engine.join, queue, _slice(deadline)):
                 return True
@@ -340,8 +350,9 @@ class AsyncQueueManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def close(self, timeout: float = 30.0) -> bool:
+    async def close(self, timeout: Seconds = 30.0) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True if all finished."""
+        self._engine.check_close_timeout(timeout)  # a bad timeout changes nothing
         return await asyncio.to_thread(self._sync.close, timeout)
 
     async def __aenter__(self) -> Self:
@@ -359,6 +370,14 @@ class AsyncQueueManager:
         return repr(self._sync).replace("QueueManager", type(self).__name__, 1)
 
 
+def _deadline(engine: Engine, timeout: Seconds | None) -> float | None:
+    """When a wait of ``timeout`` ends (None: never), checked as the engine checks it."""
+    if timeout is None:
+        return None
+    seconds = engine.check_close_timeout(timeout)
+    return None if math.isinf(seconds) else time.monotonic() + seconds
+
+
 def _slice(deadline: float | None) -> float:
     if deadline is None:
         return _WAIT_SLICE
@@ -371,15 +390,16 @@ class AsyncQueue(_QueueHandle):
     def __init__(self, manager: AsyncQueueManager, name: str) -> None:
         super().__init__(manager._sync, name)
         self._amanager = manager
+        self._later = not manager._direct
 
     async def push(
         self,
         data: Any,
         *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: Seconds | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,

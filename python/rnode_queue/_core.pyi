@@ -4,11 +4,12 @@ The public API lives in :mod:`rnode_queue`; this module is the PyO3 boundary it 
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, final
 
 __version__: str
 
+Seconds = float | timedelta
 Priority = Literal["low", "normal", "high", "critical"]
 JobStatus = Literal["waiting", "delayed", "active", "completed", "failed"]
 
@@ -25,10 +26,21 @@ class InvalidQueueNameError(QueueError, ValueError):
     """A queue name is empty, longer than 200 characters or contains control characters."""
 
 class InvalidCronError(QueueError, ValueError):
-    """A cron expression could not be parsed."""
+    """A cron expression could not be parsed, or never fires."""
+
+class ConfigError(QueueError, ValueError):
+    """A setting is invalid: of the manager, a queue, or a call."""
 
 class BackendError(QueueError):
     """The storage backend is unreachable or failed."""
+
+class PushOutcomeUnknownError(BackendError):
+    """A push got no answer, even when tried again: its jobs may or may not be stored."""
+
+    job_ids: list[str]
+
+class JobNotFoundError(QueueError, LookupError):
+    """No job has this id (it never existed, or is no longer retained)."""
 
 class QueueClosedError(QueueError):
     """The manager was closed."""
@@ -109,22 +121,22 @@ AsyncSubmit = Callable[[list[tuple[Job, float, Completion]]], None]
 class Engine:
     def __init__(
         self,
-        backend: str = "memory",
+        backend: str | None = None,
         *,
         path: str | None = None,
         url: str | None = None,
         prefix: str = "rnode:queue",
-        max_job_bytes: int = 1_048_576,
-        lease: float = 30.0,
+        max_job_bytes: int | None = None,
+        lease: Seconds | None = None,
         fsync: str = "everysec",
-        concurrency: int = 5,
-        max_retries: int = 3,
-        timeout: float = 300.0,
-        retry_delay: float = 1.0,
-        backoff: str = "exponential",
-        ttl: float = 86_400.0,
-        keep_completed: int = 10_000,
-        keep_failed: int = 100_000,
+        concurrency: int | None = None,
+        max_retries: int | None = None,
+        timeout: Seconds | None = None,
+        retry_delay: Seconds | None = None,
+        backoff: str | Callable[[int, str], Seconds] | None = None,
+        ttl: Seconds | None = None,
+        keep_completed: int | None = None,
+        keep_failed: int | None = None,
     ) -> None: ...
     @property
     def backend(self) -> str: ...
@@ -135,18 +147,18 @@ class Engine:
         name: str,
         *,
         concurrency: int | None = None,
-        retry_delay: float | None = None,
+        retry_delay: Seconds | None = None,
         max_retries: int | None = None,
-        timeout: float | None = None,
-        backoff: str | None = None,
-        custom_delays: Sequence[float] | None = None,
-        backoff_cap: float | None = None,
+        timeout: Seconds | None = None,
+        backoff: str | Callable[[int, str], Seconds] | None = None,
+        custom_delays: Sequence[Seconds] | None = None,
+        backoff_cap: Seconds | None = None,
         jitter: float | None = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         keep_completed: int | None = None,
         keep_failed: int | None = None,
     ) -> None: ...
-    def ensure_queue(self, name: str) -> None: ...
+    def ensure_queue(self, name: str, *, later: bool = False) -> None: ...
     def queue_names(self) -> list[str]: ...
     def queue_config(self, name: str) -> dict[str, Any]: ...
     def push(
@@ -155,9 +167,22 @@ class Engine:
         data: Any,
         *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: Seconds | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
+        tags: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        scheduled_at: datetime | None = None,
+    ) -> str: ...
+    def queue_push(
+        self,
+        queue: str,
+        data: Any,
+        *,
+        priority: str | int | None = None,
+        delay: Seconds | None = None,
+        attempts: int | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
@@ -172,7 +197,7 @@ class Engine:
         name: str | None = None,
         priority: str | int | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str: ...
@@ -180,7 +205,9 @@ class Engine:
     def list_schedules(self) -> list[dict[str, Any]]: ...
     def get_stats(self) -> Stats: ...
     def get_job(self, job_id: str) -> Job | None: ...
-    def get_jobs(self, queue: str, status: str | None = None, limit: int = 100) -> list[Job]: ...
+    def get_jobs(
+        self, queue: str, status: str | None = None, limit: int | None = None
+    ) -> list[Job]: ...
     def retry_job(self, job_id: str) -> bool: ...
     def pause_queue(self, name: str) -> None: ...
     def resume_queue(self, name: str) -> None: ...
@@ -194,9 +221,14 @@ class Engine:
         *,
         concurrency: int | None = None,
         async_submit: AsyncSubmit | None = None,
+        later: bool = False,
     ) -> None: ...
-    def wait_for_job(self, job_id: str, timeout: float | None = None) -> Job | None: ...
-    def join(self, queue: str | None = None, timeout: float | None = None) -> bool: ...
-    def close(self, timeout: float = 30.0) -> bool: ...
+    def wait_for_job(self, job_id: str, timeout: Seconds | None = None) -> Job | None: ...
+    def join(self, queue: str | None = None, timeout: Seconds | None = None) -> bool: ...
+    def check_close_timeout(self, timeout: Seconds) -> float: ...
+    def close(self, timeout: Seconds | None = None) -> bool: ...
+    def close_report(
+        self, timeout: Seconds | None = None
+    ) -> tuple[bool, list[tuple[str, str]]]: ...
     def _before_fork(self) -> None: ...
     def _after_fork(self, in_child: bool) -> None: ...

@@ -8,10 +8,11 @@ import functools
 import math
 import os
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._asyncio_runner import AsyncioRunner, is_async_callable
@@ -26,6 +27,12 @@ __all__ = ["ATEXIT_CLOSE_TIMEOUT", "Queue", "QueueManager"]
 
 Handler = Callable[[Job], Any]
 """A job handler: ``def handler(job)`` or ``async def handler(job)``."""
+
+Seconds = float | timedelta
+"""A duration: seconds (int or float) or a :class:`datetime.timedelta`."""
+
+BackoffFunction = Callable[[int, str], Seconds]
+"""A backoff given as a function: ``(attempt, error) -> seconds`` before the next run."""
 
 _H = TypeVar("_H", bound=Handler)
 
@@ -159,31 +166,31 @@ def _utc(when: datetime) -> datetime:
 class QueueManager:
     """Owns the queues, their workers and schedules (the engine runs in Rust).
 
-    ``backend`` is ``"memory"`` (default) or ``"redis"`` (``url=``, ``prefix=``, ``lease=``:
-    jobs shared by every process using that Redis); ``"file"`` (``path=``) is planned and
-    raises :class:`BackendError` in this version. The queue keyword arguments are the
-    defaults of every queue that is not configured with :meth:`create_queue`. Durations are
-    seconds (floats allowed).
+    ``backend`` is ``"memory"`` (the default) or ``"redis"`` (``url=``, ``prefix=``,
+    ``lease=``: jobs shared by every process using that Redis); a ``url`` alone selects redis.
+    ``"file"`` (``path=``) is planned and raises :class:`BackendError` in this version. The
+    queue keyword arguments are the defaults of every queue that is not configured with
+    :meth:`create_queue`. Durations are seconds (floats allowed) or timedeltas.
     Use as a context manager, or call :meth:`close`; managers still open at interpreter exit
     are closed then, with a short timeout.
     """
 
     def __init__(
         self,
-        backend: str = "memory",
+        backend: str | None = None,
         *,
         path: str | os.PathLike[str] | None = None,
         url: str | None = None,
         prefix: str = "rnode:queue",
         max_job_bytes: int = 1_048_576,
-        lease: float = 30.0,
+        lease: Seconds = 30.0,
         fsync: str = "everysec",
         concurrency: int = 5,
         max_retries: int = 3,
-        timeout: float = 300.0,
-        retry_delay: float = 1.0,
-        backoff: str = "exponential",
-        ttl: float = 86_400.0,
+        timeout: Seconds = 300.0,
+        retry_delay: Seconds = 1.0,
+        backoff: str | BackoffFunction = "exponential",
+        ttl: Seconds = 86_400.0,
         keep_completed: int = 10_000,
         keep_failed: int = 100_000,
     ) -> None:
@@ -241,21 +248,24 @@ class QueueManager:
         name: str,
         *,
         concurrency: int | None = None,
-        retry_delay: float | None = None,
+        retry_delay: Seconds | None = None,
         max_retries: int | None = None,
-        timeout: float | None = None,
-        backoff: str | None = None,
-        custom_delays: Sequence[float] | None = None,
-        backoff_cap: float | None = None,
+        timeout: Seconds | None = None,
+        backoff: str | BackoffFunction | None = None,
+        custom_delays: Sequence[Seconds] | None = None,
+        backoff_cap: Seconds | None = None,
         jitter: float | None = None,
-        ttl: float | None = None,
+        ttl: Seconds | None = None,
         keep_completed: int | None = None,
         keep_failed: int | None = None,
     ) -> Queue:
         """Create queue ``name`` (or update its configuration) and return its handle.
 
         ``backoff`` is ``"fixed"``, ``"exponential"`` (``retry_delay * 2**n``, capped at
-        ``backoff_cap``) or ``"custom"`` (``custom_delays``). Unset options keep the defaults.
+        ``backoff_cap``), ``"custom"`` (``custom_delays``) or a function ``(attempt, error) ->
+        seconds`` (``retry_delay`` when it fails). Unset options take the manager's defaults.
+        On a shared backend the settings are stored with the queue: processes that do not
+        declare it use them.
         """
         self._engine.create_queue(
             name,
@@ -310,23 +320,32 @@ class QueueManager:
         ``concurrency`` defaults to the queue's. Async handlers run on the manager's asyncio
         loop thread. Returns the handler unchanged.
         """
+        return self._process(queue, handler, concurrency, later=False)
+
+    def _process(
+        self, queue: str, handler: _H | None, concurrency: int | None, *, later: bool
+    ) -> _H | Callable[[_H], _H]:
+        """``process``; with ``later``, nothing waits for the store (an event loop's caller)."""
         if handler is None:
-            return functools.partial(self._process_decorator, queue, concurrency)
-        self._start_processing(queue, handler, concurrency)
+            return functools.partial(self._process_decorator, queue, concurrency, later)
+        self._start_processing(queue, handler, concurrency, later)
         return handler
 
-    def _process_decorator(self, queue: str, concurrency: int | None, handler: _H) -> _H:
-        self._start_processing(queue, handler, concurrency)
+    def _process_decorator(
+        self, queue: str, concurrency: int | None, later: bool, handler: _H
+    ) -> _H:
+        self._start_processing(queue, handler, concurrency, later)
         return handler
 
-    def _start_processing(self, queue: str, handler: Handler, concurrency: int | None) -> None:
+    def _start_processing(
+        self, queue: str, handler: Handler, concurrency: int | None, later: bool
+    ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        if is_async_callable(handler):
-            submit = self._async_runner().submitter(handler)
-            self._engine.process(queue, handler, concurrency=concurrency, async_submit=submit)
-        else:
-            self._engine.process(queue, handler, concurrency=concurrency)
+        submit = self._async_runner().submitter(handler) if is_async_callable(handler) else None
+        self._engine.process(
+            queue, handler, concurrency=concurrency, async_submit=submit, later=later
+        )
 
     def _async_runner(self) -> AsyncioRunner:
         with self._runner_lock:
@@ -344,9 +363,9 @@ class QueueManager:
         data: Any,
         *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: Seconds | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
@@ -385,7 +404,7 @@ class QueueManager:
         *,
         priority: str | int | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
@@ -414,14 +433,15 @@ class QueueManager:
         name: str | None = None,
         priority: str | int | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> str:
         """Push a job to ``queue`` on every tick of ``cron`` (UTC); returns the schedule id.
 
-        ``cron`` has 5 fields, or 6 with leading seconds. Idempotent: the same queue, cron and
-        data (or the same ``name``, which becomes the id) give the same schedule.
+        ``cron`` has 5 fields, 6 with leading seconds, or is a macro (``@hourly``, ``@daily``,
+        ``@weekly``, ``@monthly``, ``@yearly``). Idempotent: the same queue, cron and data (or
+        the same ``name``, which becomes the id) give the same schedule.
         """
         return self._engine.schedule(
             queue,
@@ -459,11 +479,14 @@ class QueueManager:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return self._engine.retry_job(job_id)
 
-    def wait_for(self, job_id: str, timeout: float | None = None) -> Job | None:
-        """Block until the job completed or finally failed; None on timeout or unknown id."""
+    def wait_for(self, job_id: str, timeout: Seconds | None = None) -> Job | None:
+        """Block until the job completed or finally failed and return it; None on timeout.
+
+        An id no job has raises :class:`JobNotFoundError`.
+        """
         return self._engine.wait_for_job(job_id, timeout)
 
-    def join(self, queue: str | None = None, timeout: float | None = None) -> bool:
+    def join(self, queue: str | None = None, timeout: Seconds | None = None) -> bool:
         """Block until ``queue`` (or every queue) has no waiting, delayed or active job.
 
         Returns False if ``timeout`` expired first.
@@ -472,21 +495,31 @@ class QueueManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def close(self, timeout: float = 30.0) -> bool:
+    def close(self, timeout: Seconds = 30.0) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True if all finished.
 
-        Afterwards every other method raises :class:`QueueClosedError`. Idempotent.
+        On a shared backend, runs still going at the timeout are handed back: they run again
+        at once elsewhere. Afterwards every other method raises :class:`QueueClosedError`.
+        Idempotent. A bad ``timeout`` raises :class:`ConfigError` and changes nothing.
         """
+        return self._close(timeout)[0]
+
+    def _close(self, timeout: Seconds) -> tuple[bool, list[tuple[str, str]]]:
+        """``close``; also returns the runs handed back, as ``(queue, job id)``."""
+        # Checked before anything is stopped: a bad timeout leaves the manager as it was.
+        seconds = self._engine.check_close_timeout(timeout)
+        deadline = time.monotonic() + min(seconds, 1e9)
         try:
-            finished = self._engine.close(timeout)
+            report = self._engine.close_report(timeout)
         finally:
             with self._runner_lock:
                 self._shut = True
                 runner = self._runner
             if runner is not None:
-                runner.stop(timeout=min(timeout, 5.0))
+                # What is left of the timeout, so that close(timeout=t) takes about t.
+                runner.stop(timeout=max(0.0, min(deadline - time.monotonic(), 5.0)))
             _live.discard(self)
-        return finished
+        return report
 
     def __enter__(self) -> Self:
         return self
@@ -512,6 +545,9 @@ class QueueManager:
 class _QueueHandle:
     """What sync and async queue handles share: the name and the handler registration."""
 
+    #: Registering a handler never waits for the store (set on handles used on an event loop).
+    _later = False
+
     def __init__(self, manager: QueueManager, name: str) -> None:
         self._manager = manager
         self._engine = manager._engine
@@ -536,11 +572,12 @@ class _QueueHandle:
         A decorator: ``@q.process`` or ``@q.process(concurrency=10)``; returns the handler
         unchanged. ``concurrency`` defaults to the queue's. One handler per queue.
         """
-        return self._manager.process(self.name, handler, concurrency=concurrency)
+        return self._manager._process(self.name, handler, concurrency, later=self._later)
 
     def process_concurrent(self, handler: _H, concurrency: int) -> _H:
         """Run ``handler`` with ``concurrency`` slots, whatever the queue's ``concurrency``."""
-        return self._manager.process(self.name, handler, concurrency=concurrency)
+        self._manager._process(self.name, handler, concurrency, later=self._later)
+        return handler
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -561,22 +598,22 @@ class Queue(_QueueHandle):
     def __init__(self, manager: QueueManager, name: str) -> None:
         super().__init__(manager, name)
         if type(self) is Queue:  # hot path: no Python frame between the caller and the engine
-            self.__dict__["push"] = functools.partial(self._engine.push, name)
+            self.__dict__["push"] = functools.partial(self._engine.queue_push, name)
 
     def push(
         self,
         data: Any,
         *,
         priority: str | int | None = None,
-        delay: float | None = None,
+        delay: Seconds | None = None,
         attempts: int | None = None,
-        timeout: float | None = None,
+        timeout: Seconds | None = None,
         tags: Sequence[str] | None = None,
         metadata: Mapping[str, Any] | None = None,
         scheduled_at: datetime | None = None,
     ) -> str:
         """Add a job to this queue (options as :meth:`QueueManager.push`); returns its id."""
-        return self._engine.push(
+        return self._engine.queue_push(
             self.name,
             data,
             priority=priority,

@@ -1,8 +1,8 @@
-//! The in-process backend: one lock per queue around a priority heap, a delayed heap, the job
-//! store and the retention lists. Jobs last until the process exits.
+//! The in-process backend: one lock per queue around the waiting lanes, the delayed jobs by due
+//! time, the job store and the retention lists. Jobs last until the process exits.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crate::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 use super::{
-    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, Retention, ScheduleRecord, Settlement,
-    Totals,
+    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, QueueDeclaration, Retention,
+    ScheduleRecord, Settlement, Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, IdMap, Job, JobId, JobState, MaybeTime, Priority, Timestamp};
@@ -46,12 +46,11 @@ impl Lanes {
     }
 }
 
-/// A delayed job's place, earliest due first (wrapped in `Reverse` in a max-heap).
-#[derive(PartialEq)]
+/// A delayed job's place: its due time, then its sequence (FIFO among jobs due together).
+#[derive(Clone, Copy, PartialEq, Debug)]
 struct Due {
     at: Timestamp,
     seq: u64,
-    id: JobId,
 }
 
 impl Eq for Due {}
@@ -70,13 +69,16 @@ impl PartialOrd for Due {
     }
 }
 
-/// Heaps hold entries that may have gone stale (a cleared or moved job); an entry counts only if
-/// the stored job is still in the state and place the entry describes.
+/// The lanes may hold entries that went stale (a cleared or moved job); an entry counts only if
+/// the stored job is still in the state and place the entry describes. The delayed jobs and the
+/// active set are exact: listing them never walks past what it returns.
 struct QueueState {
     /// Boxed: the table moves small entries when it grows, and stays dense when mostly empty.
     jobs: IdMap<Box<Job>>,
     waiting: Lanes,
-    delayed: BinaryHeap<Reverse<Due>>,
+    delayed: BTreeMap<Due, JobId>,
+    /// The jobs taken by a worker (few: at most the workers' batches).
+    active: IdMap<()>,
     waiting_count: u64,
     delayed_count: u64,
     active_count: u64,
@@ -89,14 +91,17 @@ struct QueueState {
     /// Workers blocked in `fetch`, so pushes skip the notify when nobody listens.
     fetchers_waiting: usize,
     retention: Retention,
+    /// The engine's settings, kept for `stored_declarations`.
+    declaration: QueueDeclaration,
 }
 
 impl QueueState {
-    fn new(retention: Retention) -> Self {
+    fn new(declaration: QueueDeclaration) -> Self {
         QueueState {
             jobs: IdMap::default(),
             waiting: Lanes::default(),
-            delayed: BinaryHeap::new(),
+            delayed: BTreeMap::new(),
+            active: IdMap::default(),
             waiting_count: 0,
             delayed_count: 0,
             active_count: 0,
@@ -107,22 +112,27 @@ impl QueueState {
             paused: false,
             next_seq: 0,
             fetchers_waiting: 0,
-            retention,
+            retention: declaration.retention,
+            declaration,
         }
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
     }
 
     fn insert(&mut self, mut job: Job) {
         if job.seq == 0 {
-            self.next_seq += 1;
-            job.seq = self.next_seq;
+            job.seq = self.next_seq();
         }
         match job.state {
             JobState::Delayed => {
-                self.delayed.push(Reverse(Due {
+                let due = Due {
                     at: job.due_at(),
                     seq: job.seq,
-                    id: job.id,
-                }));
+                };
+                self.delayed.insert(due, job.id);
                 self.delayed_count += 1;
             }
             _ => {
@@ -148,28 +158,30 @@ impl QueueState {
             job.started_at = MaybeTime::from(Some(started_at));
             self.waiting_count -= 1;
             self.active_count += 1;
+            self.active.insert(id, ());
             return Some((**job).clone());
         }
         None
     }
 
+    /// Due delayed jobs become waiting, at the back of their priority (as if pushed now, so
+    /// that a job handed back later never jumps ahead of jobs that waited before it).
     fn promote_due(&mut self, now: Timestamp) -> usize {
         let mut promoted = 0;
-        while let Some(Reverse(entry)) = self.delayed.peek() {
-            if entry.at > now {
+        while let Some(entry) = self.delayed.first_entry() {
+            if entry.key().at > now {
                 break;
             }
-            let Reverse(entry) = self.delayed.pop().expect("peeked");
-            let Some(job) = self.jobs.get_mut(&entry.id) else {
+            let id = entry.remove();
+            let seq = self.next_seq();
+            let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
             };
-            if job.state != JobState::Delayed || job.seq != entry.seq {
-                continue;
-            }
             job.state = JobState::Waiting;
+            job.seq = seq;
             self.delayed_count -= 1;
             self.waiting_count += 1;
-            self.waiting.push_back(job.priority, job.seq, job.id);
+            self.waiting.push_back(job.priority, seq, id);
             promoted += 1;
         }
         promoted
@@ -202,7 +214,7 @@ impl QueueState {
     fn next_event(&self) -> Option<Timestamp> {
         let ttl = self.retention.ttl;
         [
-            self.delayed.peek().map(|Reverse(d)| d.at),
+            self.delayed.first_key_value().map(|(due, _)| due.at),
             self.completed.front().map(|(at, _)| at + ttl),
             self.failed.front().map(|(at, _)| at + ttl),
         ]
@@ -267,19 +279,7 @@ impl MemoryBackend {
             .read()
             .get(name)
             .cloned()
-            .ok_or_else(|| QueueError::Other(format!("queue {name:?} does not exist")))
-    }
-
-    /// True for the first caller per schedule and tick.
-    fn claim_tick(&self, id: &str, tick: Timestamp) -> bool {
-        let mut ticks = self.last_ticks.lock();
-        match ticks.get(id) {
-            Some(last) if *last >= tick => false,
-            _ => {
-                ticks.insert(Arc::from(id), tick);
-                true
-            }
-        }
+            .ok_or_else(|| QueueError::UnknownQueue(name.to_string()))
     }
 
     fn find<T>(&self, f: impl Fn(&mut QueueState) -> Option<T>) -> Option<T> {
@@ -297,20 +297,43 @@ fn lock_state(queue: &MemoryQueue, may_block: bool) -> Option<MutexGuard<'_, Que
 }
 
 impl Backend for MemoryBackend {
-    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()> {
-        if let Some(existing) = self.queues.read().get(queue) {
-            if replace {
-                existing.state.lock().retention = retention;
-            }
-            return Ok(());
+    fn declare_queue(
+        &self,
+        queue: &Arc<str>,
+        declaration: &QueueDeclaration,
+        replace: bool,
+    ) -> Result<QueueDeclaration> {
+        let existing = self.queues.read().get(queue).cloned();
+        let handle = match existing {
+            Some(handle) => handle,
+            None => self
+                .queues
+                .write()
+                .entry(queue.clone())
+                .or_insert_with(|| {
+                    Arc::new(MemoryQueue {
+                        state: Mutex::new(QueueState::new(declaration.clone())),
+                        ready: Condvar::new(),
+                    })
+                })
+                .clone(),
+        };
+        let mut state = handle.state.lock();
+        if replace {
+            state.retention = declaration.retention;
+            state.declaration = declaration.clone();
         }
-        self.queues.write().entry(queue.clone()).or_insert_with(|| {
-            Arc::new(MemoryQueue {
-                state: Mutex::new(QueueState::new(retention)),
-                ready: Condvar::new(),
+        Ok(state.declaration.clone())
+    }
+
+    fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>> {
+        Ok(queues
+            .iter()
+            .map(|name| {
+                let handle = self.queues.read().get(name).cloned();
+                handle.map(|h| h.state.lock().declaration.clone())
             })
-        });
-        Ok(())
+            .collect())
     }
 
     fn push_tick(
@@ -320,11 +343,20 @@ impl Backend for MemoryBackend {
         schedule: &str,
         tick: Timestamp,
     ) -> Result<bool> {
-        // One process: nothing can come between the claim and the push.
-        if !self.claim_tick(schedule, tick) {
+        // One process, and one timer thread firing ticks: nothing can come between the check
+        // and the push. The tick is claimed once its job is stored, so a push that fails (the
+        // queue deleted meanwhile) can be tried again.
+        if self
+            .last_ticks
+            .lock()
+            .get(schedule)
+            .is_some_and(|last| *last >= tick)
+        {
             return Ok(false);
         }
-        self.push(queue, jobs, true)
+        self.push(queue, jobs, true)?;
+        self.last_ticks.lock().insert(Arc::from(schedule), tick);
+        Ok(true)
     }
 
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
@@ -336,11 +368,16 @@ impl Backend for MemoryBackend {
                 None => return Ok(false),
             }
         };
-        let handle =
-            handle.ok_or_else(|| QueueError::Other(format!("queue {queue:?} does not exist")))?;
+        let handle = handle.ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
         let Some(mut state) = lock_state(&handle, may_block) else {
             return Ok(false);
         };
+        if let Some(job) = jobs.iter().find(|job| state.jobs.contains_key(&job.id)) {
+            return Err(QueueError::DuplicateJob(format!(
+                "queue {queue:?} already holds a job with id {}: nothing was pushed",
+                job.id
+            )));
+        }
         let before = state.waiting_count;
         for job in jobs.drain(..) {
             state.insert(job);
@@ -402,6 +439,7 @@ impl Backend for MemoryBackend {
                 if job.state != JobState::Active || job.attempts != ack.attempt {
                     continue;
                 }
+                let id = ack.id;
                 match ack.settlement {
                     Settlement::Completed { result } => {
                         job.state = JobState::Completed;
@@ -428,15 +466,10 @@ impl Backend for MemoryBackend {
                         job.scheduled_at = Some(due).into();
                         job.state = JobState::Delayed;
                         // A retry queues behind the jobs pushed meanwhile.
-                        state.next_seq += 1;
-                        let seq = state.next_seq;
-                        let job = state.jobs.get_mut(&ack.id).expect("present");
+                        let seq = state.next_seq();
+                        let job = state.jobs.get_mut(&id).expect("present");
                         job.seq = seq;
-                        state.delayed.push(Reverse(Due {
-                            at: due,
-                            seq,
-                            id: ack.id,
-                        }));
+                        state.delayed.insert(Due { at: due, seq }, id);
                         state.delayed_count += 1;
                         retried += 1;
                     }
@@ -452,6 +485,7 @@ impl Backend for MemoryBackend {
                     }
                 }
                 state.active_count -= 1;
+                state.active.remove(&id);
             }
             let now = now();
             if state.promote_due(now) > 0 {
@@ -489,6 +523,7 @@ impl Backend for MemoryBackend {
             job.started_at = MaybeTime::NONE;
             let (priority, seq, id) = (job.priority, job.seq, job.id);
             state.waiting.push_front(priority, seq, id);
+            state.active.remove(&id);
             state.active_count -= 1;
             state.waiting_count += 1;
             released += 1;
@@ -527,10 +562,9 @@ impl Backend for MemoryBackend {
         let wanted = |s: JobState| state.is_none_or(|w| w == s);
         if wanted(JobState::Active) {
             let mut active: Vec<&Job> = guard
-                .jobs
-                .values()
-                .filter(|job| job.state == JobState::Active)
-                .map(|job| &**job)
+                .active
+                .keys()
+                .filter_map(|id| guard.jobs.get(id).map(|job| &**job))
                 .collect();
             active.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
             jobs.extend(active.into_iter().take(limit).cloned());
@@ -549,13 +583,8 @@ impl Backend for MemoryBackend {
             jobs.extend(live.take(limit.saturating_sub(jobs.len())).cloned());
         }
         if wanted(JobState::Delayed) && jobs.len() < limit {
-            let mut due: Vec<&Due> = guard.delayed.iter().map(|Reverse(d)| d).collect();
-            due.sort();
-            let live = due.into_iter().filter_map(|entry| {
-                let job = guard.jobs.get(&entry.id)?;
-                (job.state == JobState::Delayed && job.seq == entry.seq).then_some(&**job)
-            });
-            jobs.extend(live.take(limit - jobs.len()).cloned());
+            let due = guard.delayed.values().filter_map(|id| guard.jobs.get(id));
+            jobs.extend(due.take(limit - jobs.len()).map(|job| (**job).clone()));
         }
         for (list, finished) in [
             (&guard.completed, JobState::Completed),
@@ -714,10 +743,17 @@ mod tests {
         keep_failed: 10,
     };
 
+    fn declaration() -> QueueDeclaration {
+        QueueDeclaration {
+            retention: RETENTION,
+            settings: Payload::from(&b"{}"[..]),
+        }
+    }
+
     fn setup() -> (MemoryBackend, Arc<str>) {
         let backend = MemoryBackend::new();
         let queue: Arc<str> = Arc::from("q");
-        backend.declare_queue(&queue, RETENTION, true).unwrap();
+        backend.declare_queue(&queue, &declaration(), true).unwrap();
         (backend, queue)
     }
 
@@ -736,6 +772,7 @@ mod tests {
             max: 1000,
             share: 1,
             wait: Duration::ZERO,
+            start_all: false,
         };
         backend
             .fetch(queue, request, &AtomicBool::new(false))
@@ -787,6 +824,7 @@ mod tests {
             max: 2,
             share: 1,
             wait: Duration::ZERO,
+            start_all: false,
         };
         let first = backend
             .fetch(&queue, request, &AtomicBool::new(false))
@@ -891,6 +929,7 @@ mod tests {
                     max: 10,
                     share: 1,
                     wait: Duration::from_secs(30),
+                    start_all: false,
                 };
                 backend
                     .fetch(&queue, request, &AtomicBool::new(false))
@@ -932,6 +971,7 @@ mod tests {
             max: 256,
             share: 5,
             wait: Duration::ZERO,
+            start_all: false,
         };
         let got = backend
             .fetch(&queue, request, &AtomicBool::new(false))

@@ -2,8 +2,8 @@
 //! backend only stores jobs and moves them between states atomically.
 //!
 //! Every method may block (a lock, a round trip to Redis, a disk write), so callers run them
-//! without the Python GIL; the few `try_` methods never block and exist so that the push path can
-//! skip releasing the GIL when nothing would wait.
+//! without the Python GIL; `push` with `may_block = false` never blocks and exists so that the
+//! push path can skip releasing the GIL when nothing would wait.
 
 pub mod memory;
 pub mod redis;
@@ -65,6 +65,17 @@ pub struct FetchRequest {
     pub share: usize,
     /// Block at most this long for a first job.
     pub wait: Duration,
+    /// Every job fetched starts at once (async workers); otherwise only the first does, and
+    /// the others when the worker reaches them (`Backend::mark_started`).
+    pub start_all: bool,
+}
+
+/// What a queue is declared with. The backend keeps `settings` for other processes (the
+/// engine's JSON; opaque here) and uses `retention` itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueDeclaration {
+    pub retention: Retention,
+    pub settings: Payload,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -109,12 +120,22 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
-    /// Makes sure the queue exists, and sets how long its finished jobs are kept: always with
-    /// `replace`, otherwise only if the queue had no retention set yet.
-    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()>;
+    /// Makes sure the queue exists with a declaration: `declaration` always with `replace`,
+    /// otherwise only if the queue had none yet. Returns the declaration the store now holds.
+    fn declare_queue(
+        &self,
+        queue: &Arc<str>,
+        declaration: &QueueDeclaration,
+        replace: bool,
+    ) -> Result<QueueDeclaration>;
+
+    /// The declarations stored for these queues (`None`: no such queue), without creating any.
+    fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>>;
 
     /// Stores new jobs (waiting or delayed) all together or not at all. With `may_block` false
-    /// the call returns `Ok(false)` instead of waiting and changes nothing.
+    /// the call returns `Ok(false)` instead of waiting and changes nothing. A job whose id the
+    /// queue already holds is an error (`DuplicateJob`), never an overwrite; a queue that does
+    /// not exist (any more) is `UnknownQueue`, and nothing is stored.
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool>;
 
     /// Stores the job of a cron tick, unless that tick of `schedule` was pushed before (by any
@@ -141,6 +162,21 @@ pub trait Backend: Send + Sync + 'static {
     /// with the attempt not counted.
     fn release(&self, queue: &str, jobs: &[Job]) -> Result<()>;
 
+    /// Notes that these fetched jobs (id, attempt) have started, so that their run counts as an
+    /// attempt if this process dies before it records how they ended.
+    fn mark_started(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<()> {
+        let _ = (queue, runs);
+        Ok(())
+    }
+
+    /// Hands back runs this process gives up on at exit (still running past the shutdown
+    /// timeout): they run again at once elsewhere, the run counted (or fail, out of attempts).
+    /// Returns how many were handed back.
+    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<usize> {
+        let _ = (queue, runs);
+        Ok(0)
+    }
+
     /// Makes due delayed jobs waiting and drops finished jobs past their retention. Returns when
     /// it next has something to do.
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>>;
@@ -158,6 +194,17 @@ pub trait Backend: Send + Sync + 'static {
     /// Removes the queue and all its jobs.
     fn delete(&self, queue: &str) -> Result<bool>;
     fn counts(&self, queue: &str) -> Result<QueueCounts>;
+    /// `counts` of many queues at once (`None`: the queue does not exist any more).
+    fn counts_of(&self, queues: &[String]) -> Result<Vec<Option<QueueCounts>>> {
+        queues
+            .iter()
+            .map(|name| match self.counts(name) {
+                Ok(counts) => Ok(Some(counts)),
+                Err(crate::error::QueueError::UnknownQueue(_)) => Ok(None),
+                Err(error) => Err(error),
+            })
+            .collect()
+    }
     fn queue_names(&self) -> Result<Vec<String>>;
     fn totals(&self) -> Result<Totals>;
 

@@ -3,7 +3,8 @@
 //! A worker thread attaches to Python once and keeps its thread state for its whole life; it
 //! releases the GIL (`detach`) for every fetch, ack and wait, and holds it while running a batch
 //! of handlers. Async handlers are handed, a batch at a time, to an asyncio loop that the Python
-//! package runs; each reports back through a `Completion`.
+//! package runs; each reports back through a `Completion`. Every call into Python here goes
+//! through `gil::call` (safe at interpreter exit).
 
 use crate::sync::Mutex;
 use pyo3::exceptions::PyBaseException;
@@ -12,8 +13,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString, PyTuple};
 
+use crate::backoff::DelayFunction;
 use crate::job::Job;
+use crate::py::args::{seconds, Kind};
 use crate::py::convert::to_payload;
+use crate::py::gil;
 use crate::py::job::PyJob;
 use crate::worker::{Completion, Executor, RunOutcome, Session};
 
@@ -67,7 +71,7 @@ impl Session for PySession<'_, '_> {
             Ok(job) => job,
             Err(err) => return failure_from(py, &err),
         };
-        match self.handler.call1((job,)) {
+        match gil::call1(self.handler, job.into_any()) {
             Ok(value) => result_outcome(&value),
             Err(err) => failure_from(py, &err),
         }
@@ -103,7 +107,7 @@ impl Session for PySession<'_, '_> {
             .collect();
         let submitted = items
             .and_then(|items| PyList::new(py, items))
-            .and_then(|list| submit.call1((list,)));
+            .and_then(|list| gil::call1(submit, list.into_any()));
         if let Err(err) = submitted {
             // The runner refused the batch: fail the attempts rather than lose the jobs.
             let outcome = failure_from(py, &err);
@@ -180,6 +184,62 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> RunOutcome {
         .and_then(|text| text.extract::<String>())
         .ok();
     RunOutcome::Failure { error, traceback }
+}
+
+/// A queue's backoff given as a Python function `(attempt, error) -> seconds` (a number or a
+/// `timedelta`). Called from the engine's threads when a run fails.
+pub struct PyDelayFunction {
+    function: Py<PyAny>,
+    name: String,
+}
+
+impl PyDelayFunction {
+    pub fn new(function: Py<PyAny>) -> Self {
+        let name = Python::attach(|py| {
+            let function = function.bind(py);
+            let qualname = function
+                .getattr("__qualname__")
+                .and_then(|n| n.extract::<String>())
+                .unwrap_or_else(|_| "<callable>".into());
+            match function
+                .getattr("__module__")
+                .and_then(|m| m.extract::<String>())
+            {
+                Ok(module) => format!("{module}.{qualname}"),
+                Err(_) => qualname,
+            }
+        });
+        PyDelayFunction { function, name }
+    }
+}
+
+impl std::fmt::Debug for PyDelayFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl DelayFunction for PyDelayFunction {
+    fn delay(&self, failures: u32, error: &str) -> Result<f64, String> {
+        gil::attach(|py| {
+            let args = (failures, error)
+                .into_pyobject(py)
+                .map_err(|e| e.to_string())?;
+            let value =
+                gil::call(self.function.bind(py), &args).map_err(|err| {
+                    match failure_from(py, &err) {
+                        RunOutcome::Failure { error, .. } => format!("it raised {error}"),
+                        _ => "it raised".into(),
+                    }
+                })?;
+            match seconds(Some(&value), "the backoff function's result", Kind::Setting) {
+                Ok(Some(seconds)) => Ok(seconds),
+                Ok(None) => Err("it returned None".into()),
+                Err(err) => Err(err.value(py).to_string()),
+            }
+        })
+        .unwrap_or_else(|| Err("the interpreter is shutting down".into()))
+    }
 }
 
 /// How an async handler reports its end. Exactly one call counts; later ones are ignored.

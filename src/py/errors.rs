@@ -1,10 +1,11 @@
-//! The Python exception classes. They are built at import with `type()` because two of them
-//! inherit from both `QueueError` and `ValueError`, which `create_exception!` cannot express.
+//! The Python exception classes. They are built at import with `type()` because several of them
+//! inherit from both `QueueError` and a builtin (`ValueError`, `LookupError`), which
+//! `create_exception!` cannot express.
 
-use pyo3::exceptions::{PyException, PyValueError};
+use pyo3::exceptions::{PyException, PyLookupError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyTuple, PyType};
 
 use crate::error::QueueError;
 
@@ -38,11 +39,27 @@ static INVALID_QUEUE_NAME: ErrorClass = class(
     "InvalidQueueNameError",
     "A queue name is empty, longer than 200 characters or contains control characters.",
 );
-static INVALID_CRON: ErrorClass =
-    class("InvalidCronError", "A cron expression could not be parsed.");
+static INVALID_CRON: ErrorClass = class(
+    "InvalidCronError",
+    "A cron expression could not be parsed, or never fires.",
+);
+static CONFIG_ERROR: ErrorClass = class(
+    "ConfigError",
+    "A setting is invalid: of the manager, a queue, or a call (concurrency=0, lease=-1, a bad \
+     prefix, a negative timeout, ...).",
+);
 static BACKEND_ERROR: ErrorClass = class(
     "BackendError",
     "The storage backend is unreachable or failed.",
+);
+static PUSH_OUTCOME_UNKNOWN: ErrorClass = class(
+    "PushOutcomeUnknownError",
+    "A push got no answer from the backend, even when tried again: its jobs may or may not be \
+     stored. ``job_ids`` lists their ids; ``get_job`` tells, for each.",
+);
+static JOB_NOT_FOUND: ErrorClass = class(
+    "JobNotFoundError",
+    "No job has this id (it never existed, or is no longer retained).",
 );
 static QUEUE_CLOSED: ErrorClass = class("QueueClosedError", "The manager was closed.");
 
@@ -63,6 +80,7 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = module.py();
     let exception = py.get_type::<PyException>().into_any();
     let value_error = py.get_type::<PyValueError>().into_any();
+    let lookup_error = py.get_type::<PyLookupError>().into_any();
     let base = QUEUE_ERROR
         .cell
         .get_or_try_init(py, || make(py, &QUEUE_ERROR, &[&exception]))?
@@ -78,23 +96,36 @@ pub fn register(module: &Bound<'_, PyModule>) -> PyResult<()> {
     JOB_TOO_LARGE
         .cell
         .get_or_try_init(py, || make(py, &JOB_TOO_LARGE, &[&invalid_job]))?;
-    for class in [&INVALID_QUEUE_NAME, &INVALID_CRON] {
+    for class in [&INVALID_QUEUE_NAME, &INVALID_CRON, &CONFIG_ERROR] {
         class
             .cell
             .get_or_try_init(py, || make(py, class, &[&base, &value_error]))?;
     }
-    for class in [&BACKEND_ERROR, &QUEUE_CLOSED] {
-        class
-            .cell
-            .get_or_try_init(py, || make(py, class, &[&base]))?;
-    }
+    JOB_NOT_FOUND
+        .cell
+        .get_or_try_init(py, || make(py, &JOB_NOT_FOUND, &[&base, &lookup_error]))?;
+    let backend = BACKEND_ERROR
+        .cell
+        .get_or_try_init(py, || make(py, &BACKEND_ERROR, &[&base]))?
+        .bind(py)
+        .clone()
+        .into_any();
+    PUSH_OUTCOME_UNKNOWN
+        .cell
+        .get_or_try_init(py, || make(py, &PUSH_OUTCOME_UNKNOWN, &[&backend]))?;
+    QUEUE_CLOSED
+        .cell
+        .get_or_try_init(py, || make(py, &QUEUE_CLOSED, &[&base]))?;
     for class in [
         &QUEUE_ERROR,
         &INVALID_JOB,
         &JOB_TOO_LARGE,
         &INVALID_QUEUE_NAME,
         &INVALID_CRON,
+        &CONFIG_ERROR,
         &BACKEND_ERROR,
+        &PUSH_OUTCOME_UNKNOWN,
+        &JOB_NOT_FOUND,
         &QUEUE_CLOSED,
     ] {
         let ty = class.cell.get(py).expect("created above");
@@ -113,20 +144,41 @@ fn raise(class: &ErrorClass, message: String) -> PyErr {
 impl From<QueueError> for PyErr {
     fn from(error: QueueError) -> PyErr {
         let message = error.to_string();
-        let class = match error {
+        let class = match &error {
             QueueError::InvalidJob(_) => &INVALID_JOB,
             QueueError::JobTooLarge { .. } => &JOB_TOO_LARGE,
             QueueError::InvalidQueueName(_) => &INVALID_QUEUE_NAME,
             QueueError::InvalidCron(_) => &INVALID_CRON,
-            QueueError::Backend(_) => &BACKEND_ERROR,
+            QueueError::Config(_) => &CONFIG_ERROR,
+            QueueError::Backend(_) | QueueError::Indeterminate(_) => &BACKEND_ERROR,
+            QueueError::PushOutcomeUnknown { .. } => &PUSH_OUTCOME_UNKNOWN,
+            QueueError::JobNotFound(_) => &JOB_NOT_FOUND,
             QueueError::Closed => &QUEUE_CLOSED,
-            QueueError::Other(_) => &QUEUE_ERROR,
+            QueueError::UnknownQueue(_) | QueueError::DuplicateJob(_) | QueueError::Other(_) => {
+                &QUEUE_ERROR
+            }
         };
-        raise(class, message)
+        let raised = raise(class, message);
+        if let QueueError::PushOutcomeUnknown { ids, .. } = error {
+            // The caller can look each of them up.
+            Python::attach(|py| {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                let list = PyList::new(py, ids).ok();
+                if let Some(list) = list {
+                    let _ = raised.value(py).setattr("job_ids", list);
+                }
+            });
+        }
+        raised
     }
 }
 
 /// An `InvalidJobError` with this message.
 pub fn invalid_job(message: impl Into<String>) -> PyErr {
     QueueError::InvalidJob(message.into()).into()
+}
+
+/// A `ConfigError` with this message.
+pub fn config_error(message: impl Into<String>) -> PyErr {
+    QueueError::Config(message.into()).into()
 }

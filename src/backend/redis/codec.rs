@@ -63,7 +63,7 @@ fn number<T: std::str::FromStr>(bytes: &[u8], what: &str) -> Result<T> {
         .ok_or_else(|| corrupt(what))
 }
 
-fn bytes_of(value: &Value) -> Option<&[u8]> {
+pub fn bytes_of(value: &Value) -> Option<&[u8]> {
     match value {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.as_bytes()),
@@ -156,6 +156,7 @@ pub fn decode_job(queue: &Arc<str>, id: &[u8], hash: &Value) -> Result<Option<Jo
         return Ok(None);
     };
     let mut job = decode_body(queue, parse_id(id)?, body)?;
+    let mut run = 0;
     for (field, value) in pairs {
         match field {
             b"s" => {
@@ -163,6 +164,7 @@ pub fn decode_job(queue: &Arc<str>, id: &[u8], hash: &Value) -> Result<Option<Jo
                 job.state = state.parse()?;
             }
             b"a" => job.attempts = number(value, "attempts")?,
+            b"n" => run = number(value, "run")?,
             b"m" => job.max_attempts = number(value, "max_attempts")?,
             b"sa" => job.scheduled_at = Some(number(value, "scheduled_at")?).into(),
             b"st" => job.started_at = Some(number(value, "started_at")?).into(),
@@ -174,55 +176,94 @@ pub fn decode_job(queue: &Arc<str>, id: &[u8], hash: &Value) -> Result<Option<Jo
             _ => {}
         }
     }
+    if job.state == JobState::Active {
+        // Taken by a worker: the run it is leased for (not counted until it starts).
+        job.attempts = job.attempts.max(run);
+    }
     Ok(Some(job))
 }
 
-/// `{id, fields, id, fields, ...}` as the list script returns them.
-pub fn decode_jobs(queue: &Arc<str>, list: &Value) -> Result<Vec<Job>> {
+/// `{id, fields, id, fields, ...}` as the list script returns them. A record that cannot be
+/// read is left out, and logged: one bad record must not hide the others.
+pub fn decode_jobs(queue: &Arc<str>, list: &Value) -> Vec<Job> {
     let Value::Array(items) = list else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     let mut jobs = Vec::with_capacity(items.len() / 2);
     for pair in items.chunks_exact(2) {
-        let id = bytes_of(&pair[0]).ok_or_else(|| corrupt("id"))?;
-        if let Some(job) = decode_job(queue, id, &pair[1])? {
-            jobs.push(job);
+        let id = bytes_of(&pair[0]).unwrap_or_default();
+        match decode_job(queue, id, &pair[1]) {
+            Ok(Some(job)) => jobs.push(job),
+            Ok(None) => {}
+            Err(error) => log::warn!(
+                target: "rnode_queue",
+                "queue {:?}: job {} is left out of a listing: {error}",
+                &**queue,
+                String::from_utf8_lossy(id)
+            ),
         }
     }
-    Ok(jobs)
+    jobs
 }
 
-/// The jobs a fetch leased: `{id, attempts, max_attempts, body, due, error, traceback, ...}`.
-pub fn decode_leased(queue: &Arc<str>, list: &Value, started_at: Timestamp) -> Result<Vec<Job>> {
+/// One job of a fetch: readable, or not (its id and run, and what could not be read).
+pub enum Leased {
+    Job(Job),
+    Unreadable { id: String, run: u32, error: String },
+}
+
+/// The jobs a fetch leased: `{id, run, max_attempts, body, due, error, traceback, ...}`, each
+/// decoded on its own.
+pub fn decode_leased(queue: &Arc<str>, list: &Value, started_at: Timestamp) -> Vec<Leased> {
     let Value::Array(items) = list else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
-    let mut jobs = Vec::with_capacity(items.len() / 7);
-    for fields in items.chunks_exact(7) {
-        let id = parse_id(bytes_of(&fields[0]).ok_or_else(|| corrupt("id"))?)?;
-        let Some(body) = bytes_of(&fields[3]) else {
-            continue; // deleted meanwhile
-        };
-        let mut job = decode_body(queue, id, body)?;
-        job.state = JobState::Active;
-        job.attempts = match &fields[1] {
-            Value::Int(n) => *n as u32,
-            other => number(bytes_of(other).unwrap_or_default(), "attempts")?,
-        };
-        job.max_attempts = number(bytes_of(&fields[2]).unwrap_or_default(), "max_attempts")?;
-        job.started_at = Some(started_at).into();
-        if let Some(due) = bytes_of(&fields[4]) {
-            job.scheduled_at = Some(number(due, "scheduled_at")?).into();
-        }
-        if let Some(error) = bytes_of(&fields[5]) {
-            job.extras_mut().error = Some(String::from_utf8_lossy(error).into_owned());
-        }
-        if let Some(traceback) = bytes_of(&fields[6]) {
-            job.extras_mut().traceback = Some(String::from_utf8_lossy(traceback).into_owned());
-        }
-        jobs.push(job);
+    items
+        .chunks_exact(7)
+        .map(|fields| {
+            let id = String::from_utf8_lossy(bytes_of(&fields[0]).unwrap_or_default());
+            let run = match &fields[1] {
+                Value::Int(n) => *n as u32,
+                other => number(bytes_of(other).unwrap_or_default(), "attempts").unwrap_or(1),
+            };
+            decode_leased_job(queue, fields, run, started_at).map_or_else(
+                |error| Leased::Unreadable {
+                    id: id.to_string(),
+                    run,
+                    error: error.to_string(),
+                },
+                Leased::Job,
+            )
+        })
+        .collect()
+}
+
+fn decode_leased_job(
+    queue: &Arc<str>,
+    fields: &[Value],
+    run: u32,
+    started_at: Timestamp,
+) -> Result<Job> {
+    let id = parse_id(bytes_of(&fields[0]).ok_or_else(|| corrupt("id"))?)?;
+    let body = bytes_of(&fields[3]).ok_or_else(|| corrupt("body (missing)"))?;
+    let mut job = decode_body(queue, id, body)?;
+    job.state = JobState::Active;
+    job.attempts = run;
+    job.max_attempts = number(bytes_of(&fields[2]).unwrap_or_default(), "max_attempts")?;
+    job.started_at = Some(started_at).into();
+    if let Some(due) = bytes_of(&fields[4]) {
+        job.scheduled_at = Some(number(due, "scheduled_at")?).into();
     }
-    Ok(jobs)
+    if let Some(error) = bytes_of(&fields[5]) {
+        job.extras_mut().error = Some(String::from_utf8_lossy(error).into_owned());
+    }
+    if let Some(traceback) = bytes_of(&fields[6]) {
+        job.extras_mut().traceback = Some(String::from_utf8_lossy(traceback).into_owned());
+    }
+    // The data must be JSON, or every handler call would fail on it.
+    serde_json::from_slice::<serde::de::IgnoredAny>(&job.data)
+        .map_err(|e| QueueError::Backend(format!("redis: a stored job's data is not JSON: {e}")))?;
+    Ok(job)
 }
 
 fn raw_json(bytes: &[u8]) -> Result<serde_json::Value> {

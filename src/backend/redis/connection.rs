@@ -78,10 +78,35 @@ pub struct Redis {
     runtime: ManuallyDrop<tokio::runtime::Runtime>,
     target: Target,
     commands: Conn,
+    /// The server's major version (script flags need 7).
+    major_version: u32,
 }
 
+/// A failed command: `Indeterminate` when it may have been carried out (no answer came: a
+/// timeout, a connection lost after sending), `Backend` when it certainly was not (refused
+/// connection, an error reply).
 pub fn backend_error(error: RedisError) -> QueueError {
-    QueueError::Backend(format!("redis: {error}"))
+    let text = error.to_string();
+    if text.contains("OOM command not allowed") {
+        return QueueError::Backend(
+            "redis is out of memory (maxmemory reached with a noeviction policy): the write \
+             was refused"
+                .into(),
+        );
+    }
+    if error.is_timeout() || (error.is_io_error() && !error.is_connection_refusal()) {
+        QueueError::Indeterminate(format!("redis: {text}"))
+    } else {
+        QueueError::Backend(format!("redis: {text}"))
+    }
+}
+
+/// `redis_version:7.0.15` in an `INFO` reply: 7.
+fn major_version(info: &str) -> u32 {
+    info.lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .and_then(|version| version.trim().split('.').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 impl Redis {
@@ -105,21 +130,21 @@ impl Redis {
         };
         let client = Client::open(*first).map_err(|e| bad_url(url, e))?;
         let handle = runtime.handle().clone();
-        let (target, commands) = handle.block_on(async {
+        let (target, commands, major_version) = handle.block_on(async {
             let probe = tokio::time::timeout(COMMAND_TIMEOUT, async {
                 let mut probe = client
                     .get_multiplexed_async_connection_with_config(&direct_config(Some(
                         COMMAND_TIMEOUT,
                     )))
                     .await?;
-                let info: String = redis::cmd("INFO")
-                    .arg("cluster")
-                    .query_async(&mut probe)
-                    .await?;
-                Ok::<bool, RedisError>(info.contains("cluster_enabled:1"))
+                let info: String = redis::cmd("INFO").query_async(&mut probe).await?;
+                Ok::<(bool, u32), RedisError>((
+                    info.contains("cluster_enabled:1"),
+                    major_version(&info),
+                ))
             })
             .await;
-            let clustered = match probe {
+            let (clustered, major_version) = match probe {
                 Ok(result) => result.map_err(|e| unreachable_error(url, e))?,
                 Err(_) => return Err(timed_out(url)),
             };
@@ -130,7 +155,11 @@ impl Redis {
                     .map_err(|_| timed_out(url))?
                     .map_err(|e| unreachable_error(url, e))?;
                 let blocking = cluster_client(&urls, None)?;
-                Ok((Target::Cluster { blocking }, Conn::Cluster(conn)))
+                Ok((
+                    Target::Cluster { blocking },
+                    Conn::Cluster(conn),
+                    major_version,
+                ))
             } else {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -144,14 +173,29 @@ impl Redis {
                 .await
                 .map_err(|_| timed_out(url))?
                 .map_err(|e| unreachable_error(url, e))?;
-                Ok((Target::Single(client), Conn::Managed(manager)))
+                Ok((
+                    Target::Single(client),
+                    Conn::Managed(manager),
+                    major_version,
+                ))
             }
         })?;
         Ok(Redis {
             runtime: ManuallyDrop::new(runtime),
             target,
             commands,
+            major_version,
         })
+    }
+
+    /// Whether scripts may carry flags (`#!lua flags=...`): Redis 7 and newer.
+    pub fn supports_script_flags(&self) -> bool {
+        self.major_version >= 7
+    }
+
+    /// A Redis Cluster: keys of different slots cannot be used in one command.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
     }
 
     /// The shared connection for commands.
@@ -175,7 +219,10 @@ impl Redis {
             .handle()
             .block_on(async { tokio::time::timeout(limit, future).await })
             .map_err(|_| {
-                QueueError::Backend(format!("redis: no answer within {} s", limit.as_secs_f64()))
+                QueueError::Indeterminate(format!(
+                    "redis: no answer within {} s",
+                    limit.as_secs_f64()
+                ))
             })?
             .map_err(backend_error)
     }
@@ -261,6 +308,16 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_read_from_info() {
+        assert_eq!(
+            major_version("# Server\r\nredis_version:7.0.15\r\nredis_mode:x"),
+            7
+        );
+        assert_eq!(major_version("redis_version:6.2.1\n"), 6);
+        assert_eq!(major_version("nothing"), 0);
+    }
 
     #[test]
     fn passwords_are_redacted() {

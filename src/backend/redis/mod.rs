@@ -1,29 +1,22 @@
 //! The Redis backend: jobs shared by any number of processes and hosts.
 //!
-//! Every move between states is one Lua script (`lua/`), so a crash never leaves a job half
-//! moved. Per queue (all keys share the hash tag `{queue}`, one Cluster slot):
+//! Every move between states is one Lua script (`lua/`, one per move, `common.lua` prepended),
+//! so a crash never leaves a job half moved. The files of this folder:
 //!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `waiting` | sorted set | ids, scored priority above a FIFO sequence |
-//! | `delayed` | sorted set | ids by due time (ms) |
-//! | `leases` | sorted set | worker tokens by lease expiry (ms) |
-//! | `active:<token>` | set | the jobs that worker holds |
-//! | `completed`, `failed` | list | ids in finishing order, trimmed by count and age |
-//! | `meta` | hash | paused, retention, totals, the FIFO sequence |
-//! | `wake` | list | markers that wake idle workers blocked in `BLPOP` |
-//! | `j:<id>` | hash | the job: its packed body and its run state |
-//! | `ticks` | hash | the last cron tick claimed, per schedule |
-//!
-//! Leases: a fetch leases its jobs to this process's token (one lease per process and queue,
-//! not per job, so that renewing costs one command however many jobs run). A keeper thread
-//! renews it while the process lives; a sweeper (one per interval across all processes) takes
-//! back the jobs of expired tokens, counting the lost run as an attempt. A settle or release
-//! must find the job in its own active set on the same attempt, so a worker that lost its lease
-//! cannot finish the job afterwards.
+//! - `keys.rs`: the key layout (all keys of a queue in one Cluster slot);
+//! - `scripts.rs`: the script registry;
+//! - `connection.rs`: redis-rs on a private tokio runtime, timeouts, cluster, TLS;
+//! - `codec.rs`: jobs and schedules as Redis stores them;
+//! - `leases.rs`: leases, their renewal and the sweeper, the worker-process registry;
+//! - `wakeups.rs`: how idle workers hear of new jobs;
+//! - this file: storage and look-ups (the `Backend` trait).
 
 mod codec;
 mod connection;
+mod keys;
+mod leases;
+mod scripts;
+mod wakeups;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,146 +27,45 @@ use std::time::{Duration, Instant};
 use redis::{Cmd, FromRedisValue, Script, Value};
 
 use self::codec::{
-    decode_job, decode_jobs, decode_leased, decode_schedule, encode_body, encode_schedule, millis,
+    bytes_of, decode_job, decode_jobs, decode_leased, decode_schedule, encode_body,
+    encode_schedule, millis, Leased,
 };
 use self::connection::{Redis, COMMAND_TIMEOUT};
+use self::keys::{GlobalKeys, RedisQueue};
+use self::scripts::{eval_cmd, Scripts};
+use self::wakeups::Wakeups;
 use super::{
-    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, Retention, ScheduleRecord, Settlement,
-    Totals,
+    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, QueueDeclaration, Retention,
+    ScheduleRecord, Settlement, Totals,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{now, Job, JobId, JobState, Timestamp};
+use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
 
 /// Jobs per push script; a larger batch is several scripts in one MULTI/EXEC round trip.
 const PUSH_CHUNK: usize = 1000;
+/// A push whose reply never came is tried again (with the same ids: a try that landed is found,
+/// never stored twice) for this long; then its outcome is reported as unknown.
+const PUSH_RETRY_FOR: Duration = Duration::from_secs(10);
 /// How many pushed jobs `remember_pushed` keeps track of (then it starts over).
 const PUSHED_HERE_LIMIT: usize = 100_000;
 /// How often a wait for a finished job or an idle queue re-reads state that other processes
 /// change: the first and the last interval (this process's own settles wake it at once).
 const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
-/// A leased job this process no longer lists as held is taken back only this long (and a
-/// lease) after it was leased: a fetch's reply is used within `COMMAND_TIMEOUT` of the script
-/// running or not at all, so it cannot still be on its way then.
-const ORPHAN_AFTER: Duration = Duration::from_secs(COMMAND_TIMEOUT.as_secs() + 2);
-/// How long `wake` waits for Redis.
-const WAKE_TIMEOUT: Duration = Duration::from_millis(250);
-/// Waits shorter than this are timed here rather than by a Redis `BLPOP` timeout.
-const PRECISE_WAIT: Duration = Duration::from_millis(150);
-/// Retention for a queue declared again without settings of its own (the engine's defaults).
-const DEFAULT_RETENTION: Retention = Retention {
-    ttl: 86_400.0,
-    keep_completed: 10_000,
-    keep_failed: 100_000,
-};
-const LEASE_LOST: &str =
-    "LeaseExpired: the worker running this job stopped renewing its lease (it died or lost Redis)";
-
-const COMMON: &str = include_str!("lua/common.lua");
-
-struct Scripts {
-    push: Script,
-    fetch: Script,
-    settle: Script,
-    release: Script,
-    renew: Script,
-    sweep: Script,
-    tick: Script,
-    counts: Script,
-    list: Script,
-    admin: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        let queue_script = |body: &str| Script::new(&format!("{COMMON}\n{body}"));
-        Scripts {
-            push: queue_script(include_str!("lua/push.lua")),
-            fetch: queue_script(include_str!("lua/fetch.lua")),
-            settle: queue_script(include_str!("lua/settle.lua")),
-            release: queue_script(include_str!("lua/release.lua")),
-            renew: queue_script(include_str!("lua/renew.lua")),
-            sweep: queue_script(include_str!("lua/sweep.lua")),
-            tick: queue_script(include_str!("lua/tick.lua")),
-            counts: queue_script(include_str!("lua/counts.lua")),
-            list: queue_script(include_str!("lua/list.lua")),
-            admin: queue_script(include_str!("lua/admin.lua")),
-        }
-    }
-}
-
-/// Indices into `RedisQueue::keys`, in the order the scripts take them.
-const WAKE: usize = 6;
-const BASE: usize = 7;
-
-/// What this process knows about one queue.
-struct RedisQueue {
-    name: Arc<str>,
-    /// waiting, delayed, leases, completed, failed, meta, wake, and the key prefix itself.
-    keys: [String; 8],
-    /// Jobs this process holds a lease on, with the attempt it holds.
-    held: Mutex<HashMap<JobId, u32>>,
-    /// The retention last declared here, to declare the queue again if another process
-    /// deletes it while this one still pushes to it.
-    retention: Mutex<Option<Retention>>,
-    listen: Mutex<Listen>,
-    heard: Condvar,
-    /// The connection the listener blocks on, kept between waits.
-    blocking: Mutex<Option<connection::Conn>>,
-}
-
-/// One thread per process and queue blocks on Redis for a wake-up; the others wait for it here.
-#[derive(Default)]
-struct Listen {
-    listening: bool,
-    /// Bumped each time the listener returns.
-    generation: u64,
-}
-
-impl RedisQueue {
-    fn new(prefix: &str, name: &str) -> Self {
-        let base = format!("{prefix}:{{{}}}:", hash_tag(name));
-        let key = |suffix: &str| format!("{base}{suffix}");
-        RedisQueue {
-            name: Arc::from(name),
-            keys: [
-                key("waiting"),
-                key("delayed"),
-                key("leases"),
-                key("completed"),
-                key("failed"),
-                key("meta"),
-                key("wake"),
-                base.clone(),
-            ],
-            held: Mutex::new(HashMap::new()),
-            retention: Mutex::new(None),
-            listen: Mutex::new(Listen::default()),
-            heard: Condvar::new(),
-            blocking: Mutex::new(None),
-        }
-    }
-
-    fn job_key(&self, id: JobId) -> String {
-        format!("{}j:{id}", self.keys[BASE])
-    }
-}
-
-/// The hash tag of a queue: its name, unless braces in it would end the tag early (then `#`
-/// and its bytes in hex, as for a name that starts with `#`, so no two names share a tag), so
-/// that all keys of a queue land in one Cluster slot.
-fn hash_tag(name: &str) -> String {
-    if name.contains(['{', '}']) || name.starts_with('#') {
-        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("#{hex}")
-    } else {
-        name.to_string()
-    }
-}
+/// The queue records kept here beyond this many, unused, are dropped (and made again on use).
+const QUEUE_HANDLES: usize = 1024;
+/// Commands per pipelined round trip when many queues are read at once.
+const PIPELINE_CHUNK: usize = 500;
+/// The error a job whose stored record cannot be read fails with.
+const UNREADABLE: &str = "BackendError: the stored job cannot be read";
+/// The error of a run handed back at exit (its worker's shutdown timeout expired).
+const HANDED_BACK: &str = "WorkerStopped: the worker process was stopped while this job ran \
+     (its shutdown timeout expired); the run was lost";
 
 struct Shared {
-    redis: Redis,
+    redis: Arc<Redis>,
     prefix: String,
+    keys: GlobalKeys,
     /// This process's lease token: a fresh one for every backend (and so for a forked child).
     token: String,
     lease: Duration,
@@ -182,6 +74,7 @@ struct Shared {
     /// The queue of each job recently pushed from this process (see `remember_pushed`).
     pushed_here: Mutex<HashMap<JobId, Arc<str>>>,
     finished: FinishSignal,
+    wakeups: Arc<Wakeups>,
     stopping: Mutex<bool>,
     stop: Condvar,
 }
@@ -202,21 +95,26 @@ pub struct RedisOptions {
 impl RedisBackend {
     pub fn connect(options: &RedisOptions) -> Result<Self> {
         if options.prefix.is_empty() || options.prefix.contains(['{', '}']) {
-            return Err(QueueError::InvalidJob(format!(
+            return Err(QueueError::config(format!(
                 "the redis prefix must be non-empty and without braces, got {:?}",
                 options.prefix
             )));
         }
-        let redis = Redis::connect(&options.url)?;
+        let redis = Arc::new(Redis::connect(&options.url)?);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let keys = GlobalKeys::new(&options.prefix, &token);
+        let wakeups = Arc::new(Wakeups::new(redis.is_cluster(), keys.own_wake.clone()));
         let shared = Arc::new(Shared {
+            scripts: Scripts::new(redis.supports_script_flags()),
             redis,
             prefix: options.prefix.clone(),
-            token: uuid::Uuid::new_v4().simple().to_string(),
+            keys,
+            token,
             lease: options.lease.max(Duration::from_millis(10)),
-            scripts: Scripts::new(),
             queues: RwLock::new(HashMap::new()),
             pushed_here: Mutex::new(HashMap::new()),
             finished: FinishSignal::default(),
+            wakeups,
             stopping: Mutex::new(false),
             stop: Condvar::new(),
         });
@@ -243,24 +141,28 @@ impl RedisBackend {
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         self.stop_keeper();
+        self.shared.wakeups.stop(&self.shared.redis);
     }
 }
 
 impl Shared {
-    fn global_key(&self, name: &str) -> String {
-        format!("{}:{name}", self.prefix)
-    }
-
     fn queue(&self, name: &str) -> Arc<RedisQueue> {
         if let Some(queue) = self.queues.read().get(name) {
             return queue.clone();
         }
         let queue = Arc::new(RedisQueue::new(&self.prefix, name));
-        self.queues
-            .write()
-            .entry(queue.name.clone())
-            .or_insert(queue)
-            .clone()
+        let mut queues = self.queues.write();
+        if queues.len() >= QUEUE_HANDLES {
+            // Bounded: records nobody uses now (no held jobs, no waiters) are dropped; they
+            // hold nothing that cannot be made again.
+            queues.retain(|_, q| {
+                Arc::strong_count(q) > 1
+                    || !q.held.lock().is_empty()
+                    || q.unsure.load(Ordering::Acquire)
+                    || q.registered.load(Ordering::Acquire)
+            });
+        }
+        queues.entry(queue.name.clone()).or_insert(queue).clone()
     }
 
     /// Runs a queue script (EVALSHA, loading it first where Redis lost it): the queue's keys,
@@ -277,12 +179,8 @@ impl Shared {
     }
 
     fn eval<T: FromRedisValue>(&self, script: &Script, cmd: Cmd) -> Result<T> {
-        self.eval_for(COMMAND_TIMEOUT, script, cmd)
-    }
-
-    fn eval_for<T: FromRedisValue>(&self, limit: Duration, script: &Script, cmd: Cmd) -> Result<T> {
         let mut conn = self.redis.conn();
-        self.redis.run_for(limit, async move {
+        self.redis.run_for(COMMAND_TIMEOUT, async move {
             match cmd.query_async(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -301,39 +199,128 @@ impl Shared {
             .run(async move { cmd.query_async(&mut conn).await })
     }
 
+    /// Commands in pipelined round trips (`script` loaded first when they run it).
+    fn pipelined(&self, script: Option<&Script>, cmds: Vec<Cmd>) -> Result<Vec<Value>> {
+        let mut replies = Vec::with_capacity(cmds.len());
+        if cmds.is_empty() {
+            return Ok(replies);
+        }
+        if let Some(script) = script {
+            let mut conn = self.redis.conn();
+            self.redis
+                .run(async move { script.load_async(&mut conn).await })?;
+        }
+        for chunk in cmds.chunks(PIPELINE_CHUNK) {
+            let chunk_replies: Vec<Value> = if self.redis.is_cluster() {
+                // A cluster pipeline cannot span slots: the commands go out at once, each to
+                // its node, and are awaited together.
+                let conn = self.redis.conn();
+                let script = script.cloned();
+                self.redis.run(async move {
+                    let mut running = tokio::task::JoinSet::new();
+                    for (index, cmd) in chunk.iter().cloned().enumerate() {
+                        let mut conn = conn.clone();
+                        let script = script.clone();
+                        running.spawn(async move {
+                            let reply = match cmd.query_async::<Value>(&mut conn).await {
+                                // A node that lost the script loads it again.
+                                Err(e)
+                                    if e.kind()
+                                        == redis::ErrorKind::Server(
+                                            redis::ServerErrorKind::NoScript,
+                                        ) =>
+                                {
+                                    match &script {
+                                        Some(script) => match script.load_async(&mut conn).await {
+                                            Ok(_) => cmd.query_async(&mut conn).await,
+                                            Err(e) => Err(e),
+                                        },
+                                        None => Err(e),
+                                    }
+                                }
+                                other => other,
+                            };
+                            (index, reply)
+                        });
+                    }
+                    let mut replies = vec![Value::Nil; chunk.len()];
+                    while let Some(done) = running.join_next().await {
+                        let (index, reply) = done.map_err(|e| {
+                            redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "a cluster command task failed",
+                                e.to_string(),
+                            ))
+                        })?;
+                        replies[index] = reply?;
+                    }
+                    Ok(replies)
+                })?
+            } else {
+                let mut pipe = redis::pipe();
+                for cmd in chunk {
+                    pipe.add_command(cmd.clone());
+                }
+                let mut conn = self.redis.conn();
+                self.redis
+                    .run(async move { pipe.query_async(&mut conn).await })?
+            };
+            replies.extend(chunk_replies);
+        }
+        Ok(replies)
+    }
+
     fn queue_names(&self) -> Result<Vec<String>> {
-        let mut names: Vec<String> =
-            self.command(redis::Cmd::smembers(self.global_key("queues")))?;
+        let mut names: Vec<String> = self.command(redis::Cmd::smembers(&self.keys.queues))?;
         names.sort();
         Ok(names)
     }
 
-    fn counts(&self, queue: &RedisQueue) -> Result<(QueueCounts, u64)> {
-        let c: Vec<u64> = self.invoke(&self.scripts.counts, queue, |_| {})?;
-        let at = |i: usize| c.get(i).copied().unwrap_or(0);
-        Ok((
-            QueueCounts {
-                waiting: at(0),
-                delayed: at(1),
-                active: at(2),
-                completed: at(3),
-                failed: at(4),
-                paused: at(6) == 1,
-            },
-            at(5),
-        ))
+    /// Counts and the retried total of queues, in pipelined round trips.
+    fn counts_of(&self, names: &[String]) -> Result<Vec<(QueueCounts, u64)>> {
+        let cmds = names
+            .iter()
+            .map(|name| eval_cmd(&self.scripts.counts, &self.queue(name).keys))
+            .collect();
+        self.pipelined(Some(&self.scripts.counts), cmds)?
+            .iter()
+            .map(|reply| {
+                let c: Vec<u64> = FromRedisValue::from_redis_value(reply.clone()).map_err(|e| {
+                    QueueError::Backend(format!("redis: unexpected counts reply: {e}"))
+                })?;
+                let at = |i: usize| c.get(i).copied().unwrap_or(0);
+                Ok((
+                    QueueCounts {
+                        waiting: at(0),
+                        delayed: at(1),
+                        active: at(2),
+                        completed: at(3),
+                        failed: at(4),
+                        paused: at(6) == 1,
+                    },
+                    at(5),
+                ))
+            })
+            .collect()
     }
 
     /// The leased jobs of one fetch, and when the next delayed job is due (ms, or -1).
     fn take(&self, queue: &RedisQueue, request: FetchRequest) -> Result<(i64, Vec<Job>)> {
         let at = now();
-        let reply: Value = self.invoke(&self.scripts.fetch, queue, |cmd| {
+        let reply: Result<Value> = self.invoke(&self.scripts.fetch, queue, |cmd| {
             cmd.arg(millis(at))
                 .arg(at.to_string())
                 .arg(request.max.max(1))
                 .arg(request.share.max(1))
                 .arg(&self.token)
-                .arg(self.lease.as_millis() as u64);
+                .arg(self.lease.as_millis() as u64)
+                .arg(if request.start_all { "1" } else { "0" });
+        });
+        let reply = reply.inspect_err(|error| {
+            if matches!(error, QueueError::Indeterminate(_)) {
+                // Jobs may have been leased with no reply: renew (and so take them back).
+                queue.unsure.store(true, Ordering::Release);
+            }
         })?;
         let Value::Array(parts) = reply else {
             return Err(QueueError::Backend("redis: unexpected fetch reply".into()));
@@ -342,65 +329,52 @@ impl Shared {
             Some(Value::Int(due)) => *due,
             _ => -1,
         };
-        let jobs = match parts.get(1) {
-            Some(list) => decode_leased(&queue.name, list, at)?,
+        let leased = match parts.get(1) {
+            Some(list) => decode_leased(&queue.name, list, at),
             None => Vec::new(),
         };
+        let mut jobs = Vec::with_capacity(leased.len());
+        let mut unreadable = Vec::new();
+        for one in leased {
+            match one {
+                Leased::Job(job) => jobs.push(job),
+                Leased::Unreadable { id, run, error } => unreadable.push((id, run, error)),
+            }
+        }
+        if !unreadable.is_empty() {
+            self.fail_unreadable(queue, &unreadable);
+        }
         Ok((next_due, jobs))
     }
 
-    /// Waits for a wake-up of the queue, until `until` at most. One thread per queue blocks on
-    /// Redis (`BLPOP` on the queue's wake list and this process's own); the others wait for it.
-    fn await_signal(
-        &self,
-        queue: &RedisQueue,
-        seen: u64,
-        until: Instant,
-        cancel: &AtomicBool,
-    ) -> Result<()> {
-        let mut listen = queue.listen.lock();
-        if listen.generation != seen || cancel.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // Redis times blocking calls out at its own pace (every 100 ms when idle): a delayed
-        // job due within that is waited for here, to start on time.
-        if listen.listening || until.saturating_duration_since(Instant::now()) < PRECISE_WAIT {
-            let _ = queue.heard.wait_until(listen, until);
-            return Ok(());
-        }
-        listen.listening = true;
-        drop(listen);
-        let heard = self.block_on_wake(queue, until);
-        let mut listen = queue.listen.lock();
-        listen.listening = false;
-        listen.generation += 1;
-        queue.heard.notify_all();
-        heard
-    }
-
-    fn block_on_wake(&self, queue: &RedisQueue, until: Instant) -> Result<()> {
-        let wait = until
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(10));
-        let taken = queue.blocking.lock().take();
-        let mut conn = match taken {
-            Some(conn) => conn,
-            None => self.redis.dedicated()?,
-        };
-        let own = format!("{}wake:{}", queue.keys[BASE], self.token);
-        let mut blpop = redis::cmd("BLPOP");
-        blpop
-            .arg(&queue.keys[WAKE])
-            .arg(&own)
-            .arg(wait.as_secs_f64());
-        let heard: Result<Value> = self.redis.run_for(wait + COMMAND_TIMEOUT, async {
-            blpop.query_async(&mut conn).await
+    /// Fails, on their own, leased jobs whose record cannot be read: retrying cannot help, and
+    /// they must not hold back the jobs fetched with them.
+    fn fail_unreadable(&self, queue: &RedisQueue, jobs: &[(String, u32, String)]) {
+        let at = now();
+        let failed: Result<i64> = self.invoke(&self.scripts.settle, queue, |cmd| {
+            cmd.arg(millis(at)).arg(&self.token).arg(jobs.len());
+            for (id, run, error) in jobs {
+                cmd.arg(id)
+                    .arg(run)
+                    .arg("f")
+                    .arg(at.to_string())
+                    .arg(format!("{UNREADABLE}: {error}"));
+                optional_text(cmd, None);
+            }
         });
-        // A connection that failed is dropped; the next wait opens a new one.
-        if heard.is_ok() {
-            *queue.blocking.lock() = Some(conn);
+        for (id, _, error) in jobs {
+            log::error!(
+                target: "rnode_queue",
+                "queue {:?}: job {id} cannot be read ({error}); it is failed{}",
+                &*queue.name,
+                match &failed {
+                    Ok(_) => String::new(),
+                    Err(e) => format!(
+                        " once its lease expires (recording the failure failed too: {e})"
+                    ),
+                }
+            );
         }
-        heard.map(|_| ())
     }
 
     fn settle_acks(&self, queue: &RedisQueue, acks: &[Ack]) -> Result<i64> {
@@ -440,108 +414,20 @@ impl Shared {
         })
     }
 
-    /// Renews this process's leases and, every sweep interval, takes back expired ones.
-    fn keep_leases(self: Arc<Self>) {
-        let renew_every = self.lease / 3;
-        let sweep_every = (self.lease / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let mut next_sweep = Instant::now();
-        let mut next_renew = Instant::now() + renew_every;
-        loop {
-            {
-                let until = next_sweep.min(next_renew);
-                let mut stopping = self.stopping.lock();
-                while !*stopping && Instant::now() < until {
-                    stopping = self.stop.wait_until(stopping, until).0;
-                }
-                if *stopping {
-                    return;
-                }
-            }
-            let now_instant = Instant::now();
-            if now_instant >= next_renew {
-                self.renew_leases();
-                next_renew = now_instant + renew_every;
-            }
-            if now_instant >= next_sweep {
-                self.sweep(sweep_every);
-                next_sweep = now_instant + sweep_every;
-            }
-        }
-    }
-
-    fn renew_leases(&self) {
-        let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
-        for queue in queues {
-            if *self.stopping.lock() {
-                return;
-            }
-            let held: Vec<(JobId, u32)> = queue
-                .held
-                .lock()
-                .iter()
-                .map(|(id, attempt)| (*id, *attempt))
-                .collect();
-            if held.is_empty() {
-                continue;
-            }
-            let at = now();
-            let renewed: Result<i64> = self.invoke(&self.scripts.renew, &queue, |cmd| {
-                cmd.arg(&self.token)
-                    .arg(self.lease.as_millis() as u64)
-                    .arg(at.to_string())
-                    .arg(LEASE_LOST)
-                    .arg(ORPHAN_AFTER.as_millis() as u64);
-                for (id, _) in &held {
-                    cmd.arg(id.to_string());
-                }
-            });
-            if let Ok(0) = renewed {
-                // Expired and swept: those runs are someone else's now (a fetch made since
-                // then holds a new lease and stays).
-                let mut current = queue.held.lock();
-                for (id, attempt) in held {
-                    if current.get(&id) == Some(&attempt) {
-                        current.remove(&id);
-                    }
-                }
-            }
-        }
-    }
-
-    fn sweep(&self, every: Duration) {
-        let Ok(names) = self.queue_names() else {
-            return;
-        };
-        for name in names {
-            if *self.stopping.lock() {
-                return;
-            }
-            let queue = self.queue(&name);
-            let _: Result<i64> = self.invoke(&self.scripts.sweep, &queue, |cmd| {
-                cmd.arg(now().to_string())
-                    .arg(&self.token)
-                    .arg(every.as_millis() as u64)
-                    .arg(LEASE_LOST);
-            });
-        }
-    }
-
     /// Whether the queue (or every queue) has no waiting, delayed or active job.
     fn all_idle(&self, queue: Option<&str>) -> Result<bool> {
         let names = match queue {
             Some(name) => vec![name.to_string()],
             None => self.queue_names()?,
         };
-        for name in names {
-            let (counts, _) = self.counts(&self.queue(&name))?;
-            if counts.waiting + counts.delayed + counts.active > 0 {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        Ok(self
+            .counts_of(&names)?
+            .iter()
+            .all(|(counts, _)| counts.waiting + counts.delayed + counts.active == 0))
     }
 
-    /// Finds a job in whichever queue holds it.
+    /// Finds a job in whichever queue holds it: at once for one pushed here, otherwise by
+    /// asking every queue in pipelined round trips.
     fn find_job(&self, id: JobId) -> Result<Option<Job>> {
         let pushed_to = self.pushed_here.lock().get(&id).cloned();
         if let Some(name) = &pushed_to {
@@ -549,12 +435,21 @@ impl Shared {
                 return Ok(Some(job));
             }
         }
-        for name in self.queue_names()? {
-            if pushed_to.as_deref() == Some(name.as_str()) {
-                continue;
-            }
-            if let Some(job) = self.read_job(&self.queue(&name), id)? {
-                return Ok(Some(job));
+        let names: Vec<String> = self
+            .queue_names()?
+            .into_iter()
+            .filter(|name| pushed_to.as_deref() != Some(name.as_str()))
+            .collect();
+        let cmds = names
+            .iter()
+            .map(|name| redis::Cmd::exists(self.queue(name).job_key(id)))
+            .collect();
+        let found = self.pipelined(None, cmds)?;
+        for (name, exists) in names.iter().zip(found) {
+            if matches!(exists, Value::Int(1)) {
+                if let Some(job) = self.read_job(&self.queue(name), id)? {
+                    return Ok(Some(job));
+                }
             }
         }
         Ok(None)
@@ -577,30 +472,66 @@ impl Shared {
         }
     }
 
-    /// Stores jobs; with a cron tick, only if that tick was not claimed yet.
+    /// Stores jobs; with a cron tick, only if that tick was not claimed yet. A try whose reply
+    /// never came (a timeout, a lost connection) is made again with the same ids: if the first
+    /// landed, the second finds its jobs stored. Returns whether they were stored (false: the
+    /// tick was claimed before).
     fn store(
         &self,
         queue: &RedisQueue,
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
     ) -> Result<bool> {
-        // A queue deleted by another process while this one still knew it is declared again;
-        // a few times, since deletions may keep racing with this push.
-        for _ in 0..3 {
-            let stored = self.store_once(queue, jobs, tick)?;
-            if stored >= 0 {
-                return Ok(stored == 1);
-            }
-            let retention = queue.retention.lock().unwrap_or(DEFAULT_RETENTION);
-            self.declare(queue, retention, false)?;
+        let give_up = Instant::now() + PUSH_RETRY_FOR;
+        let mut unanswered = 0;
+        loop {
+            let outcome = match self.store_once(queue, jobs, tick) {
+                Ok(1) => Ok(true),
+                Ok(0) => Ok(false),
+                Ok(-1) => Err(QueueError::UnknownQueue(queue.name.to_string())),
+                // The ids are stored: by an earlier try of this push whose reply was lost.
+                Ok(-2) if unanswered > 0 => Ok(true),
+                Ok(-2) => Err(QueueError::DuplicateJob(format!(
+                    "queue {:?} already holds a job with one of these ids: nothing was pushed",
+                    &*queue.name
+                ))),
+                Ok(other) => Err(QueueError::Backend(format!(
+                    "redis: unexpected push reply {other}"
+                ))),
+                Err(QueueError::Indeterminate(message)) if Instant::now() < give_up => {
+                    unanswered += 1;
+                    log::warn!(
+                        target: "rnode_queue",
+                        "a push of {} job(s) to queue {:?} got no answer ({message}); trying \
+                         again with the same ids",
+                        jobs.len(),
+                        &*queue.name
+                    );
+                    thread::sleep(
+                        Duration::from_millis(100)
+                            .min(give_up.saturating_duration_since(Instant::now())),
+                    );
+                    continue;
+                }
+                Err(error) if unanswered > 0 && error.is_backend() => {
+                    Err(QueueError::PushOutcomeUnknown {
+                        message: format!(
+                            "the push of {} job(s) to queue {:?} may or may not have been \
+                             stored: Redis did not answer ({error}); get_job tells, for each \
+                             of the ids this error carries",
+                            jobs.len(),
+                            &*queue.name
+                        ),
+                        ids: jobs.iter().map(|job| job.id).collect(),
+                    })
+                }
+                Err(error) => Err(error),
+            };
+            return outcome;
         }
-        Err(QueueError::Backend(format!(
-            "redis: queue {:?} kept being deleted while this push declared it again",
-            &*queue.name
-        )))
     }
 
-    /// One attempt of `store`: 1 stored, 0 the tick was claimed before, -1 the queue is gone.
+    /// One try of `store`: the push script's reply.
     fn store_once(
         &self,
         queue: &RedisQueue,
@@ -656,29 +587,43 @@ impl Shared {
     /// then removes the record) racing with this either removes the record after both steps,
     /// so the next push declares it again, or is over before the name is listed. The other
     /// order could leave a record, and jobs, under a name nobody lists.
-    fn declare(&self, queue: &RedisQueue, retention: Retention, replace: bool) -> Result<()> {
+    fn declare(
+        &self,
+        queue: &RedisQueue,
+        declaration: &QueueDeclaration,
+        replace: bool,
+    ) -> Result<QueueDeclaration> {
+        let retention = declaration.retention;
         let ttl_ms = (retention.ttl * 1000.0).round() as i64;
-        let _: i64 = self.invoke(&self.scripts.admin, queue, |cmd| {
+        let stored: Value = self.invoke(&self.scripts.admin, queue, |cmd| {
             cmd.arg("declare")
                 .arg(if replace { "1" } else { "0" })
                 .arg(ttl_ms)
                 .arg(retention.keep_completed)
-                .arg(retention.keep_failed);
+                .arg(retention.keep_failed)
+                .arg(&*declaration.settings);
         })?;
-        let _: i64 = self.command(redis::Cmd::sadd(self.global_key("queues"), &*queue.name))?;
-        *queue.retention.lock() = Some(retention);
-        Ok(())
+        let _: i64 = self.command(redis::Cmd::sadd(&self.keys.queues, &*queue.name))?;
+        Ok(stored_declaration(&stored).unwrap_or_else(|| declaration.clone()))
     }
 }
 
-/// `EVALSHA` of a script with these keys; arguments follow.
-fn eval_cmd(script: &Script, keys: &[String]) -> Cmd {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.get_hash()).arg(keys.len());
-    for key in keys {
-        cmd.arg(key);
-    }
-    cmd
+/// `{ttl_ms, keep_completed, keep_failed, settings}` as the admin script returns it; `None` for
+/// a queue with no record.
+fn stored_declaration(reply: &Value) -> Option<QueueDeclaration> {
+    let Value::Array(fields) = reply else {
+        return None;
+    };
+    let text = |i: usize| fields.get(i).and_then(bytes_of);
+    let number = |i: usize| -> Option<f64> { std::str::from_utf8(text(i)?).ok()?.parse().ok() };
+    Some(QueueDeclaration {
+        retention: Retention {
+            ttl: number(0)? / 1000.0,
+            keep_completed: number(1)? as usize,
+            keep_failed: number(2)? as usize,
+        },
+        settings: Payload::from(text(3).unwrap_or_default()),
+    })
 }
 
 fn optional_text(cmd: &mut Cmd, text: Option<&str>) {
@@ -697,9 +642,30 @@ impl Backend for RedisBackend {
         true
     }
 
-    fn declare_queue(&self, queue: &Arc<str>, retention: Retention, replace: bool) -> Result<()> {
+    fn declare_queue(
+        &self,
+        queue: &Arc<str>,
+        declaration: &QueueDeclaration,
+        replace: bool,
+    ) -> Result<QueueDeclaration> {
         let s = &self.shared;
-        s.declare(&s.queue(queue), retention, replace)
+        s.declare(&s.queue(queue), declaration, replace)
+    }
+
+    fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>> {
+        let s = &self.shared;
+        let cmds = queues
+            .iter()
+            .map(|name| {
+                let mut cmd = eval_cmd(&s.scripts.admin, &s.queue(name).keys);
+                cmd.arg("settings");
+                cmd
+            })
+            .collect();
+        Ok(s.pipelined(Some(&s.scripts.admin), cmds)?
+            .iter()
+            .map(stored_declaration)
+            .collect())
     }
 
     fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
@@ -729,6 +695,7 @@ impl Backend for RedisBackend {
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
         let s = &self.shared;
         let handle = s.queue(queue);
+        s.register(&handle)?;
         let deadline = Instant::now() + request.wait;
         loop {
             if cancel.load(Ordering::Acquire) {
@@ -750,7 +717,10 @@ impl Backend for RedisBackend {
                 let due_in = (next_due - millis(now())).max(1) as u64;
                 until = until.min(now_instant + Duration::from_millis(due_in));
             }
-            s.await_signal(&handle, seen, until, cancel)?;
+            if cancel.load(Ordering::Acquire) {
+                return Ok(Vec::new());
+            }
+            s.wakeups.wait(&s.redis, &s.token, &handle, seen, until)?;
         }
     }
 
@@ -765,12 +735,21 @@ impl Backend for RedisBackend {
         let give_up = Instant::now() + s.lease / 2;
         let result = loop {
             match s.settle_acks(&handle, &acks) {
-                Err(QueueError::Backend(_)) if Instant::now() < give_up => {
+                Err(error) if error.is_backend() && Instant::now() < give_up => {
+                    log::debug!(
+                        target: "rnode_queue",
+                        "recording {} result(s) of queue {queue:?} failed ({error}); retrying",
+                        acks.len()
+                    );
                     thread::sleep(Duration::from_millis(200));
                 }
                 other => break other,
             }
         };
+        if result.is_err() {
+            // Their leases may still hold them: renewal takes them back once due.
+            handle.unsure.store(true, Ordering::Release);
+        }
         {
             // Only the run acked: a newer run of the same job in this process keeps its lease.
             let mut held = handle.held.lock();
@@ -788,21 +767,28 @@ impl Backend for RedisBackend {
         if jobs.is_empty() {
             return Ok(());
         }
-        let s = &self.shared;
-        let handle = s.queue(queue);
-        let released: Result<i64> = s.invoke(&s.scripts.release, &handle, |cmd| {
-            cmd.arg(&s.token).arg(jobs.len());
-            for job in jobs {
-                cmd.arg(job.id.to_string()).arg(job.attempts);
-            }
-        });
-        let mut held = handle.held.lock();
-        for job in jobs {
-            if held.get(&job.id) == Some(&job.attempts) {
-                held.remove(&job.id);
-            }
+        let runs: Vec<(JobId, u32)> = jobs.iter().map(|job| (job.id, job.attempts)).collect();
+        self.shared
+            .give_back(queue, &runs, "unstarted", "")
+            .map(|_| ())
+    }
+
+    fn mark_started(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
         }
-        released.map(|_| ())
+        let s = &self.shared;
+        let _: i64 = s.invoke(&s.scripts.started, &s.queue(queue), |cmd| {
+            cmd.arg(&s.token).arg(runs.len());
+            for (id, run) in runs {
+                cmd.arg(id.to_string()).arg(run);
+            }
+        })?;
+        Ok(())
+    }
+
+    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<usize> {
+        self.shared.give_back(queue, runs, "abandoned", HANDED_BACK)
     }
 
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
@@ -819,15 +805,8 @@ impl Backend for RedisBackend {
         let Some(handle) = s.queues.read().get(queue).cloned() else {
             return;
         };
-        if handle.listen.lock().listening {
-            // Best effort and brief: a stop must not wait for a Redis that does not answer
-            // (the listener's BLPOP then ends by its own timeout).
-            let mut cmd = eval_cmd(&s.scripts.admin, &handle.keys);
-            cmd.arg("wake").arg(&s.token);
-            let _: Result<i64> = s.eval_for(WAKE_TIMEOUT, &s.scripts.admin, cmd);
-        }
-        let _listen = handle.listen.lock();
-        handle.heard.notify_all();
+        s.wakeups
+            .wake(&s.redis, &s.token, &handle, &s.scripts.admin);
     }
 
     fn get_job(&self, id: JobId) -> Result<Option<Job>> {
@@ -852,7 +831,7 @@ impl Backend for RedisBackend {
             let reply: Value = s.invoke(&s.scripts.list, &handle, |cmd| {
                 cmd.arg(index).arg(limit - jobs.len());
             })?;
-            jobs.extend(decode_jobs(&handle.name, &reply)?);
+            jobs.extend(decode_jobs(&handle.name, &reply));
         }
         jobs.truncate(limit);
         Ok(jobs)
@@ -860,16 +839,13 @@ impl Backend for RedisBackend {
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {
         let s = &self.shared;
-        for name in s.queue_names()? {
-            let handle = s.queue(&name);
-            let outcome: i64 = s.invoke(&s.scripts.admin, &handle, |cmd| {
-                cmd.arg("retry").arg(id.to_string());
-            })?;
-            if outcome >= 0 {
-                return Ok(outcome == 1);
-            }
-        }
-        Ok(false)
+        let Some(job) = s.find_job(id)? else {
+            return Ok(false);
+        };
+        let outcome: i64 = s.invoke(&s.scripts.admin, &s.queue(&job.queue), |cmd| {
+            cmd.arg("retry").arg(id.to_string());
+        })?;
+        Ok(outcome == 1)
     }
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
@@ -903,7 +879,7 @@ impl Backend for RedisBackend {
         let handle = s.queue(queue);
         // Unlisted first: a push that lands meanwhile is either deleted by a later chunk or
         // finds the queue gone and declares (and lists) it again.
-        let listed: i64 = s.command(redis::Cmd::srem(s.global_key("queues"), queue))?;
+        let listed: i64 = s.command(redis::Cmd::srem(&s.keys.queues, queue))?;
         let mut removed = 0;
         loop {
             let chunk: usize = s.invoke(&s.scripts.admin, &handle, |cmd| {
@@ -915,17 +891,23 @@ impl Backend for RedisBackend {
             }
         }
         s.queues.write().remove(queue);
-        {
-            let _listen = handle.listen.lock();
-            handle.heard.notify_all();
-        }
+        handle.heard();
         s.finished.notify();
         Ok(listed > 0 || removed > 0)
     }
 
     fn counts(&self, queue: &str) -> Result<QueueCounts> {
-        let s = &self.shared;
-        Ok(s.counts(&s.queue(queue))?.0)
+        let counts = self.shared.counts_of(&[queue.to_string()])?;
+        Ok(counts.first().map(|(c, _)| *c).unwrap_or_default())
+    }
+
+    fn counts_of(&self, queues: &[String]) -> Result<Vec<Option<QueueCounts>>> {
+        Ok(self
+            .shared
+            .counts_of(queues)?
+            .into_iter()
+            .map(|(counts, _)| Some(counts))
+            .collect())
     }
 
     fn queue_names(&self) -> Result<Vec<String>> {
@@ -935,8 +917,7 @@ impl Backend for RedisBackend {
     fn totals(&self) -> Result<Totals> {
         let s = &self.shared;
         let mut totals = Totals::default();
-        for name in s.queue_names()? {
-            let (counts, retried) = s.counts(&s.queue(&name))?;
+        for (counts, retried) in s.counts_of(&s.queue_names()?)? {
             totals.processed += counts.completed;
             totals.failed += counts.failed;
             totals.retried += retried;
@@ -970,24 +951,26 @@ impl Backend for RedisBackend {
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
         let s = &self.shared;
         let text = encode_schedule(schedule)?;
-        let _: i64 = s.command(redis::Cmd::hset(
-            s.global_key("schedules"),
-            &*schedule.id,
-            text,
-        ))?;
+        let _: i64 = s.command(redis::Cmd::hset(&s.keys.schedules, &*schedule.id, text))?;
         Ok(())
     }
 
     fn remove_schedule(&self, id: &str) -> Result<bool> {
         let s = &self.shared;
-        let removed: i64 = s.command(redis::Cmd::hdel(s.global_key("schedules"), id))?;
+        let stored: Option<Vec<u8>> = s.command(redis::Cmd::hget(&s.keys.schedules, id))?;
+        let removed: i64 = s.command(redis::Cmd::hdel(&s.keys.schedules, id))?;
+        // Its queue forgets its last tick: nothing of a removed schedule stays behind.
+        if let Some(record) = stored.and_then(|text| decode_schedule(&text).ok()) {
+            let _: i64 = s.invoke(&s.scripts.admin, &s.queue(&record.queue), |cmd| {
+                cmd.arg("untick").arg(id);
+            })?;
+        }
         Ok(removed > 0)
     }
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
         let s = &self.shared;
-        let stored: HashMap<String, Vec<u8>> =
-            s.command(redis::Cmd::hgetall(s.global_key("schedules")))?;
+        let stored: HashMap<String, Vec<u8>> = s.command(redis::Cmd::hgetall(&s.keys.schedules))?;
         // An entry this version cannot read (written by another one) must not stop every
         // process from starting: it is skipped, and stays for `unschedule` to remove.
         Ok(stored
@@ -998,11 +981,49 @@ impl Backend for RedisBackend {
 
     fn has_schedule(&self, id: &str) -> Result<bool> {
         let s = &self.shared;
-        s.command(redis::Cmd::hexists(s.global_key("schedules"), id))
+        s.command(redis::Cmd::hexists(&s.keys.schedules, id))
     }
 
     fn close(&self) {
         self.stop_keeper();
+        self.shared.leave();
+        self.shared.wakeups.stop(&self.shared.redis);
+    }
+}
+
+impl Shared {
+    /// Hands back leased runs (`release.lua`); they leave this process's held jobs.
+    fn give_back(
+        &self,
+        queue: &str,
+        runs: &[(JobId, u32)],
+        kind: &str,
+        error: &str,
+    ) -> Result<usize> {
+        if runs.is_empty() {
+            return Ok(0);
+        }
+        let handle = self.queue(queue);
+        let given: Result<usize> = self.invoke(&self.scripts.release, &handle, |cmd| {
+            cmd.arg(&self.token)
+                .arg(kind)
+                .arg(now().to_string())
+                .arg(error)
+                .arg(runs.len());
+            for (id, run) in runs {
+                cmd.arg(id.to_string()).arg(run);
+            }
+        });
+        let mut held = handle.held.lock();
+        for (id, run) in runs {
+            if held.get(id) == Some(run) {
+                held.remove(id);
+            }
+        }
+        if given.is_err() {
+            handle.unsure.store(true, Ordering::Release);
+        }
+        given
     }
 }
 
@@ -1010,8 +1031,9 @@ impl Backend for RedisBackend {
 mod tests {
     //! Against a private `redis-server` on a free port (skipped with a note when none can be
     //! started, a failure under `RNQ_REQUIRE_REDIS=1`).
+    use super::leases::ORPHAN_AFTER;
     use super::*;
-    use crate::job::{JobOptions, Payload, Priority};
+    use crate::job::{JobOptions, Priority};
     use std::process::{Child, Command, Stdio};
 
     struct Server {
@@ -1090,6 +1112,13 @@ mod tests {
         keep_failed: 10,
     };
 
+    fn declaration() -> QueueDeclaration {
+        QueueDeclaration {
+            retention: RETENTION,
+            settings: Payload::from(&b"{}"[..]),
+        }
+    }
+
     fn job(queue: &Arc<str>, n: u32, priority: Priority) -> Job {
         let options = JobOptions {
             priority,
@@ -1104,6 +1133,7 @@ mod tests {
             max,
             share: 1,
             wait: Duration::from_millis(50),
+            start_all: false,
         }
     }
 
@@ -1121,7 +1151,7 @@ mod tests {
         let Some(server) = server() else { return };
         let redis = backend(&server, Duration::from_secs(30));
         let queue: Arc<str> = Arc::from("order");
-        redis.declare_queue(&queue, RETENTION, true).unwrap();
+        redis.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs = vec![
             job(&queue, 1, Priority::Low),
             job(&queue, 2, Priority::Critical),
@@ -1158,7 +1188,7 @@ mod tests {
         let lease = Duration::from_millis(200);
         let dead = backend(&server, lease);
         let queue: Arc<str> = Arc::from("lease");
-        dead.declare_queue(&queue, RETENTION, true).unwrap();
+        dead.declare_queue(&queue, &declaration(), true).unwrap();
         dead.push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
             .unwrap();
         let cancel = AtomicBool::new(false);
@@ -1199,7 +1229,7 @@ mod tests {
         let worker = backend(&server, lease);
         let other = backend(&server, lease);
         let queue: Arc<str> = Arc::from("renew");
-        worker.declare_queue(&queue, RETENTION, true).unwrap();
+        worker.declare_queue(&queue, &declaration(), true).unwrap();
         worker
             .push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
             .unwrap();
@@ -1229,7 +1259,7 @@ mod tests {
         let worker = backend(&server, lease);
         let other = backend(&server, lease);
         let queue: Arc<str> = Arc::from("orphan");
-        worker.declare_queue(&queue, RETENTION, true).unwrap();
+        worker.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs = vec![
             job(&queue, 1, Priority::Normal),
             job(&queue, 2, Priority::Normal),
@@ -1261,7 +1291,7 @@ mod tests {
         let one = backend(&server, Duration::from_secs(30));
         let two = backend(&server, Duration::from_secs(30));
         let queue: Arc<str> = Arc::from("cron");
-        one.declare_queue(&queue, RETENTION, true).unwrap();
+        one.declare_queue(&queue, &declaration(), true).unwrap();
         let tick = 1_800_000_000.0;
         let pushed: Vec<bool> = [&one, &two, &one]
             .iter()
@@ -1284,7 +1314,7 @@ mod tests {
         let Some(server) = server() else { return };
         let redis = backend(&server, Duration::from_secs(30));
         let queue: Arc<str> = Arc::from("release");
-        redis.declare_queue(&queue, RETENTION, true).unwrap();
+        redis.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
         redis.push(&queue, &mut jobs, true).unwrap();
         let cancel = AtomicBool::new(false);

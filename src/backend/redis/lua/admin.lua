@@ -1,6 +1,8 @@
 -- Queue administration, one operation per call.
--- ARGV[1] = 'declare' (replace '1'/'0', ttl_ms, keep_completed, keep_failed): sets retention;
---           without replace only where none is set yet.
+-- ARGV[1] = 'declare' (replace '1'/'0', ttl_ms, keep_completed, keep_failed, settings): sets the
+--           queue's retention and settings (the engine's JSON); without replace only where none
+--           are set yet. Returns what is stored: {ttl_ms, keep_completed, keep_failed, settings}.
+-- ARGV[1] = 'settings': the same, without writing; {} for a queue that does not exist.
 -- ARGV[1] = 'pause' ('1'/'0')
 -- ARGV[1] = 'clear': removes up to 1000 waiting and delayed jobs; returns how many.
 -- ARGV[1] = 'delete': removes up to 1000 jobs of any state, and the queue's own keys once it
@@ -8,11 +10,21 @@
 -- ARGV[1] = 'retry' (id): a failed job back to waiting with its attempts reset; 1 if done,
 --           0 if the job is not failed, -1 if the queue does not hold it.
 -- ARGV[1] = 'wake' (token): a marker on that process's own wake list, for a stop.
+-- ARGV[1] = 'untick' (schedule id): forgets the last tick pushed for a removed schedule.
 local op = ARGV[1]
 if op == 'declare' then
   if ARGV[2] == '1' or redis.call('HEXISTS', meta, 'ttl') == 0 then
-    redis.call('HSET', meta, 'ttl', ARGV[3], 'kc', ARGV[4], 'kf', ARGV[5])
+    redis.call('HSET', meta, 'ttl', ARGV[3], 'kc', ARGV[4], 'kf', ARGV[5], 'cfg', ARGV[6])
   end
+  return redis.call('HMGET', meta, 'ttl', 'kc', 'kf', 'cfg')
+elseif op == 'settings' then
+  local stored = redis.call('HMGET', meta, 'ttl', 'kc', 'kf', 'cfg')
+  if not stored[1] then
+    return {}
+  end
+  return stored
+elseif op == 'untick' then
+  redis.call('HDEL', base .. 'ticks', ARGV[2])
   return 1
 elseif op == 'pause' then
   redis.call('HSET', meta, 'paused', ARGV[2])
@@ -52,7 +64,7 @@ elseif op == 'clear' or op == 'delete' then
   end
   del_jobs(removed)
   if op == 'delete' and #removed < 1000 then
-    redis.call('DEL', leases, meta, wake, base .. 'ticks', base .. 'sweeper')
+    redis.call('DEL', leases, meta, wake, base .. 'ticks')
   end
   return #removed
 elseif op == 'retry' then
@@ -64,10 +76,10 @@ elseif op == 'retry' then
   if job[1] ~= 'failed' then
     return 0
   end
+  redis.call('LREM', failed, 1, ARGV[2])
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local job_rank = rerank(tonumber(job[2]), seq)
-  redis.call('LREM', failed, 1, ARGV[2])
-  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'k', job_rank)
+  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'n', 0, 'k', job_rank)
   redis.call('HDEL', key, 'st', 'f', 'sa')
   redis.call('ZADD', waiting, job_rank, ARGV[2])
   signal()

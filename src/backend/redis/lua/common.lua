@@ -3,10 +3,17 @@
 -- from `base`, in that slot too.
 --
 -- A job is a hash `j:<id>`: `b` its packed immutable body (Rust's format), `s` state, `k` its
--- waiting rank, `m` max attempts, `a` attempts, `st` / `f` / `sa` started, finished and due
--- times, `r` result, `e` error, `tb` traceback. Times are the exact decimal strings Rust sends,
--- never formatted by Lua (whose tostring keeps only 14 digits); `*_ms` values are integer
--- milliseconds for sorted-set scores.
+-- waiting rank, `m` max attempts, `a` attempts counted (runs known to have started), `n` the
+-- run its current lease is for (above `a` while that run has not started), `st` / `f` / `sa`
+-- started, finished and due times, `ls` when it was leased (Redis's clock), `r` result, `e`
+-- error, `tb` traceback. Times are the exact decimal strings Rust sends, never formatted by Lua
+-- (whose tostring keeps only 14 digits); `*_ms` values are integer milliseconds for sorted-set
+-- scores.
+--
+-- Out of memory (maxmemory with noeviction): on Redis 7 every script but `push` runs with the
+-- `allow-oom` flag, so that workers keep draining (which frees memory) and pause and resume
+-- work; on older servers a script may write freely once a first write removed something, which
+-- is why moves begin with their removal.
 local waiting, delayed, leases, completed, failed, meta, wake, base =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 
@@ -63,6 +70,7 @@ local function promote(now_ms)
   if #due == 0 then
     return 0
   end
+  sliced('ZREM', delayed, due)
   local seq = redis.call('HINCRBY', meta, 'seq', #due) - #due
   local ranked = {}
   for _, id in ipairs(due) do
@@ -77,7 +85,6 @@ local function promote(now_ms)
       ranked[#ranked + 1] = id
     end
   end
-  sliced('ZREM', delayed, due)
   if #ranked > 0 then
     sliced('ZADD', waiting, ranked)
     signal()
@@ -156,33 +163,51 @@ local function next_event(ttl)
   return best or -1
 end
 
--- Takes a job back from a worker that lost its lease: waiting again with the lost run
--- counted, or failed when no attempts remain.
-local function take_back(id, error, now, requeued, dead)
+-- Takes a job back from a worker that lost it (it died, or lost Redis): a run that never
+-- started goes back untouched, in its old place; a lost run is counted and the job waits again,
+-- or fails when no attempts remain. `taken` gathers the jobs for `file_taken_back`.
+local function take_back(id, error, now, taken)
   local key = job_key(id)
-  local job = redis.call('HMGET', key, 'a', 'm', 'k')
+  local job = redis.call('HMGET', key, 'a', 'm', 'k', 'n')
   if not (job[2] and job[3]) then
     return
   end
-  if (tonumber(job[1]) or 0) < tonumber(job[2]) then
+  local counted = tonumber(job[1]) or 0
+  if (tonumber(job[4]) or 0) > counted then
+    redis.call('HSET', key, 's', 'waiting', 'n', counted)
+    taken.untouched[#taken.untouched + 1] = job[3]
+    taken.untouched[#taken.untouched + 1] = id
+  elseif counted < tonumber(job[2]) then
     redis.call('HSET', key, 's', 'waiting', 'e', error)
-    requeued[#requeued + 1] = job[3]
-    requeued[#requeued + 1] = id
+    taken.requeued[#taken.requeued + 1] = job[3]
+    taken.requeued[#taken.requeued + 1] = id
   else
     redis.call('HSET', key, 's', 'failed', 'f', now, 'e', error)
-    dead[#dead + 1] = id
+    taken.dead[#taken.dead + 1] = id
   end
 end
 
--- Files the jobs `take_back` sorted: the requeued ones waiting again, the dead ones failed.
-local function file_taken_back(requeued, dead)
+local function new_taken()
+  return { untouched = {}, requeued = {}, dead = {} }
+end
+
+-- Files the jobs `take_back` sorted: waiting again (a lost run counted as a retry), or failed.
+-- Returns how many.
+local function file_taken_back(taken)
+  local untouched, requeued, dead = taken.untouched, taken.requeued, taken.dead
+  if #untouched > 0 then
+    sliced('ZADD', waiting, untouched)
+  end
   if #requeued > 0 then
     sliced('ZADD', waiting, requeued)
     redis.call('HINCRBY', meta, 'rt', #requeued / 2)
+  end
+  if #untouched + #requeued > 0 then
     signal()
   end
   if #dead > 0 then
     sliced('RPUSH', failed, dead)
     redis.call('HINCRBY', meta, 'ft', #dead)
   end
+  return (#untouched + #requeued) / 2 + #dead
 end

@@ -1,6 +1,8 @@
--- Stores new jobs, all in one step. With a schedule id, first claims that cron tick: a tick
--- already claimed (by any process) pushes nothing and returns 0. Returns -1, storing nothing,
--- if the queue was deleted (its record is gone): the caller declares it again first.
+-- Stores new jobs, all in one step. Returns 1 when stored; 0, storing nothing, when the cron
+-- tick given was claimed before (by any process); -1 when the queue was deleted (its record is
+-- gone: the caller declares it again first); -2 when one of the ids is already stored here (a
+-- job is never overwritten; a push tried again after an unanswered first try finds its own
+-- jobs).
 -- ARGV: count, schedule_id ('' = none), tick,
 --   then per job: id, delayed ('1'/'0'), due_ms, priority, max_attempts, body, due ('' = none)
 local count = tonumber(ARGV[1])
@@ -8,12 +10,18 @@ if redis.call('EXISTS', meta) == 0 then
   return -1
 end
 if ARGV[2] ~= '' then
-  local ticks = base .. 'ticks'
-  local last = redis.call('HGET', ticks, ARGV[2])
+  local last = redis.call('HGET', base .. 'ticks', ARGV[2])
   if last and tonumber(last) >= tonumber(ARGV[3]) then
     return 0
   end
-  redis.call('HSET', ticks, ARGV[2], ARGV[3])
+end
+for i = 4, 3 + 7 * count, 7 do
+  if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
+    return -2
+  end
+end
+if ARGV[2] ~= '' then
+  redis.call('HSET', base .. 'ticks', ARGV[2], ARGV[3])
 end
 local seq = redis.call('HINCRBY', meta, 'seq', count) - count
 local ranked, due = {}, {}

@@ -1,21 +1,20 @@
--- Hands back leased jobs that never started: waiting again in their old place, the attempt
--- not counted. Only the lease holder may.
--- ARGV: token, count, then per job: id, attempt
-local mine, count = active_key(ARGV[1]), tonumber(ARGV[2])
-local ranked = {}
+-- Hands back leased jobs: waiting again in their old place. ARGV[2] = 'unstarted': runs that
+-- never started, whose attempt is not counted; 'abandoned': runs that did start and that this
+-- worker gives up on (its shutdown timeout expired), counted, failed when no attempts remain.
+-- Only the lease holder may, for the run it holds. Returns how many.
+-- ARGV: token, kind, now, error, count, then per job: id, run
+local mine, kind, count = active_key(ARGV[1]), ARGV[2], tonumber(ARGV[5])
+local taken = new_taken()
 for n = 0, count - 1 do
-  local id, attempt = ARGV[3 + 2 * n], ARGV[4 + 2 * n]
+  local id, run = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
   local key = job_key(id)
-  local job = redis.call('HMGET', key, 'a', 'k')
-  if job[1] == attempt and redis.call('SREM', mine, id) == 1 then
-    redis.call('HSET', key, 's', 'waiting', 'a', tonumber(attempt) - 1)
-    redis.call('HDEL', key, 'st')
-    ranked[#ranked + 1] = job[2]
-    ranked[#ranked + 1] = id
+  if redis.call('HGET', key, 'n') == run and redis.call('SREM', mine, id) == 1 then
+    if kind == 'unstarted' then
+      redis.call('HSET', key, 'a', tonumber(run) - 1)
+    else
+      redis.call('HSET', key, 'a', run)
+    end
+    take_back(id, ARGV[4], ARGV[3], taken)
   end
 end
-if #ranked > 0 then
-  sliced('ZADD', waiting, ranked)
-  signal()
-end
-return #ranked / 2
+return file_taken_back(taken)

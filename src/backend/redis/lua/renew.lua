@@ -1,5 +1,6 @@
--- Extends the lease of worker `token` by `lease_ms` (by Redis's clock). Returns 0 if it had
--- none any more: it expired and the sweeper took its jobs back.
+-- Extends the lease of worker `token` by `lease_ms` (by Redis's clock). Returns -1 if it had
+-- none any more (it expired and the sweeper took its jobs back), else how many jobs it still
+-- holds here.
 --
 -- Also takes back the jobs in the worker's active set that it no longer knows it holds (a
 -- fetch whose reply never arrived, results that could not be recorded), once they were leased
@@ -8,7 +9,7 @@
 -- ARGV: token, lease_ms, now (seconds, for the jobs' records), error, settled_ms, held id, ...
 local token, lease_ms = ARGV[1], tonumber(ARGV[2])
 if not redis.call('ZSCORE', leases, token) then
-  return 0
+  return -1
 end
 local now_ms = server_ms()
 redis.call('ZADD', leases, now_ms + lease_ms, token)
@@ -18,18 +19,18 @@ for n = 6, #ARGV do
 end
 local mine = active_key(token)
 local cutoff = now_ms - math.max(lease_ms, tonumber(ARGV[5]))
-local orphans, requeued, dead = {}, {}, {}
+local orphans, taken = {}, new_taken()
 for _, id in ipairs(redis.call('SMEMBERS', mine)) do
   if not held[id] then
     local leased_at = tonumber(redis.call('HGET', job_key(id), 'ls'))
     if not leased_at or leased_at < cutoff then
       orphans[#orphans + 1] = id
-      take_back(id, ARGV[4], ARGV[3], requeued, dead)
+      take_back(id, ARGV[4], ARGV[3], taken)
     end
   end
 end
 if #orphans > 0 then
   sliced('SREM', mine, orphans)
-  file_taken_back(requeued, dead)
+  file_taken_back(taken)
 end
-return 1
+return redis.call('SCARD', mine)

@@ -1,21 +1,22 @@
--- Takes back the jobs of workers whose lease expired (they died or lost Redis): waiting again
--- with the lost run counted, or failed when no attempts remain. One sweep per `lock_ms` across
--- all processes. Returns how many jobs it took back, or -1 if another process swept recently.
--- ARGV: now (seconds, for the jobs' records), token, lock_ms, error
-if not redis.call('SET', base .. 'sweeper', ARGV[2], 'NX', 'PX', ARGV[3]) then
-  return -1
+-- Takes back the jobs of a worker process whose lease here expired (it died or lost Redis):
+-- runs that never started go back untouched, lost runs are counted (failed when no attempts
+-- remain). Called for the tokens the process registry found expired (`workers.lua`). Returns
+-- how many jobs that worker still holds here (more than one call's worth), or 0 when done.
+-- ARGV: now (seconds, for the jobs' records), error, token
+local token = ARGV[3]
+local expiry = tonumber(redis.call('ZSCORE', leases, token))
+if not expiry or expiry > server_ms() then
+  -- Gone, or renewed here after all: not ours to take.
+  return { 0, 0 }
 end
-local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', server_ms(), 'LIMIT', 0, 100)
-local requeued, dead = {}, {}
-for _, token in ipairs(expired) do
-  local theirs = active_key(token)
-  local ids = redis.call('SPOP', theirs, 1000)
-  for _, id in ipairs(ids) do
-    take_back(id, ARGV[4], ARGV[1], requeued, dead)
-  end
-  if redis.call('SCARD', theirs) == 0 then
-    redis.call('ZREM', leases, token)
-  end
+local theirs = active_key(token)
+local taken = new_taken()
+for _, id in ipairs(redis.call('SPOP', theirs, 1000)) do
+  take_back(id, ARGV[2], ARGV[1], taken)
 end
-file_taken_back(requeued, dead)
-return #requeued / 2 + #dead
+local count = file_taken_back(taken)
+local left = redis.call('SCARD', theirs)
+if left == 0 then
+  redis.call('ZREM', leases, token)
+end
+return { count, left }
