@@ -486,6 +486,95 @@ def test_exit_with_a_stuck_job_ends_the_process(script: Callable[[str], Script])
     assert "panicked" not in proc.stderr, proc.output()
 
 
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_exit_while_a_sync_handler_polls_is_clean(
+    script: Callable[[str], Script], exit_code: int
+) -> None:
+    """A handler that wakes up again and again (here every 10 ms) takes the GIL back while the
+    interpreter finalizes. Before the exit guard that thread was ended with a forced unwind
+    through Rust frames: SIGABRT (exit code 134, 40 runs of 40), and the buffered output lost.
+    Now it is abandoned: the process exits with the status it chose, its output whole."""
+    for _ in range(3):
+        proc = script(
+            f"""
+            import time
+
+            qm = QueueManager()
+            running = threading.Event()
+
+            def polling(job):
+                running.set()
+                while True:
+                    time.sleep(0.01)
+
+            qm.get_queue("poll").process(polling)
+            qm.push("poll", 1)
+            if not running.wait(10):
+                raise SystemExit("the job did not start")
+            print("running", flush=True)
+            print("last words")  # left in the buffer: written at exit, if exit is clean
+            sys.exit({exit_code})
+            """
+        )
+        proc.expect("running")
+        code = proc.finish(STUCK_EXIT)
+        assert code == exit_code, proc.output()
+        assert "last words" in proc.stdout, proc.output()
+        assert "Fatal Python error" not in proc.stderr, proc.output()
+
+
+def test_worker_command_stopped_past_its_shutdown_timeout_exits_cleanly(tmp_path: Path) -> None:
+    """SIGTERM with a handler still running past --shutdown-timeout: the worker says so and
+    exits with status 1 (not SIGABRT), its last output whole."""
+    (tmp_path / "pollapp.py").write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            from rnode_queue import QueueManager
+
+            qm = QueueManager()
+
+
+            @qm.process("poll")
+            def polling(job):
+                print("running", flush=True)
+                while True:
+                    time.sleep(0.01)
+
+
+            qm.push("poll", 1)
+            """
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rnode_queue", "worker", "pollapp:qm", "--shutdown-timeout", "0.5"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + WAIT
+        while "running" not in lines and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+        assert "running" in lines, lines
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=STUCK_EXIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    assert proc.returncode == 1, (out, err)
+    assert "jobs were still running after 0.5 s" in out, (out, err)
+    assert "Fatal Python error" not in err, err
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_exit_with_an_unclosed_idle_manager_is_prompt(
     script: Callable[[str], Script], kind: str

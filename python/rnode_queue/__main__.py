@@ -298,7 +298,12 @@ def load_manager(target: str) -> QueueManager:
 
 
 def worker(target: str, shutdown_timeout: float) -> int:
-    """Runs the handlers that importing ``target`` registered until SIGINT or SIGTERM."""
+    """Runs the handlers that importing ``target`` registered until SIGINT or SIGTERM.
+
+    Returns 0 when every running job finished within ``shutdown_timeout``; 1 when some were
+    still running then (on a shared backend they are handed back, to run again elsewhere at
+    once, and listed).
+    """
     qm = load_manager(target)
     stop = threading.Event()
 
@@ -313,7 +318,20 @@ def worker(target: str, shutdown_timeout: float) -> int:
     while not stop.wait(0.5):  # slices: signal handlers run between them
         pass
     print(f"rnode-queue worker: stopping (waiting up to {shutdown_timeout:g} s for running jobs)")
-    finished = qm.close(timeout=shutdown_timeout)
+    sys.stdout.flush()
+    finished, handed_back = qm._close(shutdown_timeout)
+    if handed_back:
+        print(
+            f"rnode-queue worker: {len(handed_back)} job(s) still running after "
+            f"{shutdown_timeout:g} s were handed back and run again elsewhere:"
+        )
+        for queue, job_id in handed_back:
+            print(f"  {queue} {job_id}")
+    elif not finished:
+        print(f"rnode-queue worker: jobs were still running after {shutdown_timeout:g} s")
+    sys.stdout.flush()
+    # A handler still running is abandoned at exit (never aborted): the process exits with
+    # this status.
     return 0 if finished else 1
 
 

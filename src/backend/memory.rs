@@ -980,6 +980,75 @@ mod tests {
     }
 
     #[test]
+    fn an_id_the_queue_holds_is_never_pushed_again() {
+        let (backend, queue) = setup();
+        let first = job(&queue, 1, Priority::Normal, 0.0);
+        let mut again = first.clone();
+        again.data = Arc::from(&b"\"other\""[..]);
+        backend.push(&queue, &mut vec![first.clone()], true).unwrap();
+        let pushed = backend.push(&queue, &mut vec![job(&queue, 2, Priority::Normal, 0.0), again], true);
+        assert!(matches!(pushed, Err(QueueError::DuplicateJob(_))), "{pushed:?}");
+        // Nothing of the refused batch was stored, and the first job is intact.
+        assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
+        assert_eq!(backend.get_job(first.id).unwrap().unwrap().data, first.data);
+    }
+
+    #[test]
+    fn a_push_to_a_deleted_queue_says_so_and_stores_nothing() {
+        let (backend, queue) = setup();
+        backend.delete(&queue).unwrap();
+        let pushed = backend.push(&queue, &mut vec![job(&queue, 1, Priority::Normal, 0.0)], true);
+        assert!(matches!(pushed, Err(QueueError::UnknownQueue(_))), "{pushed:?}");
+    }
+
+    #[test]
+    fn a_promoted_job_handed_back_stays_behind_jobs_that_waited_before_it() {
+        let (backend, queue) = setup();
+        let delayed = job(&queue, 1, Priority::Normal, 0.5);
+        let due = delayed.due_at();
+        backend.push(&queue, &mut vec![delayed], true).unwrap();
+        backend
+            .push(&queue, &mut vec![job(&queue, 2, Priority::Normal, 0.0)], true)
+            .unwrap();
+        backend.tick(&queue, due).unwrap();
+        let first = fetch_all(&backend, &queue);
+        assert_eq!(names(&first), vec!["{\"n\":2}", "{\"n\":1}"]);
+        backend.release(&queue, &first).unwrap();
+        // Promoted after job 2 was pushed, job 1 queues behind it, also once handed back.
+        assert_eq!(
+            names(&fetch_all(&backend, &queue)),
+            vec!["{\"n\":2}", "{\"n\":1}"]
+        );
+    }
+
+    #[test]
+    fn listings_return_the_first_jobs_of_each_state_in_order() {
+        let (backend, queue) = setup();
+        // Delayed jobs pushed in a shuffled order of due times: listed by due time.
+        let mut delays: Vec<u32> = (1..=200).collect();
+        fastrand::shuffle(&mut delays);
+        let mut jobs: Vec<Job> = delays
+            .iter()
+            .map(|n| job(&queue, *n, Priority::Normal, 100.0 + f64::from(*n)))
+            .collect();
+        backend.push(&queue, &mut jobs, true).unwrap();
+        let listed = backend.list_jobs(&queue, Some(JobState::Delayed), 5).unwrap();
+        assert_eq!(
+            names(&listed),
+            (1..=5).map(|n| format!("{{\"n\":{n}}}")).collect::<Vec<_>>()
+        );
+        // Active: the fetched ones, by priority then push order.
+        let mut waiting = vec![
+            job(&queue, 300, Priority::Low, 0.0),
+            job(&queue, 301, Priority::High, 0.0),
+        ];
+        backend.push(&queue, &mut waiting, true).unwrap();
+        fetch_all(&backend, &queue);
+        let active = backend.list_jobs(&queue, Some(JobState::Active), 10).unwrap();
+        assert_eq!(names(&active), vec!["{\"n\":301}", "{\"n\":300}"]);
+    }
+
+    #[test]
     fn cron_ticks_are_claimed_once() {
         let (backend, queue) = setup();
         let pushed: Vec<bool> = [100.0, 100.0, 101.0]

@@ -1182,6 +1182,94 @@ mod tests {
         assert!(redis.get_job(taken[0].id).unwrap().is_none());
     }
 
+    /// A raw command on the test's server.
+    fn raw<T: FromRedisValue>(redis: &RedisBackend, cmd: Cmd) -> T {
+        redis.shared.command(cmd).expect("redis command")
+    }
+
+    #[test]
+    fn an_unreadable_job_fails_on_its_own_and_the_others_run() {
+        let Some(server) = server() else { return };
+        let redis = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("corrupt");
+        redis.declare_queue(&queue, &declaration(), true).unwrap();
+        let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
+        let bad = jobs[1].id;
+        redis.push(&queue, &mut jobs, true).unwrap();
+        let key = redis.shared.queue(&queue).job_key(bad);
+        let _: i64 = raw(&redis, redis::Cmd::hset(&key, "b", "not a packed body"));
+        let taken = redis.fetch(&queue, request(10), &AtomicBool::new(false)).unwrap();
+        // The healthy jobs are handed out (before: the whole fetch failed, and every job of
+        // it was taken back by the lease rule, again and again).
+        let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
+        assert_eq!(data, [b"1", b"3"]);
+        let state: String = raw(&redis, redis::Cmd::hget(&key, "s"));
+        let error: String = raw(&redis, redis::Cmd::hget(&key, "e"));
+        assert_eq!(state, "failed");
+        assert!(error.contains("cannot be read") && error.contains("body"), "{error}");
+        assert_eq!(redis.counts(&queue).unwrap().failed, 1);
+        redis
+            .settle(&queue, taken.iter().map(completed).collect())
+            .unwrap();
+        assert_eq!(redis.counts(&queue).unwrap().completed, 2);
+    }
+
+    #[test]
+    fn a_job_already_stored_is_never_overwritten() {
+        let Some(server) = server() else { return };
+        let redis = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("dup");
+        redis.declare_queue(&queue, &declaration(), true).unwrap();
+        let first = job(&queue, 1, Priority::Normal);
+        let mut clash = first.clone();
+        clash.data = Arc::from(&b"2"[..]);
+        redis.push(&queue, &mut vec![first.clone()], true).unwrap();
+        let pushed = redis.push(&queue, &mut vec![clash], true);
+        assert!(matches!(pushed, Err(QueueError::DuplicateJob(_))), "{pushed:?}");
+        assert_eq!(&*redis.get_job(first.id).unwrap().unwrap().data, b"1");
+        assert_eq!(redis.counts(&queue).unwrap().waiting, 1);
+    }
+
+    #[test]
+    fn only_started_runs_count_when_their_worker_dies() {
+        let Some(server) = server() else { return };
+        let lease = Duration::from_millis(200);
+        let dead = backend(&server, lease);
+        let queue: Arc<str> = Arc::from("unstarted");
+        dead.declare_queue(&queue, &declaration(), true).unwrap();
+        let mut jobs: Vec<Job> = (1..=4).map(|n| job(&queue, n, Priority::Normal)).collect();
+        dead.push(&queue, &mut jobs, true).unwrap();
+        let taken = dead.fetch(&queue, request(4), &AtomicBool::new(false)).unwrap();
+        assert_eq!(taken.len(), 4);
+        // The first job of a fetch starts at once; the worker reached the second one too.
+        dead.mark_started(&queue, &[(taken[1].id, taken[1].attempts)]).unwrap();
+        dead.close(); // stops renewing, as if it died
+        let rescuer = backend(&server, lease);
+        let wait = FetchRequest {
+            wait: Duration::from_secs(5),
+            ..request(4)
+        };
+        let mut again = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while again.len() < 4 && Instant::now() < deadline {
+            again.extend(rescuer.fetch(&queue, wait, &AtomicBool::new(false)).unwrap());
+        }
+        let runs: HashMap<JobId, (u32, Option<String>)> = again
+            .iter()
+            .map(|j| (j.id, (j.attempts, j.extras().and_then(|e| e.error.clone()))))
+            .collect();
+        for (n, job) in taken.iter().enumerate() {
+            let (attempt, error) = &runs[&job.id];
+            if n < 2 {
+                assert_eq!(*attempt, 2, "job {n} started: its lost run counts");
+                assert!(error.as_deref().unwrap_or("").contains("run was lost"), "{error:?}");
+            } else {
+                assert_eq!(*attempt, 1, "job {n} never started: its attempt is not counted");
+                assert_eq!(*error, None);
+            }
+        }
+    }
+
     #[test]
     fn a_lost_lease_returns_the_job_and_the_old_ack_is_ignored() {
         let Some(server) = server() else { return };
