@@ -32,7 +32,7 @@ class AsyncQueueManager:
     ``get_queue``, ``process`` and the properties are plain calls that never wait for the
     network (on redis, a queue first seen by them is declared in the background). On the
     memory backend, calls that never block run directly on the event loop; blocking calls
-    (``wait_for``, ``join``, ``close``, and every call on the redis and file backends) run in
+    (``wait_for``, ``join``, ``close``, and every call on the redis backend) run in
     a worker thread. Async handlers run on the manager's own event loop thread, not on the
     caller's loop.
     """
@@ -88,7 +88,7 @@ class AsyncQueueManager:
 
     @property
     def backend(self) -> str:
-        """``"memory"``, ``"file"`` or ``"redis"``."""
+        """``"memory"`` or ``"redis"`` (``"file"`` is planned)."""
         return self._engine.backend
 
     @property

@@ -233,7 +233,7 @@ class QueueManager:
 
     @property
     def backend(self) -> str:
-        """``"memory"``, ``"file"`` or ``"redis"``."""
+        """``"memory"`` or ``"redis"`` (``"file"`` is planned)."""
         return self._engine.backend
 
     @property

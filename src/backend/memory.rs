@@ -985,9 +985,18 @@ mod tests {
         let first = job(&queue, 1, Priority::Normal, 0.0);
         let mut again = first.clone();
         again.data = Arc::from(&b"\"other\""[..]);
-        backend.push(&queue, &mut vec![first.clone()], true).unwrap();
-        let pushed = backend.push(&queue, &mut vec![job(&queue, 2, Priority::Normal, 0.0), again], true);
-        assert!(matches!(pushed, Err(QueueError::DuplicateJob(_))), "{pushed:?}");
+        backend
+            .push(&queue, &mut vec![first.clone()], true)
+            .unwrap();
+        let pushed = backend.push(
+            &queue,
+            &mut vec![job(&queue, 2, Priority::Normal, 0.0), again],
+            true,
+        );
+        assert!(
+            matches!(pushed, Err(QueueError::DuplicateJob(_))),
+            "{pushed:?}"
+        );
         // Nothing of the refused batch was stored, and the first job is intact.
         assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
         assert_eq!(backend.get_job(first.id).unwrap().unwrap().data, first.data);
@@ -997,8 +1006,15 @@ mod tests {
     fn a_push_to_a_deleted_queue_says_so_and_stores_nothing() {
         let (backend, queue) = setup();
         backend.delete(&queue).unwrap();
-        let pushed = backend.push(&queue, &mut vec![job(&queue, 1, Priority::Normal, 0.0)], true);
-        assert!(matches!(pushed, Err(QueueError::UnknownQueue(_))), "{pushed:?}");
+        let pushed = backend.push(
+            &queue,
+            &mut vec![job(&queue, 1, Priority::Normal, 0.0)],
+            true,
+        );
+        assert!(
+            matches!(pushed, Err(QueueError::UnknownQueue(_))),
+            "{pushed:?}"
+        );
     }
 
     #[test]
@@ -1008,7 +1024,11 @@ mod tests {
         let due = delayed.due_at();
         backend.push(&queue, &mut vec![delayed], true).unwrap();
         backend
-            .push(&queue, &mut vec![job(&queue, 2, Priority::Normal, 0.0)], true)
+            .push(
+                &queue,
+                &mut vec![job(&queue, 2, Priority::Normal, 0.0)],
+                true,
+            )
             .unwrap();
         backend.tick(&queue, due).unwrap();
         let first = fetch_all(&backend, &queue);
@@ -1032,10 +1052,14 @@ mod tests {
             .map(|n| job(&queue, *n, Priority::Normal, 100.0 + f64::from(*n)))
             .collect();
         backend.push(&queue, &mut jobs, true).unwrap();
-        let listed = backend.list_jobs(&queue, Some(JobState::Delayed), 5).unwrap();
+        let listed = backend
+            .list_jobs(&queue, Some(JobState::Delayed), 5)
+            .unwrap();
         assert_eq!(
             names(&listed),
-            (1..=5).map(|n| format!("{{\"n\":{n}}}")).collect::<Vec<_>>()
+            (1..=5)
+                .map(|n| format!("{{\"n\":{n}}}"))
+                .collect::<Vec<_>>()
         );
         // Active: the fetched ones, by priority then push order.
         let mut waiting = vec![
@@ -1044,7 +1068,9 @@ mod tests {
         ];
         backend.push(&queue, &mut waiting, true).unwrap();
         fetch_all(&backend, &queue);
-        let active = backend.list_jobs(&queue, Some(JobState::Active), 10).unwrap();
+        let active = backend
+            .list_jobs(&queue, Some(JobState::Active), 10)
+            .unwrap();
         assert_eq!(names(&active), vec!["{\"n\":301}", "{\"n\":300}"]);
     }
 

@@ -92,6 +92,9 @@ impl Shared {
     }
 
     fn renew_leases(&self) {
+        // The queues' leases first, then the registry's: the registry's never expires before
+        // theirs, so a sweeper that finds the token expired finds their leases expired too.
+        self.renew_queue_leases();
         match self.workers::<i64>("renew", &[self.token.clone(), self.lease_ms()]) {
             Ok(1) => {
                 // Found expired and dropped (this process lost Redis for a lease): the queues
@@ -114,6 +117,9 @@ impl Shared {
                 self.lease.as_secs_f64()
             ),
         }
+    }
+
+    fn renew_queue_leases(&self) {
         let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
         for queue in queues {
             if *self.stopping.lock() {
@@ -200,7 +206,7 @@ impl Shared {
                 _ => Vec::new(),
             };
             match self.sweep_token(&token, &queues) {
-                Ok(taken) => {
+                Ok((taken, done)) => {
                     if taken > 0 {
                         log::warn!(
                             target: "rnode_queue",
@@ -208,7 +214,9 @@ impl Shared {
                              Redis): {taken} of its jobs were taken back"
                         );
                     }
-                    let _: Result<i64> = self.workers("forget", &[token]);
+                    if done {
+                        let _: Result<i64> = self.workers("forget", &[token]);
+                    }
                 }
                 Err(error) => log::warn!(
                     target: "rnode_queue",
@@ -219,23 +227,29 @@ impl Shared {
         }
     }
 
-    /// Sweeps every queue of one expired token; returns how many jobs it had there.
-    fn sweep_token(&self, token: &str, queues: &[String]) -> Result<u64> {
+    /// Sweeps every queue of one expired token. Returns how many jobs it had there, and
+    /// whether it is done with them all (a queue lease renewed a moment after the registry's
+    /// leaves the token for the next sweep).
+    fn sweep_token(&self, token: &str, queues: &[String]) -> Result<(u64, bool)> {
         let mut taken = 0;
+        let mut done = true;
         for name in queues {
             let queue = self.queue(name);
             loop {
-                let (count, left): (u64, u64) =
+                let (count, left): (u64, i64) =
                     self.invoke(&self.scripts.sweep, &queue, |cmd| {
                         cmd.arg(now().to_string()).arg(RUN_LOST).arg(token);
                     })?;
                 taken += count;
-                if left == 0 {
+                if left < 0 {
+                    done = false;
+                }
+                if left <= 0 {
                     break;
                 }
             }
         }
-        Ok(taken)
+        Ok((taken, done))
     }
 
     /// At close, holding no jobs: this process's token leaves the registry.

@@ -1198,7 +1198,9 @@ mod tests {
         redis.push(&queue, &mut jobs, true).unwrap();
         let key = redis.shared.queue(&queue).job_key(bad);
         let _: i64 = raw(&redis, redis::Cmd::hset(&key, "b", "not a packed body"));
-        let taken = redis.fetch(&queue, request(10), &AtomicBool::new(false)).unwrap();
+        let taken = redis
+            .fetch(&queue, request(10), &AtomicBool::new(false))
+            .unwrap();
         // The healthy jobs are handed out (before: the whole fetch failed, and every job of
         // it was taken back by the lease rule, again and again).
         let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
@@ -1206,7 +1208,10 @@ mod tests {
         let state: String = raw(&redis, redis::Cmd::hget(&key, "s"));
         let error: String = raw(&redis, redis::Cmd::hget(&key, "e"));
         assert_eq!(state, "failed");
-        assert!(error.contains("cannot be read") && error.contains("body"), "{error}");
+        assert!(
+            error.contains("cannot be read") && error.contains("body"),
+            "{error}"
+        );
         assert_eq!(redis.counts(&queue).unwrap().failed, 1);
         redis
             .settle(&queue, taken.iter().map(completed).collect())
@@ -1225,7 +1230,10 @@ mod tests {
         clash.data = Arc::from(&b"2"[..]);
         redis.push(&queue, &mut vec![first.clone()], true).unwrap();
         let pushed = redis.push(&queue, &mut vec![clash], true);
-        assert!(matches!(pushed, Err(QueueError::DuplicateJob(_))), "{pushed:?}");
+        assert!(
+            matches!(pushed, Err(QueueError::DuplicateJob(_))),
+            "{pushed:?}"
+        );
         assert_eq!(&*redis.get_job(first.id).unwrap().unwrap().data, b"1");
         assert_eq!(redis.counts(&queue).unwrap().waiting, 1);
     }
@@ -1239,10 +1247,13 @@ mod tests {
         dead.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs: Vec<Job> = (1..=4).map(|n| job(&queue, n, Priority::Normal)).collect();
         dead.push(&queue, &mut jobs, true).unwrap();
-        let taken = dead.fetch(&queue, request(4), &AtomicBool::new(false)).unwrap();
+        let taken = dead
+            .fetch(&queue, request(4), &AtomicBool::new(false))
+            .unwrap();
         assert_eq!(taken.len(), 4);
         // The first job of a fetch starts at once; the worker reached the second one too.
-        dead.mark_started(&queue, &[(taken[1].id, taken[1].attempts)]).unwrap();
+        dead.mark_started(&queue, &[(taken[1].id, taken[1].attempts)])
+            .unwrap();
         dead.close(); // stops renewing, as if it died
         let rescuer = backend(&server, lease);
         let wait = FetchRequest {
@@ -1252,7 +1263,11 @@ mod tests {
         let mut again = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while again.len() < 4 && Instant::now() < deadline {
-            again.extend(rescuer.fetch(&queue, wait, &AtomicBool::new(false)).unwrap());
+            again.extend(
+                rescuer
+                    .fetch(&queue, wait, &AtomicBool::new(false))
+                    .unwrap(),
+            );
         }
         let runs: HashMap<JobId, (u32, Option<String>)> = again
             .iter()
@@ -1262,12 +1277,77 @@ mod tests {
             let (attempt, error) = &runs[&job.id];
             if n < 2 {
                 assert_eq!(*attempt, 2, "job {n} started: its lost run counts");
-                assert!(error.as_deref().unwrap_or("").contains("run was lost"), "{error:?}");
+                assert!(
+                    error.as_deref().unwrap_or("").contains("run was lost"),
+                    "{error:?}"
+                );
             } else {
-                assert_eq!(*attempt, 1, "job {n} never started: its attempt is not counted");
+                assert_eq!(
+                    *attempt, 1,
+                    "job {n} never started: its attempt is not counted"
+                );
                 assert_eq!(*error, None);
             }
         }
+    }
+
+    #[test]
+    fn an_engine_forgets_queues_deleted_elsewhere_and_takes_stored_settings() {
+        use crate::manager::{Engine, EngineOptions, QueueConfig};
+        let Some(server) = server() else { return };
+        let open = || {
+            let backend = backend(&server, Duration::from_secs(30));
+            Engine::new(Arc::new(backend), EngineOptions::default()).unwrap()
+        };
+        let (here, elsewhere) = (open(), open());
+        let spec = |data: &str| {
+            (
+                Payload::from(data.as_bytes().to_vec()),
+                JobOptions::default(),
+            )
+        };
+        for n in 0..3 {
+            here.push(&format!("gone-{n}"), &[spec("1")], true).unwrap();
+        }
+        let settings = QueueConfig {
+            timeout: 20.0,
+            max_retries: 0,
+            ..QueueConfig::default()
+        };
+        elsewhere.create_queue("kept", settings.clone()).unwrap();
+        here.push("kept", &[spec("1")], true).unwrap();
+        assert_eq!(here.queue_config("kept").unwrap().timeout, 20.0);
+        for n in 0..3 {
+            elsewhere.delete_queue(&format!("gone-{n}")).unwrap();
+        }
+        elsewhere
+            .create_queue(
+                "kept",
+                QueueConfig {
+                    timeout: 30.0,
+                    ..settings
+                },
+            )
+            .unwrap();
+        // Within a reload (5 s): the deleted queues are forgotten here, the changed settings
+        // taken.
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let names: Vec<String> = here
+                .queue_configs()
+                .unwrap()
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect();
+            let timeout = here.queue_config("kept").unwrap().timeout;
+            if names == ["kept"] && timeout == 30.0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{names:?} {timeout}");
+            thread::sleep(Duration::from_millis(100));
+        }
+        here.close(Duration::from_secs(1));
+        elsewhere.close(Duration::from_secs(1));
     }
 
     #[test]

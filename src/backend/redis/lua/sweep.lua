@@ -1,13 +1,17 @@
 -- Takes back the jobs of a worker process whose lease here expired (it died or lost Redis):
 -- runs that never started go back untouched, lost runs are counted (failed when no attempts
 -- remain). Called for the tokens the process registry found expired (`workers.lua`). Returns
--- how many jobs that worker still holds here (more than one call's worth), or 0 when done.
+-- {jobs taken back, jobs that worker still holds here (more than one call's worth)}; the second
+-- is -1 when its lease here has not expired yet (the registry must keep the token).
 -- ARGV: now (seconds, for the jobs' records), error, token
 local token = ARGV[3]
 local expiry = tonumber(redis.call('ZSCORE', leases, token))
-if not expiry or expiry > server_ms() then
-  -- Gone, or renewed here after all: not ours to take.
+if not expiry then
   return { 0, 0 }
+end
+if expiry > server_ms() then
+  -- Renewed here after all: not ours to take (yet).
+  return { 0, -1 }
 end
 local theirs = active_key(token)
 local taken = new_taken()
