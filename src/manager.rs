@@ -621,11 +621,12 @@ impl Engine {
         self.backend.delete(name)
     }
 
+    /// A queue's stats; a queue that does not exist (deleted, maybe while this ran) holds
+    /// nothing.
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {
         self.check_open()?;
-        self.known_queue(name)?;
+        validate_queue_name(name)?;
         let counts = match self.backend.counts(name) {
-            // Deleted meanwhile: it holds nothing.
             Err(QueueError::UnknownQueue(_)) => QueueCounts::default(),
             other => other?,
         };

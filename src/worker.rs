@@ -249,13 +249,10 @@ impl Slot {
         batch.jobs.get(index).map(|job| (job.id, job.attempts))
     }
 
-    /// The running job, if it is not the first of its batch (the fetch marked that one) and was
-    /// not reported as started yet.
+    /// The running job, if it was not reported as started yet.
     fn unmarked_start(&self) -> Option<(JobId, u32)> {
         let run = self.state.load(Ordering::Acquire) >> 2;
-        if self.current.load(Ordering::Acquire) == 0
-            || self.marked_run.swap(run, Ordering::AcqRel) == run
-        {
+        if self.marked_run.swap(run, Ordering::AcqRel) == run {
             return None;
         }
         self.running_job()
@@ -496,6 +493,14 @@ impl Pool {
                 let deadline = now.saturating_add(engine.timeout_ns(job));
                 let run = slot.begin(index, now, deadline);
                 engine.watch_deadline(deadline);
+                if index == 0 {
+                    // Counted as an attempt from now on should this process die (the later jobs
+                    // of the batch: see `settle_stalled`).
+                    slot.marked_run.store(run, Ordering::Release);
+                    engine
+                        .backend()
+                        .note_started(&self.queue, (job.id, job.attempts));
+                }
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
                 if !slot.end(run) {

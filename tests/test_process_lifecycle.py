@@ -556,14 +556,19 @@ def test_worker_command_stopped_past_its_shutdown_timeout_exits_cleanly(tmp_path
     )
     try:
         assert proc.stdout is not None
-        lines = []
+        lines: list[str] = []
         deadline = time.monotonic() + WAIT
-        while "running" not in lines and time.monotonic() < deadline:
+
+        def ready() -> bool:
+            # The job runs, and the worker has its signal handlers (its start line).
+            return "running" in lines and any("Ctrl-C to stop" in line for line in lines)
+
+        while not ready() and time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line.strip())
-        assert "running" in lines, lines
+        assert ready(), lines
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=STUCK_EXIT)
     finally:

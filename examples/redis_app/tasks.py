@@ -10,6 +10,6 @@ from __future__ import annotations
 
 from rnode_queue import QueueManager
 
-# REDIS_URL names the server (default redis://127.0.0.1:6379/0), REDIS_PREFIX the key prefix.
+# REDIS_URL names the server (required), REDIS_PREFIX the key prefix.
 qm = QueueManager.from_env(backend="redis", lease=30.0)
 thumbnails = qm.create_queue("thumbnails", concurrency=4, max_retries=2, timeout=60)

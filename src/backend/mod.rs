@@ -169,6 +169,14 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// `mark_started` for one run, without waiting for the store (the caller holds the GIL and
+    /// is about to run the job). Written before the job runs, so that a handler that kills its
+    /// process at once has its run counted; best effort all the same: a note that cannot be
+    /// written at once leaves the run uncounted should the process die.
+    fn note_started(&self, queue: &str, run: (JobId, u32)) {
+        let _ = (queue, run);
+    }
+
     /// Hands back runs this process gives up on at exit (still running past the shutdown
     /// timeout): they run again at once elsewhere, the run counted (or fail, out of attempts).
     /// Returns how many were handed back.

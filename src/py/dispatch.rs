@@ -176,9 +176,9 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> RunOutcome {
         })
         .and_then(|format| {
             let traceback = err.traceback(py).map(Bound::into_any);
-            format
-                .bind(py)
-                .call1((err.get_type(py), err.value(py), traceback))
+            // Python code on an engine thread: guarded, like the handler's call.
+            let args = (err.get_type(py), err.value(py), traceback).into_pyobject(py)?;
+            gil::call(format.bind(py), &args)
         })
         .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)))
         .and_then(|text| text.extract::<String>())

@@ -272,7 +272,16 @@ impl PyEngine {
         options.defaults.validate()?;
         let store = match backend {
             "redis" => StoreOptions::Redis(RedisOptions {
-                url: url.unwrap_or("redis://127.0.0.1:6379/0").to_string(),
+                // No silent default: a forgotten url must not reach whatever Redis happens to
+                // listen on this host.
+                url: url
+                    .ok_or_else(|| {
+                        config_error(
+                            "backend=\"redis\" needs url=\"redis://host:port/db\" (or \
+                             QueueManager.from_env() with REDIS_URL set)",
+                        )
+                    })?
+                    .to_string(),
                 prefix: prefix.to_string(),
                 lease: Duration::from_secs_f64(lease.min(1e9)),
             }),

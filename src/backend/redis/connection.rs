@@ -16,9 +16,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
 
 use crate::error::{QueueError, Result};
+use crate::sync::Mutex;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A note that cannot be written within this is given up.
+const NOTE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
 /// How long any command may take, connecting included: a push to a Redis that is down fails
 /// within this bound.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
@@ -78,6 +81,10 @@ pub struct Redis {
     runtime: ManuallyDrop<tokio::runtime::Runtime>,
     target: Target,
     commands: Conn,
+    /// A plain blocking connection with replies switched off, for notes that must leave the
+    /// process before the caller's next step (see `note`). One server only; `None` in a cluster
+    /// or while it is down.
+    notes: Mutex<Option<redis::Connection>>,
     /// The server's major version (script flags need 7).
     major_version: u32,
 }
@@ -180,12 +187,62 @@ impl Redis {
                 ))
             }
         })?;
-        Ok(Redis {
+        let redis = Redis {
             runtime: ManuallyDrop::new(runtime),
             target,
             commands,
+            notes: Mutex::new(None),
             major_version,
-        })
+        };
+        redis.open_notes();
+        Ok(redis)
+    }
+
+    /// (Re)opens the notes connection, where there is none. Blocks for a connection attempt:
+    /// never with the GIL held.
+    pub fn open_notes(&self) {
+        let Target::Single(client) = &self.target else {
+            return;
+        };
+        if self.notes.lock().is_some() {
+            return;
+        }
+        let opened = client
+            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .and_then(|mut conn| {
+                // A write that cannot go out at once is given up (the note is best effort).
+                conn.set_write_timeout(Some(NOTE_WRITE_TIMEOUT))?;
+                conn.send_packed_command(
+                    &redis::cmd("CLIENT")
+                        .arg("REPLY")
+                        .arg("OFF")
+                        .get_packed_command(),
+                )?;
+                Ok(conn)
+            });
+        if let Ok(conn) = opened {
+            *self.notes.lock() = Some(conn);
+        }
+    }
+
+    /// Hands `cmd` to the kernel now, not waiting for Redis (whose replies are off): once this
+    /// returns true the command reaches Redis even if the process dies the next instant. False
+    /// when it could not be sent that way (a cluster, the connection busy or down): the caller
+    /// falls back to `send_and_forget`. Holds no lock it waits for, and writes a few hundred
+    /// bytes into a socket buffer, so it may run with the GIL held.
+    pub fn note(&self, cmd: &Cmd) -> bool {
+        let Some(mut notes) = self.notes.try_lock() else {
+            return false;
+        };
+        let Some(conn) = notes.as_mut() else {
+            return false;
+        };
+        if conn.send_packed_command(&cmd.get_packed_command()).is_ok() {
+            return true;
+        }
+        // Half written or broken: never reused (the keeper opens a new one).
+        *notes = None;
+        false
     }
 
     /// Whether scripts may carry flags (`#!lua flags=...`): Redis 7 and newer.
@@ -225,6 +282,16 @@ impl Redis {
                 ))
             })?
             .map_err(backend_error)
+    }
+
+    /// Sends `cmd` without waiting for its answer (nothing is logged from the I/O thread, which
+    /// must never wait for the GIL): for best-effort notes.
+    pub fn send_and_forget(&self, cmd: Cmd) {
+        let mut conn = self.conn();
+        self.runtime.spawn(async move {
+            let _ =
+                tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async::<Value>(&mut conn)).await;
+        });
     }
 
     /// A connection of its own, for a blocking command that would stall the shared one.

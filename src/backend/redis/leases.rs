@@ -81,6 +81,7 @@ impl Shared {
             }
             let now_instant = Instant::now();
             if now_instant >= next_renew {
+                self.redis.open_notes();
                 self.renew_leases();
                 next_renew = now_instant + renew_every;
             }
@@ -95,6 +96,15 @@ impl Shared {
         // The queues' leases first, then the registry's: the registry's never expires before
         // theirs, so a sweeper that finds the token expired finds their leases expired too.
         self.renew_queue_leases();
+        // A process that never leased a job is not in the registry: nothing to renew.
+        let registered = self
+            .queues
+            .read()
+            .values()
+            .any(|queue| queue.registered.load(Ordering::Acquire));
+        if !registered {
+            return;
+        }
         match self.workers::<i64>("renew", &[self.token.clone(), self.lease_ms()]) {
             Ok(1) => {
                 // Found expired and dropped (this process lost Redis for a lease): the queues

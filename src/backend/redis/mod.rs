@@ -118,6 +118,7 @@ impl RedisBackend {
             stopping: Mutex::new(false),
             stop: Condvar::new(),
         });
+        shared.load_scripts()?;
         let keeper_shared = shared.clone();
         let keeper = thread::Builder::new()
             .name("rnq-redis-leases".into())
@@ -163,6 +164,17 @@ impl Shared {
             });
         }
         queues.entry(queue.name.clone()).or_insert(queue).clone()
+    }
+
+    fn load_scripts(&self) -> Result<()> {
+        let mut conn = self.redis.conn();
+        let scripts = self.scripts.all();
+        self.redis.run(async move {
+            for script in scripts {
+                script.load_async(&mut conn).await?;
+            }
+            Ok(())
+        })
     }
 
     /// Runs a queue script (EVALSHA, loading it first where Redis lost it): the queue's keys,
@@ -603,7 +615,16 @@ impl Shared {
                 .arg(retention.keep_failed)
                 .arg(&*declaration.settings);
         })?;
-        let _: i64 = self.command(redis::Cmd::sadd(&self.keys.queues, &*queue.name))?;
+        let created = matches!(
+            &stored,
+            Value::Array(fields) if matches!(fields.get(4), Some(Value::Int(1)))
+        );
+        let listed: Result<i64> = self.command(redis::Cmd::sadd(&self.keys.queues, &*queue.name));
+        // An existing queue is listed already (this only heals a listing that failed before):
+        // a full Redis, which refuses the write, must not stop a worker that starts to drain it.
+        if created {
+            listed?;
+        }
         Ok(stored_declaration(&stored).unwrap_or_else(|| declaration.clone()))
     }
 }
@@ -785,6 +806,15 @@ impl Backend for RedisBackend {
             }
         })?;
         Ok(())
+    }
+
+    fn note_started(&self, queue: &str, (id, run): (JobId, u32)) {
+        let s = &self.shared;
+        let mut cmd = eval_cmd(&s.scripts.started, &s.queue(queue).keys);
+        cmd.arg(&s.token).arg(1).arg(id.to_string()).arg(run);
+        if !s.redis.note(&cmd) {
+            s.redis.send_and_forget(cmd);
+        }
     }
 
     fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<usize> {
@@ -1251,9 +1281,9 @@ mod tests {
             .fetch(&queue, request(4), &AtomicBool::new(false))
             .unwrap();
         assert_eq!(taken.len(), 4);
-        // The first job of a fetch starts at once; the worker reached the second one too.
-        dead.mark_started(&queue, &[(taken[1].id, taken[1].attempts)])
-            .unwrap();
+        // The worker started the first two jobs of its batch.
+        let started: Vec<(JobId, u32)> = taken[..2].iter().map(|j| (j.id, j.attempts)).collect();
+        dead.mark_started(&queue, &started).unwrap();
         dead.close(); // stops renewing, as if it died
         let rescuer = backend(&server, lease);
         let wait = FetchRequest {
@@ -1361,6 +1391,8 @@ mod tests {
             .unwrap();
         let cancel = AtomicBool::new(false);
         let first = dead.fetch(&queue, request(1), &cancel).unwrap();
+        dead.mark_started(&queue, &[(first[0].id, first[0].attempts)])
+            .unwrap();
         // The worker stops renewing (as if it died); another process's sweeper takes the job.
         dead.close();
         let rescuer = backend(&server, lease);
@@ -1446,7 +1478,8 @@ mod tests {
         };
         let rescued = other.fetch(&queue, wait, &cancel).unwrap();
         assert_eq!(rescued.len(), 1);
-        assert_eq!((rescued[0].id, rescued[0].attempts), (taken[0].id, 2));
+        // Its run never started (its reply was lost): taken back uncounted.
+        assert_eq!((rescued[0].id, rescued[0].attempts), (taken[0].id, 1));
         // The job it does hold is still its own.
         worker.settle(&queue, vec![completed(&taken[1])]).unwrap();
         let job = worker.get_job(taken[1].id).unwrap().unwrap();

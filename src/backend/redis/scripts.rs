@@ -48,6 +48,27 @@ impl Scripts {
     }
 }
 
+impl Scripts {
+    /// Every script, to load them all at connect: a server busy or paused later (`CLIENT PAUSE`)
+    /// then never makes a push wait for a `SCRIPT LOAD` first.
+    pub fn all(&self) -> [&Script; 12] {
+        [
+            &self.push,
+            &self.fetch,
+            &self.started,
+            &self.settle,
+            &self.release,
+            &self.renew,
+            &self.sweep,
+            &self.tick,
+            &self.counts,
+            &self.list,
+            &self.admin,
+            &self.workers,
+        ]
+    }
+}
+
 /// `EVALSHA` of a script with these keys; arguments follow.
 pub(super) fn eval_cmd(script: &Script, keys: &[String]) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");

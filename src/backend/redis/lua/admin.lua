@@ -1,7 +1,8 @@
 -- Queue administration, one operation per call.
 -- ARGV[1] = 'declare' (replace '1'/'0', ttl_ms, keep_completed, keep_failed, settings): sets the
 --           queue's retention and settings (the engine's JSON); without replace only where none
---           are set yet. Returns what is stored: {ttl_ms, keep_completed, keep_failed, settings}.
+--           are set yet. Returns what is stored: {ttl_ms, keep_completed, keep_failed, settings,
+--           1 if the queue was created by this call}.
 -- ARGV[1] = 'settings': the same, without writing; {} for a queue that does not exist.
 -- ARGV[1] = 'pause' ('1'/'0')
 -- ARGV[1] = 'clear': removes up to 1000 waiting and delayed jobs; returns how many.
@@ -13,10 +14,13 @@
 -- ARGV[1] = 'untick' (schedule id): forgets the last tick pushed for a removed schedule.
 local op = ARGV[1]
 if op == 'declare' then
-  if ARGV[2] == '1' or redis.call('HEXISTS', meta, 'ttl') == 0 then
+  local created = redis.call('HEXISTS', meta, 'ttl') == 0
+  if ARGV[2] == '1' or created then
     redis.call('HSET', meta, 'ttl', ARGV[3], 'kc', ARGV[4], 'kf', ARGV[5], 'cfg', ARGV[6])
   end
-  return redis.call('HMGET', meta, 'ttl', 'kc', 'kf', 'cfg')
+  local stored = redis.call('HMGET', meta, 'ttl', 'kc', 'kf', 'cfg')
+  stored[5] = created and 1 or 0
+  return stored
 elseif op == 'settings' then
   local stored = redis.call('HMGET', meta, 'ttl', 'kc', 'kf', 'cfg')
   if not stored[1] then

@@ -4,7 +4,8 @@
 --
 -- A job is a hash `j:<id>`: `b` its packed immutable body (Rust's format), `s` state, `k` its
 -- waiting rank, `m` max attempts, `a` attempts counted (runs known to have started), `n` the
--- run its current lease is for (above `a` while that run has not started), `st` / `f` / `sa`
+-- run its current lease is for (above `a` while that run has not started), `u` how many times
+-- it was taken back from dead workers before it was known to start, `st` / `f` / `sa`
 -- started, finished and due times, `ls` when it was leased (Redis's clock), `r` result, `e`
 -- error, `tb` traceback. Times are the exact decimal strings Rust sends, never formatted by Lua
 -- (whose tostring keeps only 14 digits); `*_ms` values are integer milliseconds for sorted-set
@@ -163,21 +164,32 @@ local function next_event(ttl)
   return best or -1
 end
 
+-- A job taken back this many times from workers that died before it was known to start is
+-- counted then all the same: one that kills its worker at once cannot run for ever uncounted.
+local UNSTARTED_LIMIT = 3
+
 -- Takes a job back from a worker that lost it (it died, or lost Redis): a run that never
 -- started goes back untouched, in its old place; a lost run is counted and the job waits again,
 -- or fails when no attempts remain. `taken` gathers the jobs for `file_taken_back`.
 local function take_back(id, error, now, taken)
   local key = job_key(id)
-  local job = redis.call('HMGET', key, 'a', 'm', 'k', 'n')
+  local job = redis.call('HMGET', key, 'a', 'm', 'k', 'n', 'u')
   if not (job[2] and job[3]) then
     return
   end
-  local counted = tonumber(job[1]) or 0
-  if (tonumber(job[4]) or 0) > counted then
-    redis.call('HSET', key, 's', 'waiting', 'n', counted)
-    taken.untouched[#taken.untouched + 1] = job[3]
-    taken.untouched[#taken.untouched + 1] = id
-  elseif counted < tonumber(job[2]) then
+  local counted, run = tonumber(job[1]) or 0, tonumber(job[4]) or 0
+  if run > counted then
+    local unstarted = (tonumber(job[5]) or 0) + 1
+    if unstarted < UNSTARTED_LIMIT then
+      redis.call('HSET', key, 's', 'waiting', 'n', counted, 'u', unstarted)
+      taken.untouched[#taken.untouched + 1] = job[3]
+      taken.untouched[#taken.untouched + 1] = id
+      return
+    end
+    counted = run
+    redis.call('HSET', key, 'a', run, 'u', 0)
+  end
+  if counted < tonumber(job[2]) then
     redis.call('HSET', key, 's', 'waiting', 'e', error)
     taken.requeued[#taken.requeued + 1] = job[3]
     taken.requeued[#taken.requeued + 1] = id

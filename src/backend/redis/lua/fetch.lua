@@ -1,7 +1,8 @@
 -- Takes up to `max` waiting jobs (about waiting / share of them) and leases them to `token`
--- for `lease_ms` (by Redis's clock): each becomes active, leased for its next run. The first
--- job (every job with `start_all`) starts at once, so its run is counted here; the others are
--- counted when the worker reports that they started (`started.lua`) or records how they ended.
+-- for `lease_ms` (by Redis's clock): each becomes active, leased for its next run. With
+-- `start_all` (async workers start every job at once) their runs are counted here; otherwise
+-- each is counted when the worker reports that it started (`started.lua`) or records how it
+-- ended.
 -- Due delayed jobs are promoted first.
 -- Returns {next delayed due in ms or -1, {id, run, max_attempts, body, due, error, traceback, ...}}
 -- (`body` false for a job whose record cannot be read; the caller fails it).
@@ -24,7 +25,7 @@ if redis.call('HGET', meta, 'paused') ~= '1' then
       -- A job whose record vanished (deleted outside the queue) is skipped.
       if job[3] or job[2] then
         local run = (tonumber(job[1]) or 0) + 1
-        if #ids == 0 or start_all then
+        if start_all then
           redis.call('HSET', key, 's', 'active', 'a', run, 'n', run, 'st', ARGV[2], 'ls', leased_at)
         else
           redis.call('HSET', key, 's', 'active', 'n', run, 'st', ARGV[2], 'ls', leased_at)

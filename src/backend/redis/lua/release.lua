@@ -8,13 +8,16 @@ local taken = new_taken()
 for n = 0, count - 1 do
   local id, run = ARGV[6 + 2 * n], ARGV[7 + 2 * n]
   local key = job_key(id)
-  if redis.call('HGET', key, 'n') == run and redis.call('SREM', mine, id) == 1 then
+  local job = redis.call('HMGET', key, 'n', 'k')
+  if job[1] == run and redis.call('SREM', mine, id) == 1 then
     if kind == 'unstarted' then
-      redis.call('HSET', key, 'a', tonumber(run) - 1)
+      redis.call('HSET', key, 's', 'waiting', 'a', tonumber(run) - 1, 'n', tonumber(run) - 1)
+      taken.untouched[#taken.untouched + 1] = job[2]
+      taken.untouched[#taken.untouched + 1] = id
     else
       redis.call('HSET', key, 'a', run)
+      take_back(id, ARGV[4], ARGV[3], taken)
     end
-    take_back(id, ARGV[4], ARGV[3], taken)
   end
 end
 return file_taken_back(taken)
