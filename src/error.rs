@@ -47,7 +47,12 @@ pub enum QueueError {
 impl QueueError {
     /// A failure of the backend, whether or not the command reached it.
     pub fn is_backend(&self) -> bool {
-        matches!(self, QueueError::Backend(_) | QueueError::Indeterminate(_))
+        matches!(
+            self,
+            QueueError::Backend(_)
+                | QueueError::Indeterminate(_)
+                | QueueError::PushOutcomeUnknown { .. }
+        )
     }
 
     /// A settings error with this message.

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,6 +27,8 @@ const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 /// a forked child (see `forget_in_child`), which then draws its own on first use.
 static PROCESS_BITS: AtomicU64 = AtomicU64::new(0);
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Held while the bits are drawn.
+static SEEDING: AtomicBool = AtomicBool::new(false);
 
 impl JobId {
     /// A fresh id for a job created at `created_at`: no syscall, no lock (one atomic add).
@@ -54,18 +56,26 @@ impl JobId {
     fn seed() -> u64 {
         static AT_FORK: Once = Once::new();
         AT_FORK.call_once(|| {
-            // SAFETY: registers a handler that only stores to an atomic (async-signal-safe).
+            // SAFETY: registers a handler that only stores to atomics (async-signal-safe).
             unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) };
         });
-        let (high, low) = Uuid::new_v4().as_u64_pair();
-        let bits = 1 << 32 | (high & 0xffff_ffff);
-        COUNTER.store(low & COUNTER_MASK, Ordering::Relaxed);
-        // Two threads may seed at once: the first one's bits stay (the counter keeps every id
-        // of this process distinct either way).
-        match PROCESS_BITS.compare_exchange(0, bits, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => bits,
-            Err(current) => current,
+        // One thread seeds; one that comes meanwhile waits for its bits (a spin of a syscall's
+        // length: no lock that `fork` could copy held).
+        while SEEDING
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            std::hint::spin_loop();
         }
+        let mut bits = PROCESS_BITS.load(Ordering::Acquire);
+        if bits == 0 {
+            let (high, low) = Uuid::new_v4().as_u64_pair();
+            COUNTER.store(low & COUNTER_MASK, Ordering::Relaxed);
+            bits = 1 << 32 | (high & 0xffff_ffff);
+            PROCESS_BITS.store(bits, Ordering::Release);
+        }
+        SEEDING.store(false, Ordering::Release);
+        bits
     }
 
     pub fn parse(text: &str) -> Option<Self> {
@@ -97,6 +107,7 @@ impl fmt::Display for JobId {
 /// In every forked child, whoever forked (a manager, multiprocessing, a web server): the child
 /// must not repeat its parent's ids.
 extern "C" fn forget_in_child() {
+    SEEDING.store(false, Ordering::Release);
     PROCESS_BITS.store(0, Ordering::Release);
 }
 

@@ -21,7 +21,7 @@ use pyo3::prelude::*;
 #[pyo3(name = "_core")]
 fn rnode_queue_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    py::logging::install();
+    py::logging::install(module.py())?;
     py::errors::register(module)?;
     module.add_class::<py::engine::PyEngine>()?;
     module.add_class::<py::job::PyJob>()?;

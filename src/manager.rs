@@ -201,6 +201,9 @@ pub const MAX_CONCURRENCY: usize = 1024;
 /// megabytes; every attempt stores it).
 const MAX_ERROR_TEXT: usize = 64 * 1024;
 
+/// `close` gives the timer thread at least this long to stop (it may be in a backend call).
+const TIMER_STOP_MIN: Duration = Duration::from_millis(100);
+
 /// A failed cron tick's push is tried again after this, doubling up to `CRON_RETRY_MAX`, until
 /// the next tick is due.
 const CRON_RETRY_FIRST: f64 = 0.25;
@@ -294,8 +297,10 @@ pub struct Engine {
     backend: Arc<dyn Backend>,
     options: EngineOptions,
     queues: RwLock<HashMap<Arc<str>, Arc<QueueEntry>>>,
-    /// Held while a queue is created, re-declared or deleted, so that those never interleave:
-    /// a push racing a delete either lands before it or declares the queue again, whole.
+    /// Held (never across a backend call) while the records of a queue and of its workers
+    /// change together: a delete and a `process` of one queue do not interleave. A push that
+    /// races a delete heals by itself: it lands before the delete, or finds the queue gone and
+    /// declares it again.
     queue_changes: Mutex<()>,
     pools: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
     schedules: Mutex<HashMap<Arc<str>, CronEntry>>,
@@ -360,11 +365,9 @@ impl Engine {
                 );
             }
         }
-        // Delayed jobs and retention a persistent backend already holds get their timer; no
-        // record is kept for a queue this process does not use.
-        for name in engine.backend.queue_names()? {
-            engine.timers.arm(TimerKey::Queue(Arc::from(name)), now());
-        }
+        // A queue's timer (promotions, retention) is armed when this process first uses the
+        // queue, not for every queue a shared store holds: starting a process costs the same
+        // however many queues exist.
         if engine.backend.shared() {
             engine.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
         }
@@ -404,10 +407,10 @@ impl Engine {
         validate_queue_name(name)?;
         config.validate()?;
         let entry = {
-            let _changing = self.queue_changes.lock();
             let name: Arc<str> = Arc::from(name);
             self.backend
                 .declare_queue(&name, &config.declaration(), true)?;
+            let _changing = self.queue_changes.lock();
             let entry = self.insert_entry(&name, config.clone());
             *entry.config.write() = Arc::new(config);
             entry.declared_here.store(true, Ordering::Release);
@@ -443,26 +446,24 @@ impl Engine {
             return Ok(entry.clone());
         }
         validate_queue_name(name)?;
-        let _changing = self.queue_changes.lock();
-        if let Some(entry) = self.queues.read().get(name) {
-            return Ok(entry.clone());
-        }
         let name: Arc<str> = Arc::from(name);
         let defaults = &self.options.defaults;
+        // Two first uses at once both declare it: declaring an existing queue changes nothing.
         let stored = self
             .backend
             .declare_queue(&name, &defaults.declaration(), false)?;
+        let _changing = self.queue_changes.lock();
         Ok(self.insert_entry(&name, QueueConfig::from_declaration(&stored, defaults)))
     }
 
     /// Declares the queue again after it vanished from the store (deleted, maybe by another
     /// process, while this one still used it), with the settings this process has for it.
     fn redeclare(&self, entry: &Arc<QueueEntry>) -> Result<()> {
-        let _changing = self.queue_changes.lock();
         let config = entry.config.read().clone();
         let here = entry.declared_here.load(Ordering::Acquire);
         self.backend
             .declare_queue(&entry.name, &config.declaration(), here)?;
+        let _changing = self.queue_changes.lock();
         self.queues
             .write()
             .entry(entry.name.clone())
@@ -538,14 +539,18 @@ impl Engine {
         })
     }
 
-    /// Every queue's settings.
-    pub fn queue_configs(&self) -> Result<Vec<(String, QueueConfig)>> {
+    /// Every queue's settings, and whether this process declared it (`create_queue`).
+    pub fn queue_configs(&self) -> Result<Vec<(String, QueueConfig, bool)>> {
         self.check_open()?;
         Ok(self
             .queues
             .read()
             .values()
-            .map(|entry| (entry.name.to_string(), (**entry.config.read()).clone()))
+            .map(|entry| {
+                let config = (**entry.config.read()).clone();
+                let here = entry.declared_here.load(Ordering::Acquire);
+                (entry.name.to_string(), config, here)
+            })
             .collect())
     }
 
@@ -611,13 +616,15 @@ impl Engine {
     pub fn delete_queue(&self, name: &str) -> Result<bool> {
         self.check_open()?;
         validate_queue_name(name)?;
-        let _changing = self.queue_changes.lock();
-        let pool = self.pools.lock().remove(name);
+        let pool = {
+            let _changing = self.queue_changes.lock();
+            self.queues.write().remove(name);
+            self.timers.disarm(&TimerKey::Queue(Arc::from(name)));
+            self.pools.lock().remove(name)
+        };
         if let Some(pool) = &pool {
             pool.request_stop(self);
         }
-        self.queues.write().remove(name);
-        self.timers.disarm(&TimerKey::Queue(Arc::from(name)));
         self.backend.delete(name)
     }
 
@@ -1401,13 +1408,13 @@ impl Engine {
             self.pools.lock().clear();
         } else if self.backend.shared() {
             for pool in &pools {
-                let runs = pool.running_jobs();
+                let runs = pool.wind_down(self);
                 if runs.is_empty() {
                     continue;
                 }
                 match self.backend.hand_back(&pool.queue, &runs) {
-                    Ok(_) => {
-                        handed_back.extend(runs.iter().map(|(id, _)| (pool.queue.clone(), *id)))
+                    Ok(ids) => {
+                        handed_back.extend(ids.into_iter().map(|id| (pool.queue.clone(), id)))
                     }
                     Err(error) => log::error!(
                         target: "rnode_queue",
@@ -1419,7 +1426,11 @@ impl Engine {
                 }
             }
         }
-        self.timers.stop();
+        self.timers.stop(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(TIMER_STOP_MIN),
+        );
         // Only now: leases stay renewed while running jobs finish.
         self.backend.close();
         CloseReport {
@@ -1435,7 +1446,7 @@ impl Drop for Engine {
         for pool in self.pools.lock().values() {
             pool.request_stop(self);
         }
-        self.timers.stop();
+        self.timers.stop(TIMER_STOP_MIN);
     }
 }
 
@@ -1725,6 +1736,14 @@ mod tests {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             if fail {
+                // The first failure is a push whose outcome stayed unknown (Redis paused), the
+                // others a refused connection: both are tried again.
+                if self.asked.lock().len() == 1 {
+                    return Err(QueueError::PushOutcomeUnknown {
+                        message: "redis: no answer".into(),
+                        ids: jobs.iter().map(|job| job.id).collect(),
+                    });
+                }
                 return Err(QueueError::Backend("redis: connection refused".into()));
             }
             self.inner.push_tick(queue, jobs, schedule, tick)

@@ -57,6 +57,8 @@ struct TimerState {
     /// The earliest time each key is already set for; an arm for a later time is a no-op.
     armed: HashMap<TimerKey, Timestamp>,
     stopped: bool,
+    /// The timer thread has returned.
+    exited: bool,
 }
 
 #[derive(Default)]
@@ -95,20 +97,35 @@ impl Timers {
         *self.thread.lock() = Some(handle);
     }
 
-    pub fn stop(&self) {
+    /// Stops the timer thread and waits for it, `within` at most: a timer busy with a slow
+    /// backend (a Redis that does not answer) finishes by itself, since it fires nothing more.
+    pub fn stop(&self, within: Duration) {
         {
             let mut state = self.state.lock();
             state.stopped = true;
             self.wake.notify_all();
         }
+        let deadline = std::time::Instant::now() + within;
+        let mut state = self.state.lock();
+        while !state.exited && std::time::Instant::now() < deadline {
+            state = self.wake.wait_until(state, deadline).0;
+        }
+        let exited = state.exited;
+        drop(state);
         if let Some(handle) = self.thread.lock().take() {
-            if handle.thread().id() != thread::current().id() {
+            if exited && handle.thread().id() != thread::current().id() {
                 let _ = handle.join();
             }
         }
     }
 
     fn run(&self, engine: Weak<Engine>) {
+        self.run_until_stopped(engine);
+        self.state.lock().exited = true;
+        self.wake.notify_all();
+    }
+
+    fn run_until_stopped(&self, engine: Weak<Engine>) {
         loop {
             let due = {
                 let mut state = self.state.lock();

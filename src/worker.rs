@@ -689,8 +689,10 @@ impl Pool {
         self.slots.lock().iter().filter(|s| s.is_running()).count()
     }
 
-    /// The runs in progress (id, attempt): what a close that timed out hands back.
-    pub fn running_jobs(&self) -> Vec<(JobId, u32)> {
+    /// For a close that timed out: hands back the unstarted rest of each busy worker's batch,
+    /// records the runs that ended before the one at hand, and returns the runs still in
+    /// progress (id, attempt), which the caller hands back.
+    pub fn wind_down(&self, engine: &Engine) -> Vec<(JobId, u32)> {
         if self.is_async() {
             let in_flight = self.in_flight_jobs.lock();
             return in_flight
@@ -699,7 +701,20 @@ impl Pool {
                 .collect();
         }
         let slots: Vec<Arc<Slot>> = self.slots.lock().clone();
-        slots.iter().filter_map(|slot| slot.running_job()).collect()
+        let mut running = Vec::new();
+        for slot in slots {
+            let Some(run) = slot.running_job() else {
+                continue;
+            };
+            let batch = slot.work.lock().batch.clone();
+            if let Some(batch) = batch {
+                engine.release(&self.queue, batch.take_rest());
+            }
+            let taken = slot.work.lock().take_finished();
+            settle_finished(engine, &self.queue, taken);
+            running.push(run);
+        }
+        running
     }
 
     /// Settles the ended runs of workers busy with a job that began over `BATCH_BUDGET` ago,

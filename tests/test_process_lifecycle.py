@@ -560,8 +560,10 @@ def test_worker_command_stopped_past_its_shutdown_timeout_exits_cleanly(tmp_path
         deadline = time.monotonic() + WAIT
 
         def ready() -> bool:
-            # The job runs, and the worker has its signal handlers (its start line).
-            return "running" in lines and any("Ctrl-C to stop" in line for line in lines)
+            # The job runs, and the worker has its signal handlers (its start line). The two
+            # are printed by different threads: they may share a line.
+            text = "\n".join(lines)
+            return "running" in text and "Ctrl-C to stop" in text
 
         while not ready() and time.monotonic() < deadline:
             line = proc.stdout.readline()

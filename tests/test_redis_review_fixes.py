@@ -9,6 +9,7 @@ none can be started, or fails under ``RNQ_REQUIRE_REDIS=1``.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -93,7 +94,7 @@ DYING_WORKER = textwrap.dedent(
     import json, os, sys, time
     from rnode_queue import QueueManager
 
-    options, queue, started_path, kind, seconds = json.loads(sys.argv[1]), *sys.argv[2:6]
+    options, queue, started_path, seconds = json.loads(sys.argv[1]), *sys.argv[2:5]
     seconds = float(seconds)
     started = os.open(started_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     qm = QueueManager(**options)
@@ -101,12 +102,7 @@ DYING_WORKER = textwrap.dedent(
     def handler(job):
         # Unbuffered: the line is in the file even if the process is killed right after.
         os.write(started, (job.id + "\\n").encode())
-        if kind == "sleep":
-            time.sleep(seconds)
-        else:  # "busy": holds the GIL, as CPU-bound handlers do
-            end = time.perf_counter() + seconds
-            while time.perf_counter() < end:
-                pass
+        time.sleep(seconds)
 
     qm.get_queue(queue).process(handler)
     print("ready", flush=True)
@@ -117,11 +113,9 @@ DYING_WORKER = textwrap.dedent(
 
 class DyingWorker:
     """A worker process (default concurrency: 5 threads) whose handler appends each job id to
-    ``started`` as its first action, then sleeps or spins for ``seconds``; made to be killed."""
+    a file as its first action, then sleeps for ``seconds``; made to be killed."""
 
-    def __init__(
-        self, tmp_path: Path, options: dict[str, Any], queue: str, kind: str, seconds: float
-    ) -> None:
+    def __init__(self, tmp_path: Path, options: dict[str, Any], queue: str, seconds: float) -> None:
         self.started_file = tmp_path / "started.txt"
         self.started_file.touch()
         script = tmp_path / "dying_worker.py"
@@ -135,7 +129,6 @@ class DyingWorker:
                     json.dumps(options),
                     queue,
                     str(self.started_file),
-                    kind,
                     str(seconds),
                 ],
                 stdin=subprocess.PIPE,
@@ -166,9 +159,7 @@ def dying_workers() -> Iterator[list[DyingWorker]]:
         worker.kill()
 
 
-@pytest.mark.parametrize("kind", ["sleep", "busy"])
 def test_jobs_taken_in_a_batch_but_never_started_keep_their_attempt_when_their_worker_dies(
-    kind: str,
     redis_kwargs: dict[str, Any],
     manager_pool: ManagerPool,
     dying_workers: list[DyingWorker],
@@ -176,13 +167,12 @@ def test_jobs_taken_in_a_batch_but_never_started_keep_their_attempt_when_their_w
 ) -> None:
     # Old: every job of a fetched batch counted as started; a SIGKILL lost the attempt of all of
     # them, and with attempts=1 about 167 of 2,000 jobs failed with "LeaseExpired" without
-    # ever running. ("busy": handlers that hold the GIL, so that a worker thread waits for it
-    # between taking jobs and starting the first one.)
+    # ever running.
     kwargs = {**redis_kwargs, "lease": 1.0}
     queue = "batch-loss"
     qm = manager_pool.open(**kwargs)
     ids = qm.push_batch(queue, [{"data": n, "options": {"attempts": 1}} for n in range(2000)])
-    worker = DyingWorker(tmp_path, kwargs, queue, kind, 0.002)
+    worker = DyingWorker(tmp_path, kwargs, queue, 0.002)
     dying_workers.append(worker)
     wait_until(lambda: worker.started_count() >= 300, timeout=WAIT, what="the worker is busy")
     worker.kill()  # mid-batch
@@ -221,16 +211,17 @@ def test_the_jobs_of_a_worker_killed_just_after_a_fetch_are_taken_back(
     # The worker registry (`{workers}:leases`) gets a process's expiry when its keeper renews
     # (every lease / 3), the queue's `leases` at every fetch too, so a worker that dies between
     # two renewals is due in the registry before it is due in the queue. A sweep in between must
-    # not lose it. (Seen: the sweep found the queue lease "renewed after all", took nothing,
-    # and dropped the token from the registry: its jobs stayed active for ever.) The kill and
-    # the sweep are timed by the registry's expiry, read from Redis (see keys.rs).
+    # not lose it. Old (1ec207c, the registry's first version): the sweep found the queue lease
+    # "renewed after all", took nothing, and dropped the token from the registry: the dead
+    # worker's jobs stayed active for ever. The kill and the sweep are timed by the registry's
+    # expiry, read from Redis (see keys.rs).
     lease = 3.0
     kwargs = {**redis_kwargs, "lease": lease}
     url, prefix, queue = redis_kwargs["url"], redis_kwargs["prefix"], "killed-after-fetch"
     registry = f"{prefix}:{{workers}}:leases"
     with QueueManager(**kwargs) as pusher:  # closed: it leaves the registry
         ids = pusher.push_batch(queue, [{"data": n} for n in range(3000)])
-    worker = DyingWorker(tmp_path, kwargs, queue, "sleep", 0.01)
+    worker = DyingWorker(tmp_path, kwargs, queue, 0.01)
     dying_workers.append(worker)
     tokens = wait_until(
         lambda: redis_cli(url, "ZRANGE", registry, "0", "-1").split(),
@@ -627,3 +618,130 @@ def test_a_worker_closed_with_jobs_running_hands_them_back(
         assert [e["job"].id for e in recorder.snapshot()] == [job_id]
     finally:
         never.set()
+
+
+def test_a_close_past_its_timeout_hands_back_the_rest_of_the_batch(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    # Old: only the job at hand was handed back; the unstarted rest of the worker's batch (up to
+    # 255 jobs) stayed leased to the closed process for the whole lease.
+    kwargs = {**redis_kwargs, "lease": 30.0}
+    pusher = manager_pool.open(**kwargs)
+    stopping = manager_pool.open(**kwargs)
+    q = stopping.create_queue("batch-back", concurrency=1)
+    never = threading.Event()
+    running = threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.data == "stuck":
+            running.set()
+            never.wait(60)
+
+    # Fast jobs first, so that the worker's batches grow; the stuck job is in the middle of one.
+    items: list[dict[str, Any]] = [{"data": n} for n in range(600)]
+    items.append({"data": "stuck"})
+    items += [{"data": n} for n in range(600, 900)]
+    ids = pusher.push_batch("batch-back", items)
+    stuck_id = ids[600]
+    q.process(handler)
+    try:
+        assert running.wait(WAIT)
+        finished, handed_back = stopping._close(0.5)
+        assert finished is False
+        assert handed_back == [("batch-back", stuck_id)]
+        stats = pusher.get_queue("batch-back").get_stats()
+        assert stats["processing"] == 0, stats  # nothing left leased to the closed process
+        job = pusher.get_job(stuck_id)
+        assert job is not None and job.status == "waiting" and job.attempts == 1
+        pusher.get_queue("batch-back").process(lambda job: None)
+        assert pusher.join("batch-back", timeout=WAIT)
+        done = pusher.get_jobs("batch-back", status="completed", limit=1000)
+        assert {j.id for j in done} == set(ids)
+        unstarted_after = [pusher.get_job(i) for i in ids[601:]]
+        assert all(j is not None and j.attempts == 1 for j in unstarted_after)
+    finally:
+        never.set()
+
+
+def test_a_busy_process_does_not_take_the_wake_up_of_an_idle_one(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    # Old: a process kept listening to a queue for 30 s after its workers last idled there; busy
+    # meanwhile, it took the wake-up marker of a new job, and the idle process slept on until
+    # its 10-second fetch timeout.
+    busy = manager_pool.open(**redis_kwargs)
+    idle = manager_pool.open(**redis_kwargs)
+    release = threading.Event()
+    started = threading.Event()
+
+    def long_job(job: Job) -> None:
+        started.set()
+        release.wait(30)
+
+    busy.create_queue("wake", concurrency=1).process(long_job)
+    time.sleep(QUIET_WINDOW)  # the busy process listens, idle, first
+    idle_pusher = manager_pool.open(**redis_kwargs)
+    idle_pusher.push("wake", "long")
+    try:
+        assert started.wait(WAIT)
+        recorder = Recorder()
+        idle.get_queue("wake").process(recorder.record)
+        time.sleep(QUIET_WINDOW)  # the idle process listens too, after the busy one
+        begin = time.monotonic()
+        job = idle_pusher.wait_for(idle_pusher.push("wake", "short"), timeout=WAIT)
+        assert job is not None and job.status == "completed"
+        assert time.monotonic() - begin < 3.0, "the idle process was woken at once"
+    finally:
+        release.set()
+
+
+def test_close_is_not_held_up_by_a_timer_waiting_for_redis(
+    private_redis: Callable[..., RedisServer], manager_pool: ManagerPool
+) -> None:
+    # Old: close() joined the timer thread, which could be in a cron push waiting for a Redis
+    # that does not answer (4 s per try, retried): close(timeout=1) took far longer.
+    server = private_redis()
+    qm = manager_pool.open(backend="redis", url=server.url, prefix="rnq-timer")
+    qm.schedule("ticks", 1, "* * * * * *")
+    qm.push("warm-up", 1)  # the scripts are loaded
+    redis_cli(server.url, "CLIENT", "PAUSE", "8000", "WRITE")
+    time.sleep(1.5)  # a tick is due meanwhile: the timer thread waits for Redis
+    begin = time.monotonic()
+    qm.close(timeout=1)
+    assert time.monotonic() - begin < 3.0
+    redis_cli(server.url, "CLIENT", "UNPAUSE")
+
+
+def test_a_forked_child_keeps_the_settings_stored_by_another_process(
+    redis_kwargs: dict[str, Any], manager_pool: ManagerPool
+) -> None:
+    # Old: a child re-declared every queue its parent knew with the parent's settings (often
+    # the defaults), overwriting those another process stored, and then kept them for good.
+    owner = manager_pool.open(**redis_kwargs)
+    owner.create_queue("reports", timeout=20, max_retries=0)
+    web = manager_pool.open(**redis_kwargs)
+    web.push("reports", 1)  # uses the stored settings, declares nothing
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: push, report the job's settings
+        code = 1
+        try:
+            os.close(read_end)
+            job = web.get_job(web.push("reports", 2))
+            message = json.dumps({"timeout": job.timeout, "max_attempts": job.max_attempts})
+            os.write(write_end, message.encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        reported = json.loads(pipe.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    assert reported == {"timeout": 20.0, "max_attempts": 1}
+    later = owner.get_job(owner.push("reports", 3))
+    assert later is not None and (later.timeout, later.max_attempts) == (20.0, 1)
+    # What the store holds is still the owner's: a third process reads it.
+    third = manager_pool.open(**redis_kwargs)
+    job = third.get_job(third.push("reports", 4))
+    assert job is not None and (job.timeout, job.max_attempts) == (20.0, 1)

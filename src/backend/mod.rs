@@ -179,10 +179,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Hands back runs this process gives up on at exit (still running past the shutdown
     /// timeout): they run again at once elsewhere, the run counted (or fail, out of attempts).
-    /// Returns how many were handed back.
-    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<usize> {
+    /// Returns those handed back (a run that ended meanwhile is not).
+    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<Vec<JobId>> {
         let _ = (queue, runs);
-        Ok(0)
+        Ok(Vec::new())
     }
 
     /// Makes due delayed jobs waiting and drops finished jobs past their retention. Returns when

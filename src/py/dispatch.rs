@@ -158,9 +158,9 @@ fn failure_from(py: Python<'_>, err: &PyErr) -> RunOutcome {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".into());
-    let message = err
-        .value(py)
-        .str()
+    // `str()` runs the exception's own `__str__`: guarded.
+    let str_type = py.get_type::<PyString>().into_any();
+    let message = gil::call1(&str_type, err.value(py).clone().into_any())
         .map(|s| s.to_string())
         .unwrap_or_default();
     let error = if message.is_empty() {

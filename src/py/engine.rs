@@ -35,7 +35,7 @@ pub struct PyEngine {
     store: StoreOptions,
     options: EngineOptions,
     /// Queue settings taken just before `fork`, for the child's fresh engine.
-    fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig)>>,
+    fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig, bool)>>,
 }
 
 /// Which backend the arguments select: `backend` when given, else the one `url` (redis) or
@@ -738,8 +738,14 @@ impl PyEngine {
         // Opening a backend may wait for the network: without the GIL.
         let opened = gil::detach(py, || {
             let fresh = self.create_engine()?;
-            for (name, config) in configs {
-                fresh.create_queue(&name, config)?;
+            for (name, config, declared_here) in configs {
+                // What the parent declared, the child declares; a queue the parent only used
+                // keeps the settings stored with it (another process's, maybe).
+                if declared_here {
+                    fresh.create_queue(&name, config)?;
+                } else {
+                    fresh.declare_queue(&name)?;
+                }
             }
             Ok::<_, QueueError>(fresh)
         });

@@ -19,11 +19,18 @@ static BRIDGE: Bridge = Bridge;
 static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Installs the bridge as the process's `log` logger (once; a logger another extension
-/// installed first stays, and our records go to it).
-pub fn install() {
+/// installed first stays, and our records go to it), and looks the Python logger up now, while
+/// the module is imported, not on an engine thread at exit.
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    LOGGER.get_or_try_init(py, || {
+        py.import("logging")?
+            .call_method1("getLogger", (TARGET,))
+            .map(Bound::unbind)
+    })?;
     if log::set_logger(&BRIDGE).is_ok() {
         log::set_max_level(LevelFilter::Debug);
     }
+    Ok(())
 }
 
 fn python_level(level: Level) -> u32 {
@@ -48,25 +55,16 @@ impl Log for Bridge {
         let level = python_level(record.level());
         // At interpreter exit nothing is logged (there is no Python to log to).
         gil::attach(|py| {
+            let Some(logger) = LOGGER.get(py) else { return };
             // A record must never replace an exception being raised on this thread.
             let pending = PyErr::take(py);
             let logged = (|| -> PyResult<()> {
-                let logger = LOGGER.get_or_try_init(py, || {
-                    py.import("logging")?
-                        .call_method1("getLogger", (TARGET,))
-                        .map(Bound::unbind)
-                })?;
-                let logger = logger.bind(py);
-                if logger
-                    .call_method1(intern!(py, "isEnabledFor"), (level,))?
-                    .is_truthy()?
-                {
-                    // Handlers write to files and sockets: guarded, like any call that may
-                    // release the GIL on an engine thread.
-                    let log = logger.getattr(intern!(py, "log"))?;
-                    let message = record.args().to_string();
-                    gil::call(&log, &(level, "%s", message).into_pyobject(py)?)?;
-                }
+                // `Logger.log` checks the level itself. It runs handlers that write to files
+                // and sockets: guarded, like any call that may release the GIL on an engine
+                // thread.
+                let log = logger.bind(py).getattr(intern!(py, "log"))?;
+                let message = record.args().to_string();
+                gil::call(&log, &(level, "%s", message).into_pyobject(py)?)?;
                 Ok(())
             })();
             if let Err(error) = logged {

@@ -194,34 +194,63 @@ impl Redis {
             notes: Mutex::new(None),
             major_version,
         };
-        redis.open_notes();
+        redis.open_notes(CONNECT_TIMEOUT);
         Ok(redis)
     }
 
-    /// (Re)opens the notes connection, where there is none. Blocks for a connection attempt:
-    /// never with the GIL held.
-    pub fn open_notes(&self) {
+    /// (Re)opens the notes connection, where there is none; true when it did. Blocks for a
+    /// connection attempt of `timeout` at most: never with the GIL held.
+    pub fn open_notes(&self, timeout: Duration) -> bool {
         let Target::Single(client) = &self.target else {
-            return;
+            return false;
         };
         if self.notes.lock().is_some() {
-            return;
+            return false;
         }
         let opened = client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
+            .get_connection_with_timeout(timeout)
             .and_then(|mut conn| {
                 // A write that cannot go out at once is given up (the note is best effort).
                 conn.set_write_timeout(Some(NOTE_WRITE_TIMEOUT))?;
-                conn.send_packed_command(
-                    &redis::cmd("CLIENT")
+                conn.set_read_timeout(Some(timeout))?;
+                // Replies off, checked: were they not (an ACL without CLIENT, say), they would pile
+                // up unread in Redis. With replies off the PING gets none, so the one reply read is
+                // the OK of turning them on again — or the error of turning them off.
+                let client_reply = |on: &str| {
+                    redis::cmd("CLIENT")
                         .arg("REPLY")
-                        .arg("OFF")
-                        .get_packed_command(),
-                )?;
+                        .arg(on)
+                        .get_packed_command()
+                };
+                conn.send_packed_command(&client_reply("OFF"))?;
+                conn.send_packed_command(&redis::cmd("PING").get_packed_command())?;
+                conn.send_packed_command(&client_reply("ON"))?;
+                match conn.recv_response()? {
+                    Value::Okay => {}
+                    Value::SimpleString(text) if text == "OK" => {}
+                    other => {
+                        return Err(RedisError::from((
+                            redis::ErrorKind::Client,
+                            "CLIENT REPLY OFF is not available",
+                            format!("{other:?}"),
+                        )))
+                    }
+                }
+                conn.send_packed_command(&client_reply("OFF"))?;
                 Ok(conn)
             });
-        if let Ok(conn) = opened {
-            *self.notes.lock() = Some(conn);
+        match opened {
+            Ok(conn) => {
+                *self.notes.lock() = Some(conn);
+                true
+            }
+            Err(error) => {
+                log::debug!(
+                    target: "rnode_queue",
+                    "no connection for start notes ({error}): they are sent in the background"
+                );
+                false
+            }
         }
     }
 

@@ -76,12 +76,18 @@ impl Shared {
                     stopping = self.stop.wait_until(stopping, until).0;
                 }
                 if *stopping {
+                    drop(stopping);
+                    self.stop.notify_all();
                     return;
                 }
             }
             let now_instant = Instant::now();
             if now_instant >= next_renew {
-                self.redis.open_notes();
+                // A connection lost (a Redis restart): a new one, with the scripts loaded again
+                // (the notes cannot load them). Bounded well within a lease.
+                if self.redis.open_notes(self.lease / 4) {
+                    let _ = self.load_scripts();
+                }
                 self.renew_leases();
                 next_renew = now_instant + renew_every;
             }
@@ -107,16 +113,30 @@ impl Shared {
         }
         match self.workers::<i64>("renew", &[self.token.clone(), self.lease_ms()]) {
             Ok(1) => {
-                // Found expired and dropped (this process lost Redis for a lease): the queues
-                // are registered again as their jobs are next fetched.
+                // Found expired and dropped (this process lost Redis for a lease): the token is
+                // back, with no queues. Those where this process holds jobs now (fetched since,
+                // with a stale `registered`) are listed again at once, so that a sweeper finds
+                // them should it die; the others as their jobs are next fetched.
                 log::warn!(
                     target: "rnode_queue",
                     "this process's leases had expired (Redis unreachable for {} s?): the jobs \
                      it held were taken back and run again elsewhere",
                     self.lease.as_secs_f64()
                 );
-                for queue in self.queues.read().values() {
+                let queues: Vec<Arc<RedisQueue>> = self.queues.read().values().cloned().collect();
+                for queue in queues {
                     queue.registered.store(false, Ordering::Release);
+                    let holds =
+                        !queue.held.lock().is_empty() || queue.unsure.load(Ordering::Acquire);
+                    if holds {
+                        if let Err(error) = self.register(&queue) {
+                            log::warn!(
+                                target: "rnode_queue",
+                                "queue {:?} could not be registered again ({error})",
+                                &*queue.name
+                            );
+                        }
+                    }
                 }
             }
             Ok(_) => {}
@@ -270,7 +290,14 @@ impl Shared {
             .values()
             .any(|q| !q.held.lock().is_empty() || q.unsure.load(Ordering::Acquire));
         if !holds {
-            let _: Result<i64> = self.workers("leave", std::slice::from_ref(&self.token));
+            // Brief: a Redis that does not answer must not hold a close up (the token then
+            // expires by itself).
+            let script = &self.scripts.workers;
+            let mut cmd = eval_cmd(script, &self.keys.workers);
+            cmd.arg(&self.keys.worker_queues)
+                .arg("leave")
+                .arg(&self.token);
+            let _: Result<i64> = self.eval_for(Duration::from_millis(250), script, cmd);
         }
     }
 }

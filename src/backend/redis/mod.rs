@@ -54,6 +54,8 @@ const PUSHED_HERE_LIMIT: usize = 100_000;
 const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
 /// The queue records kept here beyond this many, unused, are dropped (and made again on use).
 const QUEUE_HANDLES: usize = 1024;
+/// How long closing waits for the lease thread.
+const KEEPER_STOP: Duration = Duration::from_millis(500);
 /// Commands per pipelined round trip when many queues are read at once.
 const PIPELINE_CHUNK: usize = 500;
 /// The error a job whose stored record cannot be read fails with.
@@ -130,11 +132,26 @@ impl RedisBackend {
         })
     }
 
+    /// Stops the lease thread, waiting `KEEPER_STOP` at most: one busy with a Redis that does
+    /// not answer finishes by itself (it renews nothing more).
     fn stop_keeper(&self) {
         *self.shared.stopping.lock() = true;
         self.shared.stop.notify_all();
         if let Some(handle) = self.keeper.lock().take() {
-            let _ = handle.join();
+            let deadline = Instant::now() + KEEPER_STOP;
+            let mut stopping = self.shared.stopping.lock();
+            while !handle.is_finished() && Instant::now() < deadline {
+                // Woken by the thread as it returns (`keep_leases`), or at the deadline.
+                stopping = self
+                    .shared
+                    .stop
+                    .wait_until(stopping, deadline.min(Instant::now() + KEEPER_STOP / 10))
+                    .0;
+            }
+            drop(stopping);
+            if handle.is_finished() {
+                let _ = handle.join();
+            }
         }
     }
 }
@@ -166,7 +183,7 @@ impl Shared {
         queues.entry(queue.name.clone()).or_insert(queue).clone()
     }
 
-    fn load_scripts(&self) -> Result<()> {
+    pub(super) fn load_scripts(&self) -> Result<()> {
         let mut conn = self.redis.conn();
         let scripts = self.scripts.all();
         self.redis.run(async move {
@@ -191,8 +208,12 @@ impl Shared {
     }
 
     fn eval<T: FromRedisValue>(&self, script: &Script, cmd: Cmd) -> Result<T> {
+        self.eval_for(COMMAND_TIMEOUT, script, cmd)
+    }
+
+    fn eval_for<T: FromRedisValue>(&self, limit: Duration, script: &Script, cmd: Cmd) -> Result<T> {
         let mut conn = self.redis.conn();
-        self.redis.run_for(COMMAND_TIMEOUT, async move {
+        self.redis.run_for(limit, async move {
             match cmd.query_async(&mut conn).await {
                 Err(e)
                     if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
@@ -494,7 +515,14 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
     ) -> Result<bool> {
-        let give_up = Instant::now() + PUSH_RETRY_FOR;
+        // A cron tick's push is tried again by the engine until the next tick (the timer thread
+        // must not wait long here).
+        let retry_for = if tick.is_some() {
+            Duration::from_secs(1)
+        } else {
+            PUSH_RETRY_FOR
+        };
+        let give_up = Instant::now() + retry_for;
         let mut unanswered = 0;
         loop {
             let outcome = match self.store_once(queue, jobs, tick) {
@@ -577,22 +605,78 @@ impl Shared {
         if jobs.len() <= PUSH_CHUNK {
             return self.invoke(&self.scripts.push, queue, |cmd| add_args(cmd, jobs, tick));
         }
-        // Several chunks, all or none: one MULTI/EXEC of EVALSHAs, the script loaded first.
+        // Several chunks in one MULTI/EXEC of EVALSHAs, the script loaded first. A transaction
+        // does not roll back a chunk that failed (Redis out of memory part way): the chunks that
+        // were stored are removed again, so that the push is all or none.
         let mut conn = self.redis.conn();
         let script = &self.scripts.push;
         self.redis
             .run(async { script.load_async(&mut conn).await })?;
         let mut pipe = redis::pipe();
-        pipe.atomic();
-        for (n, chunk) in jobs.chunks(PUSH_CHUNK).enumerate() {
+        pipe.atomic().ignore_errors();
+        let chunks: Vec<&[Job]> = jobs.chunks(PUSH_CHUNK).collect();
+        for (n, chunk) in chunks.iter().enumerate() {
             let mut cmd = eval_cmd(script, &queue.keys);
             add_args(&mut cmd, chunk, if n == 0 { tick } else { None });
             pipe.add_command(cmd);
         }
-        let stored: Vec<i64> = self
+        let replies: Vec<Value> = self
             .redis
             .run(async move { pipe.query_async(&mut conn).await })?;
-        Ok(stored.first().copied().unwrap_or(0))
+        let codes: Vec<Option<i64>> = replies
+            .iter()
+            .map(|reply| match reply {
+                Value::Int(code) => Some(*code),
+                _ => None,
+            })
+            .collect();
+        if codes.iter().all(|code| *code == codes[0]) {
+            if let Some(code) = codes.first().copied().flatten() {
+                return Ok(code);
+            }
+        }
+        // Mixed: undo what was stored, then report the failure.
+        let stored: Vec<String> = chunks
+            .iter()
+            .zip(&codes)
+            .filter(|(_, code)| **code == Some(1))
+            .flat_map(|(chunk, _)| chunk.iter().map(|job| job.id.to_string()))
+            .collect();
+        let mut failure = replies
+            .iter()
+            .find(|reply| !matches!(reply, Value::Int(_)))
+            .map(|reply| format!("{reply:?}"))
+            .unwrap_or_else(|| "chunks stored differently".into());
+        if failure.contains("OOM") {
+            failure = "redis is out of memory (maxmemory reached with a noeviction policy)".into();
+        }
+        if stored.is_empty() {
+            return Err(QueueError::Backend(format!(
+                "redis refused a push of {} jobs: {failure}",
+                jobs.len()
+            )));
+        }
+        let undone: Result<i64> = self.invoke(&self.scripts.admin, queue, |cmd| {
+            cmd.arg("unpush");
+            for id in &stored {
+                cmd.arg(id);
+            }
+        });
+        match undone {
+            Ok(_) => Err(QueueError::Backend(format!(
+                "redis refused part of a push of {} jobs ({failure}); nothing was stored",
+                jobs.len()
+            ))),
+            Err(error) => Err(QueueError::PushOutcomeUnknown {
+                message: format!(
+                    "redis refused part of a push of {} jobs ({failure}), and the part stored \
+                     could not be removed ({error}): get_job tells which of the ids this error \
+                     carries are stored",
+                    jobs.len()
+                ),
+                ids: jobs.iter().map(|job| job.id).collect(),
+            }),
+        }
     }
 
     /// The queue's record first, then its name in the list: a `delete` (which unlists first,
@@ -817,7 +901,7 @@ impl Backend for RedisBackend {
         }
     }
 
-    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<usize> {
+    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<Vec<JobId>> {
         self.shared.give_back(queue, runs, "abandoned", HANDED_BACK)
     }
 
@@ -1022,19 +1106,20 @@ impl Backend for RedisBackend {
 }
 
 impl Shared {
-    /// Hands back leased runs (`release.lua`); they leave this process's held jobs.
+    /// Hands back leased runs (`release.lua`); they leave this process's held jobs. Returns
+    /// the ids handed back.
     fn give_back(
         &self,
         queue: &str,
         runs: &[(JobId, u32)],
         kind: &str,
         error: &str,
-    ) -> Result<usize> {
+    ) -> Result<Vec<JobId>> {
         if runs.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let handle = self.queue(queue);
-        let given: Result<usize> = self.invoke(&self.scripts.release, &handle, |cmd| {
+        let given: Result<Vec<String>> = self.invoke(&self.scripts.release, &handle, |cmd| {
             cmd.arg(&self.token)
                 .arg(kind)
                 .arg(now().to_string())
@@ -1053,7 +1138,7 @@ impl Shared {
         if given.is_err() {
             handle.unsure.store(true, Ordering::Release);
         }
-        given
+        Ok(given?.iter().filter_map(|id| JobId::parse(id)).collect())
     }
 }
 
@@ -1367,7 +1452,7 @@ mod tests {
                 .queue_configs()
                 .unwrap()
                 .into_iter()
-                .map(|(name, _)| name)
+                .map(|(name, _, _)| name)
                 .collect();
             let timeout = here.queue_config("kept").unwrap().timeout;
             if names == ["kept"] && timeout == 30.0 {

@@ -2,12 +2,14 @@
 //!
 //! Scripts that make jobs waiting push a marker on the queue's `wake` list. On one Redis
 //! server, one listener thread per process blocks in a single `BLPOP` over the wake lists of
-//! every queue this process has idle workers on (and its own list, to be interrupted when that
-//! set changes): a few connections however many queues. In a Redis Cluster, one `BLPOP` cannot
-//! span slots: the first idle worker of each queue blocks on that queue's list, and the others
-//! wait for it.
+//! the queues where a worker of this process waits right now (and its own list, to be
+//! interrupted when that set grows): a few connections however many queues. Only queues with a
+//! waiting worker are listened to, so that a marker goes to a process that can use it; one
+//! taken for a queue whose workers got busy meanwhile is put back for the others. In a Redis
+//! Cluster, one `BLPOP` cannot span slots: the first idle worker of each queue blocks on that
+//! queue's list, and the others wait for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,12 +24,10 @@ use crate::sync::{Condvar, Mutex};
 /// Waits shorter than this are timed here rather than by a Redis `BLPOP` timeout (Redis times
 /// blocking calls out only every 100 ms when idle).
 const PRECISE_WAIT: Duration = Duration::from_millis(150);
-/// How long the shared listener blocks per `BLPOP`: a queue nobody waited on for
-/// `FORGET_AFTER` leaves its key set then.
+/// How long the shared listener blocks per `BLPOP`.
 const LISTEN_FOR: Duration = Duration::from_secs(1);
-/// A queue stays in the listener's key set this long after its last wait, so that busy queues do
-/// not make it start over at every idle moment.
-const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// The listener thread ends after this long with no queue to listen to.
+const IDLE_LISTENER: Duration = Duration::from_secs(30);
 /// How long an interruption of the listener waits for Redis.
 const WAKE_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -42,8 +42,10 @@ pub(super) struct Wakeups {
 
 #[derive(Default)]
 struct Listener {
-    /// Wake key → the queue and when a worker last waited on it.
-    queues: HashMap<String, (Weak<RedisQueue>, Instant)>,
+    /// Wake key → the queue and how many of this process's workers wait on it now.
+    queues: HashMap<String, (Weak<RedisQueue>, usize)>,
+    /// The keys of the `BLPOP` under way.
+    listening: HashSet<String>,
     running: bool,
 }
 
@@ -70,14 +72,16 @@ impl Wakeups {
         let short = until.saturating_duration_since(Instant::now()) < PRECISE_WAIT;
         match &self.shared {
             Some(listener) if !short => {
-                let interrupt = self.listen_to(listener, redis, queue);
-                if interrupt {
+                if self.join(listener, redis, queue) {
                     self.interrupt(redis);
                 }
-                let listen = queue.listen.lock();
-                if listen.generation == seen {
-                    let _ = queue.heard.wait_until(listen, until);
+                {
+                    let listen = queue.listen.lock();
+                    if listen.generation == seen {
+                        let _ = queue.heard.wait_until(listen, until);
+                    }
                 }
+                self.leave(listener, queue);
                 Ok(())
             }
             None if !short => self.block_on_queue(redis, token, queue, seen, until),
@@ -91,9 +95,9 @@ impl Wakeups {
         }
     }
 
-    /// Adds the queue to the shared listener's key set (starting the listener if needed).
-    /// True when the listener must be interrupted to take it.
-    fn listen_to(
+    /// A worker waits on the queue: its key joins the listener's set (starting the listener if
+    /// needed). True when the listener must be interrupted to take it.
+    fn join(
         self: &Arc<Self>,
         listener: &Mutex<Listener>,
         redis: &Arc<Redis>,
@@ -101,16 +105,12 @@ impl Wakeups {
     ) -> bool {
         let mut state = listener.lock();
         let key = queue.wake_key().to_string();
-        let known = state
+        let entry = state
             .queues
-            .get(&key)
-            .is_some_and(|(weak, _)| weak.upgrade().is_some_and(|q| Arc::ptr_eq(&q, queue)));
-        state
-            .queues
-            .insert(key, (Arc::downgrade(queue), Instant::now()));
-        if known {
-            return false;
-        }
+            .entry(key.clone())
+            .or_insert_with(|| (Arc::downgrade(queue), 0));
+        entry.0 = Arc::downgrade(queue);
+        entry.1 += 1;
         if !state.running {
             state.running = true;
             let wakeups = self.clone();
@@ -123,7 +123,19 @@ impl Wakeups {
             }
             return false;
         }
-        true
+        !state.listening.contains(&key)
+    }
+
+    /// The worker stopped waiting on the queue.
+    fn leave(&self, listener: &Mutex<Listener>, queue: &RedisQueue) {
+        let mut state = listener.lock();
+        let key = queue.wake_key();
+        if let Some(entry) = state.queues.get_mut(key) {
+            entry.1 = entry.1.saturating_sub(1);
+            if entry.1 == 0 {
+                state.queues.remove(key);
+            }
+        }
     }
 
     /// Makes the listener start its `BLPOP` over (best effort and brief).
@@ -142,22 +154,26 @@ impl Wakeups {
     fn run_listener(&self, redis: &Redis) {
         let Some(listener) = &self.shared else { return };
         let mut conn: Option<Conn> = None;
+        let mut idle_since = Instant::now();
         while !*self.stopping.lock() {
             let (keys, queues) = {
                 let mut state = listener.lock();
-                let now = Instant::now();
-                state.queues.retain(|_, (weak, last)| {
-                    weak.strong_count() > 0 && now.duration_since(*last) < FORGET_AFTER
-                });
+                state.queues.retain(|_, (weak, _)| weak.strong_count() > 0);
                 let queues: HashMap<String, Weak<RedisQueue>> = state
                     .queues
                     .iter()
                     .map(|(key, (weak, _))| (key.clone(), weak.clone()))
                     .collect();
                 if queues.is_empty() {
-                    state.running = false;
-                    return;
+                    if idle_since.elapsed() >= IDLE_LISTENER {
+                        state.running = false;
+                        state.listening.clear();
+                        return;
+                    }
+                } else {
+                    idle_since = Instant::now();
                 }
+                state.listening = queues.keys().cloned().collect();
                 let mut keys: Vec<String> = queues.keys().cloned().collect();
                 keys.push(self.own_key.clone());
                 (keys, queues)
@@ -190,8 +206,22 @@ impl Wakeups {
                         Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into(),
                         _ => String::new(),
                     };
-                    if let Some(queue) = queues.get(&key).and_then(Weak::upgrade) {
-                        queue.heard();
+                    if key == self.own_key {
+                        continue;
+                    }
+                    let waiting = listener.lock().queues.get(&key).is_some_and(|e| e.1 > 0);
+                    match queues.get(&key).and_then(Weak::upgrade) {
+                        Some(queue) if waiting => queue.heard(),
+                        _ => {
+                            // Its workers got busy meanwhile: the marker goes back for another
+                            // process's idle workers.
+                            let mut push = redis::cmd("RPUSH");
+                            push.arg(&key).arg("1");
+                            let mut commands = redis.conn();
+                            let _: Result<Value> = redis.run_for(WAKE_TIMEOUT, async move {
+                                push.query_async(&mut commands).await
+                            });
+                        }
                     }
                 }
                 Ok(_) => conn = Some(connection),
@@ -205,7 +235,9 @@ impl Wakeups {
             }
         }
         if let Some(listener) = &self.shared {
-            listener.lock().running = false;
+            let mut state = listener.lock();
+            state.running = false;
+            state.listening.clear();
         }
     }
 

@@ -12,6 +12,7 @@
 --           0 if the job is not failed, -1 if the queue does not hold it.
 -- ARGV[1] = 'wake' (token): a marker on that process's own wake list, for a stop.
 -- ARGV[1] = 'untick' (schedule id): forgets the last tick pushed for a removed schedule.
+-- ARGV[1] = 'unpush' (id, ...): removes jobs just pushed (a push that failed part way).
 local op = ARGV[1]
 if op == 'declare' then
   local created = redis.call('HEXISTS', meta, 'ttl') == 0
@@ -27,6 +28,18 @@ elseif op == 'settings' then
     return {}
   end
   return stored
+elseif op == 'unpush' then
+  -- ARGV[2..]: ids of jobs just pushed, removed again (a push that failed part way).
+  local ids = {}
+  for n = 2, #ARGV do
+    ids[#ids + 1] = ARGV[n]
+  end
+  if #ids > 0 then
+    sliced('ZREM', waiting, ids)
+    sliced('ZREM', delayed, ids)
+    del_jobs(ids)
+  end
+  return #ids
 elseif op == 'untick' then
   redis.call('HDEL', base .. 'ticks', ARGV[2])
   return 1
@@ -83,7 +96,7 @@ elseif op == 'retry' then
   redis.call('LREM', failed, 1, ARGV[2])
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local job_rank = rerank(tonumber(job[2]), seq)
-  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'n', 0, 'k', job_rank)
+  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'n', 0, 'u', 0, 'k', job_rank)
   redis.call('HDEL', key, 'st', 'f', 'sa')
   redis.call('ZADD', waiting, job_rank, ARGV[2])
   signal()

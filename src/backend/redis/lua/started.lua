@@ -8,7 +8,7 @@ for n = 0, count - 1 do
   local id, run = ARGV[3 + 2 * n], ARGV[4 + 2 * n]
   local key = job_key(id)
   if redis.call('HGET', key, 'n') == run and redis.call('SISMEMBER', mine, id) == 1 then
-    redis.call('HSET', key, 'a', run)
+    redis.call('HSET', key, 'a', run, 'u', 0)
     marked = marked + 1
   end
 end
