@@ -754,51 +754,30 @@ impl Engine {
             jobs.push(job);
         }
         let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-        // A queue deleted meanwhile (here or by another process) is declared again, whole; a
-        // few times, since deletions may keep racing with this push.
-        let mut attempts = 0;
-        loop {
-            let stored = match tick {
-                Some((schedule, at)) => self
-                    .backend
-                    .push_tick(&entry.name, &mut jobs, schedule, at)
-                    .map(|pushed| {
-                        if pushed {
-                            Some(ids.clone())
-                        } else {
-                            Some(Vec::new())
-                        }
-                    }),
-                None => self
-                    .backend
-                    .push(&entry.name, &mut jobs, may_block)
-                    .map(|pushed| pushed.then(|| ids.clone())),
-            };
-            match stored {
-                Ok(Some(ids)) => break Ok(Pushed::Done(ids)),
-                Ok(None) => return Ok(Pushed::WouldBlock),
-                Err(QueueError::UnknownQueue(_)) if !may_block => return Ok(Pushed::WouldBlock),
-                Err(QueueError::UnknownQueue(name)) if attempts < 3 => {
-                    attempts += 1;
-                    log::debug!(
-                        target: "rnode_queue",
-                        "queue {name:?} was deleted while a push went to it: declared again"
-                    );
-                    self.redeclare(&entry)?;
-                }
-                Err(QueueError::UnknownQueue(name)) => {
-                    break Err(QueueError::Backend(format!(
-                        "queue {name:?} kept being deleted while this push declared it again"
-                    )))
-                }
-                Err(error) => break Err(error),
+        // A queue deleted meanwhile (here or by another process) is created again by the
+        // backend, in the same step, with the settings this process has for it.
+        let declare = || config.declaration();
+        let pushed = match tick {
+            Some((schedule, at)) => {
+                let pushed =
+                    self.backend
+                        .push_tick(&entry.name, &mut jobs, schedule, at, &declare)?;
+                Pushed::Done(if pushed { ids } else { Vec::new() })
             }
+            None => {
+                if !self
+                    .backend
+                    .push(&entry.name, &mut jobs, may_block, &declare)?
+                {
+                    return Ok(Pushed::WouldBlock);
+                }
+                Pushed::Done(ids)
+            }
+        };
+        if let Some(due) = earliest_due {
+            self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
         }
-        .inspect(|_| {
-            if let Some(due) = earliest_due {
-                self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
-            }
-        })
+        Ok(pushed)
     }
 
     fn check_size(&self, job: &Job) -> Result<()> {
@@ -1720,8 +1699,14 @@ mod tests {
         ) -> Result<Vec<Option<QueueDeclaration>>> {
             self.inner.stored_declarations(queues)
         }
-        fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
-            self.inner.push(queue, jobs, may_block)
+        fn push(
+            &self,
+            queue: &Arc<str>,
+            jobs: &mut Vec<Job>,
+            may_block: bool,
+            declare: &dyn Fn() -> QueueDeclaration,
+        ) -> Result<bool> {
+            self.inner.push(queue, jobs, may_block, declare)
         }
         fn push_tick(
             &self,
@@ -1729,6 +1714,7 @@ mod tests {
             jobs: &mut Vec<Job>,
             schedule: &str,
             tick: Timestamp,
+            declare: &dyn Fn() -> QueueDeclaration,
         ) -> Result<bool> {
             self.asked.lock().push(tick);
             let fail = self
@@ -1746,7 +1732,7 @@ mod tests {
                 }
                 return Err(QueueError::Backend("redis: connection refused".into()));
             }
-            self.inner.push_tick(queue, jobs, schedule, tick)
+            self.inner.push_tick(queue, jobs, schedule, tick, declare)
         }
         fn fetch(
             &self,

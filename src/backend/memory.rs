@@ -342,10 +342,10 @@ impl Backend for MemoryBackend {
         jobs: &mut Vec<Job>,
         schedule: &str,
         tick: Timestamp,
+        declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
         // One process, and one timer thread firing ticks: nothing can come between the check
-        // and the push. The tick is claimed once its job is stored, so a push that fails (the
-        // queue deleted meanwhile) can be tried again.
+        // and the push. The tick is claimed once its job is stored.
         if self
             .last_ticks
             .lock()
@@ -354,12 +354,18 @@ impl Backend for MemoryBackend {
         {
             return Ok(false);
         }
-        self.push(queue, jobs, true)?;
+        self.push(queue, jobs, true, declare)?;
         self.last_ticks.lock().insert(Arc::from(schedule), tick);
         Ok(true)
     }
 
-    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
+    fn push(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        may_block: bool,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool> {
         let handle = if may_block {
             self.queues.read().get(queue).cloned()
         } else {
@@ -368,7 +374,22 @@ impl Backend for MemoryBackend {
                 None => return Ok(false),
             }
         };
-        let handle = handle.ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))?;
+        let handle = match handle {
+            Some(handle) => handle,
+            None if !may_block => return Ok(false),
+            // Deleted meanwhile: made again, under the map's lock (a delete takes it too).
+            None => self
+                .queues
+                .write()
+                .entry(queue.clone())
+                .or_insert_with(|| {
+                    Arc::new(MemoryQueue {
+                        state: Mutex::new(QueueState::new(declare())),
+                        ready: Condvar::new(),
+                    })
+                })
+                .clone(),
+        };
         let Some(mut state) = lock_state(&handle, may_block) else {
             return Ok(false);
         };
@@ -801,7 +822,7 @@ mod tests {
             .iter()
             .map(|(n, p)| job(&queue, *n, *p, 0.0))
             .collect();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let fetched = fetch_all(&backend, &queue);
         let expected: Vec<String> = [3, 6, 5, 2, 4, 1, 7]
             .iter()
@@ -819,7 +840,7 @@ mod tests {
         let mut jobs: Vec<Job> = (1..=3)
             .map(|n| job(&queue, n, Priority::Normal, 0.0))
             .collect();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let request = FetchRequest {
             max: 2,
             share: 1,
@@ -840,7 +861,7 @@ mod tests {
         let (backend, queue) = setup();
         let mut jobs = vec![job(&queue, 1, Priority::Normal, 60.0)];
         let due = jobs[0].due_at();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         assert!(fetch_all(&backend, &queue).is_empty());
         assert_eq!(backend.tick(&queue, due - 1.0).unwrap(), Some(due));
         assert!(fetch_all(&backend, &queue).is_empty());
@@ -854,7 +875,7 @@ mod tests {
         let mut jobs: Vec<Job> = (1..=4)
             .map(|n| job(&queue, n, Priority::Normal, 0.0))
             .collect();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let fetched = fetch_all(&backend, &queue);
         let at = now();
         let acks = fetched
@@ -887,7 +908,7 @@ mod tests {
         let (backend, queue) = setup();
         let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
         let id = jobs[0].id;
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         fetch_all(&backend, &queue);
         let fail = |attempt| Ack {
             id,
@@ -942,7 +963,7 @@ mod tests {
         }
         let started = Instant::now();
         let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let got = worker.join().unwrap();
         assert_eq!(got.len(), 1);
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -953,7 +974,7 @@ mod tests {
         let (backend, queue) = setup();
         backend.set_paused(&queue, true).unwrap();
         let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         assert!(fetch_all(&backend, &queue).is_empty());
         assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
         backend.set_paused(&queue, false).unwrap();
@@ -966,7 +987,7 @@ mod tests {
         let mut jobs: Vec<Job> = (1..=10)
             .map(|n| job(&queue, n, Priority::Normal, 0.0))
             .collect();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let request = FetchRequest {
             max: 256,
             share: 5,
@@ -986,12 +1007,13 @@ mod tests {
         let mut again = first.clone();
         again.data = Arc::from(&b"\"other\""[..]);
         backend
-            .push(&queue, &mut vec![first.clone()], true)
+            .push(&queue, &mut vec![first.clone()], true, &declaration)
             .unwrap();
         let pushed = backend.push(
             &queue,
             &mut vec![job(&queue, 2, Priority::Normal, 0.0), again],
             true,
+            &declaration,
         );
         assert!(
             matches!(pushed, Err(QueueError::DuplicateJob(_))),
@@ -1003,18 +1025,13 @@ mod tests {
     }
 
     #[test]
-    fn a_push_to_a_deleted_queue_says_so_and_stores_nothing() {
+    fn a_push_to_a_deleted_queue_creates_it_again() {
         let (backend, queue) = setup();
         backend.delete(&queue).unwrap();
-        let pushed = backend.push(
-            &queue,
-            &mut vec![job(&queue, 1, Priority::Normal, 0.0)],
-            true,
-        );
-        assert!(
-            matches!(pushed, Err(QueueError::UnknownQueue(_))),
-            "{pushed:?}"
-        );
+        let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+        assert_eq!(backend.queue_names().unwrap(), ["q"]);
+        assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
     }
 
     #[test]
@@ -1022,12 +1039,15 @@ mod tests {
         let (backend, queue) = setup();
         let delayed = job(&queue, 1, Priority::Normal, 0.5);
         let due = delayed.due_at();
-        backend.push(&queue, &mut vec![delayed], true).unwrap();
+        backend
+            .push(&queue, &mut vec![delayed], true, &declaration)
+            .unwrap();
         backend
             .push(
                 &queue,
                 &mut vec![job(&queue, 2, Priority::Normal, 0.0)],
                 true,
+                &declaration,
             )
             .unwrap();
         backend.tick(&queue, due).unwrap();
@@ -1051,7 +1071,7 @@ mod tests {
             .iter()
             .map(|n| job(&queue, *n, Priority::Normal, 100.0 + f64::from(*n)))
             .collect();
-        backend.push(&queue, &mut jobs, true).unwrap();
+        backend.push(&queue, &mut jobs, true, &declaration).unwrap();
         let listed = backend
             .list_jobs(&queue, Some(JobState::Delayed), 5)
             .unwrap();
@@ -1066,7 +1086,9 @@ mod tests {
             job(&queue, 300, Priority::Low, 0.0),
             job(&queue, 301, Priority::High, 0.0),
         ];
-        backend.push(&queue, &mut waiting, true).unwrap();
+        backend
+            .push(&queue, &mut waiting, true, &declaration)
+            .unwrap();
         fetch_all(&backend, &queue);
         let active = backend
             .list_jobs(&queue, Some(JobState::Active), 10)
@@ -1081,7 +1103,9 @@ mod tests {
             .into_iter()
             .map(|tick| {
                 let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-                backend.push_tick(&queue, &mut jobs, "s", tick).unwrap()
+                backend
+                    .push_tick(&queue, &mut jobs, "s", tick, &declaration)
+                    .unwrap()
             })
             .collect();
         assert_eq!(pushed, [true, false, true]);

@@ -134,9 +134,17 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Stores new jobs (waiting or delayed) all together or not at all. With `may_block` false
     /// the call returns `Ok(false)` instead of waiting and changes nothing. A job whose id the
-    /// queue already holds is an error (`DuplicateJob`), never an overwrite; a queue that does
-    /// not exist (any more) is `UnknownQueue`, and nothing is stored.
-    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool>;
+    /// queue already holds is an error (`DuplicateJob`), never an overwrite. A queue that does
+    /// not exist (deleted, maybe by another process, while this one still used it) is created
+    /// with `declare()` in the same step: a push racing a delete lands before it or re-creates
+    /// the queue, whole.
+    fn push(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        may_block: bool,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool>;
 
     /// Stores the job of a cron tick, unless that tick of `schedule` was pushed before (by any
     /// process sharing the store): then `Ok(false)`. The claim and the push are one step, so
@@ -147,6 +155,7 @@ pub trait Backend: Send + Sync + 'static {
         jobs: &mut Vec<Job>,
         schedule: &str,
         tick: Timestamp,
+        declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool>;
 
     /// Takes waiting jobs (highest priority first, FIFO within one) and marks them active with one

@@ -514,6 +514,7 @@ impl Shared {
         queue: &RedisQueue,
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
+        declaration: &QueueDeclaration,
     ) -> Result<bool> {
         // A cron tick's push is tried again by the engine until the next tick (the timer thread
         // must not wait long here).
@@ -525,10 +526,15 @@ impl Shared {
         let give_up = Instant::now() + retry_for;
         let mut unanswered = 0;
         loop {
-            let outcome = match self.store_once(queue, jobs, tick) {
+            let outcome = match self.store_once(queue, jobs, tick, declaration) {
                 Ok(1) => Ok(true),
+                Ok(2) => {
+                    // The queue was created again (deleted meanwhile): its name is listed after
+                    // its record, as `declare` does.
+                    let _: i64 = self.command(redis::Cmd::sadd(&self.keys.queues, &*queue.name))?;
+                    Ok(true)
+                }
                 Ok(0) => Ok(false),
-                Ok(-1) => Err(QueueError::UnknownQueue(queue.name.to_string())),
                 // The ids are stored: by an earlier try of this push whose reply was lost.
                 Ok(-2) if unanswered > 0 => Ok(true),
                 Ok(-2) => Err(QueueError::DuplicateJob(format!(
@@ -577,13 +583,19 @@ impl Shared {
         queue: &RedisQueue,
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
+        declaration: &QueueDeclaration,
     ) -> Result<i64> {
+        let retention = declaration.retention;
         let add_args = |cmd: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
             cmd.arg(chunk.len());
             match tick {
                 Some((schedule, at)) => cmd.arg(schedule).arg(at.to_string()),
                 None => cmd.arg("").arg("0"),
             };
+            cmd.arg((retention.ttl * 1000.0).round() as i64)
+                .arg(retention.keep_completed)
+                .arg(retention.keep_failed)
+                .arg(&*declaration.settings);
             for job in chunk {
                 let delayed = if job.state == JobState::Delayed {
                     "1"
@@ -623,16 +635,19 @@ impl Shared {
         let replies: Vec<Value> = self
             .redis
             .run(async move { pipe.query_async(&mut conn).await })?;
+        // The first chunk may have created the queue (2); the others then stored (1) into it.
+        let created = matches!(replies.first(), Some(Value::Int(2)));
         let codes: Vec<Option<i64>> = replies
             .iter()
             .map(|reply| match reply {
+                Value::Int(2) => Some(1),
                 Value::Int(code) => Some(*code),
                 _ => None,
             })
             .collect();
         if codes.iter().all(|code| *code == codes[0]) {
             if let Some(code) = codes.first().copied().flatten() {
-                return Ok(code);
+                return Ok(if created && code == 1 { 2 } else { code });
             }
         }
         // Mixed: undo what was stored, then report the failure.
@@ -773,12 +788,18 @@ impl Backend for RedisBackend {
             .collect())
     }
 
-    fn push(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, may_block: bool) -> Result<bool> {
+    fn push(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        may_block: bool,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool> {
         if !may_block {
             return Ok(false);
         }
         let handle = self.shared.queue(queue);
-        self.shared.store(&handle, jobs, None)?;
+        self.shared.store(&handle, jobs, None, &declare())?;
         self.shared.remember_pushed(&handle.name, jobs);
         jobs.clear();
         Ok(true)
@@ -790,9 +811,12 @@ impl Backend for RedisBackend {
         jobs: &mut Vec<Job>,
         schedule: &str,
         tick: Timestamp,
+        declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
         let handle = self.shared.queue(queue);
-        let stored = self.shared.store(&handle, jobs, Some((schedule, tick)))?;
+        let stored = self
+            .shared
+            .store(&handle, jobs, Some((schedule, tick)), &declare())?;
         jobs.clear();
         Ok(stored)
     }
@@ -1273,7 +1297,7 @@ mod tests {
             job(&queue, 3, Priority::Normal),
             job(&queue, 4, Priority::Critical),
         ];
-        redis.push(&queue, &mut jobs, true).unwrap();
+        redis.push(&queue, &mut jobs, true, &declaration).unwrap();
         let cancel = AtomicBool::new(false);
         let taken = redis.fetch(&queue, request(10), &cancel).unwrap();
         let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
@@ -1310,7 +1334,7 @@ mod tests {
         redis.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
         let bad = jobs[1].id;
-        redis.push(&queue, &mut jobs, true).unwrap();
+        redis.push(&queue, &mut jobs, true, &declaration).unwrap();
         let key = redis.shared.queue(&queue).job_key(bad);
         let _: i64 = raw(&redis, redis::Cmd::hset(&key, "b", "not a packed body"));
         let taken = redis
@@ -1335,6 +1359,26 @@ mod tests {
     }
 
     #[test]
+    fn a_push_to_a_deleted_queue_creates_and_lists_it_again() {
+        let Some(server) = server() else { return };
+        let redis = backend(&server, Duration::from_secs(30));
+        let queue: Arc<str> = Arc::from("reborn");
+        redis.declare_queue(&queue, &declaration(), true).unwrap();
+        redis.delete(&queue).unwrap();
+        assert!(redis.queue_names().unwrap().is_empty());
+        let mut jobs = vec![job(&queue, 1, Priority::Normal)];
+        redis.push(&queue, &mut jobs, true, &declaration).unwrap();
+        assert_eq!(redis.queue_names().unwrap(), ["reborn"]);
+        let stored = redis.stored_declarations(&[queue.clone()]).unwrap();
+        assert_eq!(
+            stored,
+            [Some(declaration())],
+            "created with the settings given"
+        );
+        assert_eq!(redis.counts(&queue).unwrap().waiting, 1);
+    }
+
+    #[test]
     fn a_job_already_stored_is_never_overwritten() {
         let Some(server) = server() else { return };
         let redis = backend(&server, Duration::from_secs(30));
@@ -1343,8 +1387,10 @@ mod tests {
         let first = job(&queue, 1, Priority::Normal);
         let mut clash = first.clone();
         clash.data = Arc::from(&b"2"[..]);
-        redis.push(&queue, &mut vec![first.clone()], true).unwrap();
-        let pushed = redis.push(&queue, &mut vec![clash], true);
+        redis
+            .push(&queue, &mut vec![first.clone()], true, &declaration)
+            .unwrap();
+        let pushed = redis.push(&queue, &mut vec![clash], true, &declaration);
         assert!(
             matches!(pushed, Err(QueueError::DuplicateJob(_))),
             "{pushed:?}"
@@ -1361,7 +1407,7 @@ mod tests {
         let queue: Arc<str> = Arc::from("unstarted");
         dead.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs: Vec<Job> = (1..=4).map(|n| job(&queue, n, Priority::Normal)).collect();
-        dead.push(&queue, &mut jobs, true).unwrap();
+        dead.push(&queue, &mut jobs, true, &declaration).unwrap();
         let taken = dead
             .fetch(&queue, request(4), &AtomicBool::new(false))
             .unwrap();
@@ -1472,8 +1518,13 @@ mod tests {
         let dead = backend(&server, lease);
         let queue: Arc<str> = Arc::from("lease");
         dead.declare_queue(&queue, &declaration(), true).unwrap();
-        dead.push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
-            .unwrap();
+        dead.push(
+            &queue,
+            &mut vec![job(&queue, 1, Priority::Normal)],
+            true,
+            &declaration,
+        )
+        .unwrap();
         let cancel = AtomicBool::new(false);
         let first = dead.fetch(&queue, request(1), &cancel).unwrap();
         dead.mark_started(&queue, &[(first[0].id, first[0].attempts)])
@@ -1516,7 +1567,12 @@ mod tests {
         let queue: Arc<str> = Arc::from("renew");
         worker.declare_queue(&queue, &declaration(), true).unwrap();
         worker
-            .push(&queue, &mut vec![job(&queue, 1, Priority::Normal)], true)
+            .push(
+                &queue,
+                &mut vec![job(&queue, 1, Priority::Normal)],
+                true,
+                &declaration,
+            )
             .unwrap();
         let cancel = AtomicBool::new(false);
         let held = worker.fetch(&queue, request(1), &cancel).unwrap();
@@ -1549,7 +1605,7 @@ mod tests {
             job(&queue, 1, Priority::Normal),
             job(&queue, 2, Priority::Normal),
         ];
-        worker.push(&queue, &mut jobs, true).unwrap();
+        worker.push(&queue, &mut jobs, true, &declaration).unwrap();
         let cancel = AtomicBool::new(false);
         let taken = worker.fetch(&queue, request(2), &cancel).unwrap();
         assert_eq!(taken.len(), 2);
@@ -1583,14 +1639,14 @@ mod tests {
             .iter()
             .map(|b| {
                 let mut jobs = vec![job(&queue, 1, Priority::Normal)];
-                b.push_tick(&queue, &mut jobs, "every-second", tick)
+                b.push_tick(&queue, &mut jobs, "every-second", tick, &declaration)
                     .unwrap()
             })
             .collect();
         assert_eq!(pushed, [true, false, false]);
         let mut later = vec![job(&queue, 2, Priority::Normal)];
         assert!(two
-            .push_tick(&queue, &mut later, "every-second", tick + 1.0)
+            .push_tick(&queue, &mut later, "every-second", tick + 1.0, &declaration)
             .unwrap());
         assert_eq!(one.counts(&queue).unwrap().waiting, 2);
     }
@@ -1602,7 +1658,7 @@ mod tests {
         let queue: Arc<str> = Arc::from("release");
         redis.declare_queue(&queue, &declaration(), true).unwrap();
         let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
-        redis.push(&queue, &mut jobs, true).unwrap();
+        redis.push(&queue, &mut jobs, true, &declaration).unwrap();
         let cancel = AtomicBool::new(false);
         let taken = redis.fetch(&queue, request(2), &cancel).unwrap();
         redis.release(&queue, &taken).unwrap();

@@ -1,31 +1,34 @@
--- Stores new jobs, all in one step. Returns 1 when stored; 0, storing nothing, when the cron
--- tick given was claimed before (by any process); -1 when the queue was deleted (its record is
--- gone: the caller declares it again first); -2 when one of the ids is already stored here (a
--- job is never overwritten; a push tried again after an unanswered first try finds its own
--- jobs).
--- ARGV: count, schedule_id ('' = none), tick,
+-- Stores new jobs, all in one step. Returns 1 when stored, 2 when stored in a queue this call
+-- created (it had been deleted, maybe by another process: it is created again with the
+-- settings given, in the same step, and the caller lists its name); 0, storing nothing, when
+-- the cron tick given was claimed before (by any process); -2 when one of the ids is already
+-- stored here (a job is never overwritten; a push tried again after an unanswered first try
+-- finds its own jobs).
+-- ARGV: count, schedule_id ('' = none), tick, ttl_ms, keep_completed, keep_failed, settings,
 --   then per job: id, delayed ('1'/'0'), due_ms, priority, max_attempts, body, due ('' = none)
 local count = tonumber(ARGV[1])
-if redis.call('EXISTS', meta) == 0 then
-  return -1
-end
-if ARGV[2] ~= '' then
+local first = 8
+local created = redis.call('EXISTS', meta) == 0
+if ARGV[2] ~= '' and not created then
   local last = redis.call('HGET', base .. 'ticks', ARGV[2])
   if last and tonumber(last) >= tonumber(ARGV[3]) then
     return 0
   end
 end
-for i = 4, 3 + 7 * count, 7 do
+for i = first, first - 1 + 7 * count, 7 do
   if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
     return -2
   end
+end
+if created then
+  redis.call('HSET', meta, 'ttl', ARGV[4], 'kc', ARGV[5], 'kf', ARGV[6], 'cfg', ARGV[7])
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', base .. 'ticks', ARGV[2], ARGV[3])
 end
 local seq = redis.call('HINCRBY', meta, 'seq', count) - count
 local ranked, due = {}, {}
-for i = 4, 3 + 7 * count, 7 do
+for i = first, first - 1 + 7 * count, 7 do
   local id = ARGV[i]
   seq = seq + 1
   local job_rank = rank(tonumber(ARGV[i + 3]), seq)
@@ -48,4 +51,7 @@ end
 sliced('ZADD', waiting, ranked)
 sliced('ZADD', delayed, due)
 signal()
+if created then
+  return 2
+end
 return 1
