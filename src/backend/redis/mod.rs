@@ -1369,7 +1369,9 @@ mod tests {
         let mut jobs = vec![job(&queue, 1, Priority::Normal)];
         redis.push(&queue, &mut jobs, true, &declaration).unwrap();
         assert_eq!(redis.queue_names().unwrap(), ["reborn"]);
-        let stored = redis.stored_declarations(&[queue.clone()]).unwrap();
+        let stored = redis
+            .stored_declarations(std::slice::from_ref(&queue))
+            .unwrap();
         assert_eq!(
             stored,
             [Some(declaration())],
