@@ -1,17 +1,15 @@
 //! rnode-queue: a job queue engine for Python.
 //!
-//! The engine (`job`, `backoff`, `backend`, `scheduler`, `worker`, `manager`) is plain Rust that
+//! The engine (`job`, `backoff`, `backend`, `engine`) is plain Rust that
 //! `cargo test` exercises without Python; `py` is the PyO3 boundary, and this file the module
 //! `rnode_queue._core` that the Python package wraps.
 
 pub mod backend;
 pub mod backoff;
+pub mod engine;
 pub mod error;
 pub mod job;
-pub mod manager;
-pub mod scheduler;
 pub mod sync;
-pub mod worker;
 
 mod py;
 

@@ -14,12 +14,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString, PyTuple};
 
 use crate::backoff::DelayFunction;
+use crate::engine::{Completion, Executor, RunOutcome, Session};
 use crate::job::Job;
 use crate::py::args::{seconds, Kind};
 use crate::py::convert::to_payload;
 use crate::py::gil;
 use crate::py::job::PyJob;
-use crate::worker::{Completion, Executor, RunOutcome, Session};
 
 pub struct PyExecutor {
     handler: Py<PyAny>,

@@ -13,9 +13,9 @@ use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::{RedisBackend, RedisOptions};
 use crate::backend::{Backend, ScheduleRecord};
 use crate::backoff::Backoff;
+use crate::engine::{schedule_id, Engine, EngineOptions, Pushed, QueueConfig, QueueStats};
 use crate::error::QueueError;
 use crate::job::{JobId, JobState, Payload};
-use crate::manager::{schedule_id, Engine, EngineOptions, Pushed, QueueConfig, QueueStats};
 use crate::py::args::{bounded, seconds, Kind, QueueName};
 use crate::py::dispatch::PyExecutor;
 use crate::py::errors::{config_error, invalid_job};
@@ -633,7 +633,7 @@ impl PyEngine {
                 value,
                 "concurrency",
                 1,
-                crate::manager::MAX_CONCURRENCY as u64,
+                crate::engine::MAX_CONCURRENCY as u64,
                 Kind::Setting,
             )? as usize),
             None => None,

@@ -5,8 +5,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDateTime, PyDict, PyTzInfo};
 
+use crate::engine::EngineStats;
 use crate::job::{Job as CoreJob, JobState, Payload, Timestamp};
-use crate::manager::EngineStats;
 use crate::py::convert::from_json;
 
 #[pyclass(frozen, name = "Job", module = "rnode_queue")]

@@ -10,8 +10,8 @@ use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyMapping, PyString, PyTzIn
 
 use crate::backend::Retention;
 use crate::backoff::{Backoff, BackoffSpec};
+use crate::engine::{QueueConfig, MAX_CONCURRENCY};
 use crate::job::{JobOptions, Payload, Priority, Timestamp};
-use crate::manager::{QueueConfig, MAX_CONCURRENCY};
 use crate::py::args::{optional_whole, seconds, whole, Kind};
 use crate::py::convert::to_payload;
 use crate::py::dispatch::PyDelayFunction;

@@ -1456,7 +1456,7 @@ mod tests {
 
     #[test]
     fn an_engine_forgets_queues_deleted_elsewhere_and_takes_stored_settings() {
-        use crate::manager::{Engine, EngineOptions, QueueConfig};
+        use crate::engine::{Engine, EngineOptions, QueueConfig};
         let Some(server) = server() else { return };
         let open = || {
             let backend = backend(&server, Duration::from_secs(30));

@@ -1,0 +1,161 @@
+//! Pushing jobs, and looking them up: get, list, retry, wait.
+
+use std::time::Duration;
+
+use crate::error::{QueueError, Result};
+use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload, Timestamp};
+
+use super::timers::TimerKey;
+use super::{Engine, Pushed};
+
+impl Engine {
+    /// Validates and stores new jobs, all or none. With `may_block` false nothing waits for a
+    /// lock: the caller gets `WouldBlock` and tries again where waiting is allowed.
+    pub fn push(
+        &self,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+        may_block: bool,
+    ) -> Result<Pushed> {
+        self.push_jobs(queue, specs, may_block, None)
+    }
+
+    /// `push`; with a cron tick, only if no process has pushed that tick yet.
+    pub(super) fn push_jobs(
+        &self,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+        may_block: bool,
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<Pushed> {
+        self.check_open()?;
+        if !may_block && self.backend.shared() {
+            // Every push to a shared store is a round trip: the caller lets go of Python first.
+            validate_queue_name(queue)?;
+            return Ok(Pushed::WouldBlock);
+        }
+        let entry = match self.queues.try_read() {
+            Some(map) => map.get(queue).cloned(),
+            None if may_block => self.queues.read().get(queue).cloned(),
+            None => return Ok(Pushed::WouldBlock),
+        };
+        let entry = match entry {
+            Some(entry) => entry,
+            None if may_block => self.ensure_queue(queue)?,
+            None => {
+                validate_queue_name(queue)?;
+                return Ok(Pushed::WouldBlock);
+            }
+        };
+        let config = match entry.config.try_read() {
+            Some(config) => config.clone(),
+            None if may_block => entry.config.read().clone(),
+            None => return Ok(Pushed::WouldBlock),
+        };
+        let mut jobs = Vec::with_capacity(specs.len());
+        let mut earliest_due: Option<Timestamp> = None;
+        let created_at = now();
+        for (data, options) in specs {
+            options.validate()?;
+            let job = Job::created_at(
+                created_at,
+                entry.name.clone(),
+                data.clone(),
+                options.clone(),
+                config.max_retries.saturating_add(1),
+                config.timeout,
+            );
+            self.check_size(&job)?;
+            if job.state == JobState::Delayed {
+                let due = job.due_at();
+                earliest_due = Some(earliest_due.map_or(due, |e| e.min(due)));
+            }
+            jobs.push(job);
+        }
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        // A queue deleted meanwhile (here or by another process) is created again by the
+        // backend, in the same step, with the settings this process has for it.
+        let declare = || config.declaration();
+        let pushed = match tick {
+            Some((schedule, at)) => {
+                let pushed =
+                    self.backend
+                        .push_tick(&entry.name, &mut jobs, schedule, at, &declare)?;
+                Pushed::Done(if pushed { ids } else { Vec::new() })
+            }
+            None => {
+                if !self
+                    .backend
+                    .push(&entry.name, &mut jobs, may_block, &declare)?
+                {
+                    return Ok(Pushed::WouldBlock);
+                }
+                Pushed::Done(ids)
+            }
+        };
+        if let Some(due) = earliest_due {
+            self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
+        }
+        Ok(pushed)
+    }
+
+    pub(super) fn check_size(&self, job: &Job) -> Result<()> {
+        let size = job.encoded_len();
+        if size > self.options.max_job_bytes {
+            return Err(QueueError::JobTooLarge {
+                size,
+                limit: self.options.max_job_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        self.check_open()?;
+        self.backend.get_job(id)
+    }
+
+    pub fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        self.check_open()?;
+        validate_queue_name(queue)?;
+        if !self.backend.shared() && !self.queues.read().contains_key(queue) {
+            return Ok(Vec::new());
+        }
+        match self.backend.list_jobs(queue, state, limit) {
+            // Deleted meanwhile: it holds no jobs.
+            Err(QueueError::UnknownQueue(_)) => Ok(Vec::new()),
+            other => other,
+        }
+    }
+
+    pub fn retry_job(&self, id: JobId) -> Result<bool> {
+        self.check_open()?;
+        self.backend.retry_failed(id)
+    }
+
+    /// Waits until the job is completed or finally failed: `Some(job)`, or `None` when the
+    /// timeout passed first. An id no backend holds is `JobNotFound`.
+    pub fn wait_for_job(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
+        self.check_open()?;
+        match self.backend.wait_finished(id, timeout)? {
+            Some(job) => Ok(Some(job)),
+            None if self.backend.get_job(id)?.is_none() => Err(QueueError::JobNotFound(format!(
+                "no job with id {id} (unknown, or no longer retained)"
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn join(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
+        self.check_open()?;
+        if let Some(name) = queue {
+            validate_queue_name(name)?;
+        }
+        self.backend.wait_idle(queue, timeout)
+    }
+}

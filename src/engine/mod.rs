@@ -1,0 +1,174 @@
+//! The engine behind a `QueueManager`: the queue registry and its settings, pushes, settling
+//! runs (retry with backoff, or fail), worker pools, cron schedules, stats and shutdown.
+//!
+//! One file per concern: `config` (queue settings), `queues` (the registry), `jobs` (push and
+//! look-ups), `settle` (retry or fail), `pools` and `pool`/`slot`/`executor` (workers),
+//! `timers` (the timer thread and its dispatch, the watchdog), `cron`, `stats`, `shutdown`.
+//! Workers and timers see the engine only through narrow traits (`WorkerHost`, `TimerHost`).
+
+mod config;
+mod cron;
+mod jobs;
+mod pools;
+mod queues;
+mod settle;
+mod shutdown;
+mod stats;
+mod timers;
+mod workers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::backend::Backend;
+use crate::error::{QueueError, Result};
+use crate::job::{now, JobId};
+use crate::sync::{Mutex, RwLock};
+
+pub use config::{QueueConfig, MAX_CONCURRENCY};
+pub use cron::{schedule_id, CronSchedule, ScheduleInfo};
+pub use shutdown::CloseReport;
+pub use stats::{EngineStats, QueueStats};
+pub use workers::{Completion, Executor, RunOutcome, Session, MAX_BATCH};
+
+use cron::CronEntry;
+use timers::{TimerKey, Timers};
+use workers::Pool;
+
+/// How often an engine on a shared backend looks for schedules other processes stored and
+/// re-reads the settings of the queues it did not declare.
+const RELOAD_EVERY: f64 = 5.0;
+
+/// `close` gives the timer thread at least this long to stop (it may be in a backend call).
+const TIMER_STOP_MIN: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub defaults: QueueConfig,
+    /// The largest job (data, tags, metadata, queue name) and the largest result accepted.
+    pub max_job_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            defaults: QueueConfig::default(),
+            max_job_bytes: 1 << 20,
+        }
+    }
+}
+
+struct QueueEntry {
+    name: Arc<str>,
+    config: RwLock<Arc<QueueConfig>>,
+    /// `create_queue` ran in this process: its settings win here over the stored ones.
+    declared_here: AtomicBool,
+}
+
+pub struct Engine {
+    backend: Arc<dyn Backend>,
+    options: EngineOptions,
+    queues: RwLock<HashMap<Arc<str>, Arc<QueueEntry>>>,
+    /// Held (never across a backend call) while the records of a queue and of its workers
+    /// change together: a delete and a `process` of one queue do not interleave. A push that
+    /// races a delete heals by itself: it lands before the delete, or finds the queue gone and
+    /// declares it again.
+    queue_changes: Mutex<()>,
+    pools: Mutex<HashMap<Arc<str>, Arc<Pool>>>,
+    schedules: Mutex<HashMap<Arc<str>, CronEntry>>,
+    /// Held while schedules are declared, removed or reloaded, so that those never interleave.
+    schedule_changes: Mutex<()>,
+    timers: Arc<Timers>,
+    closed: AtomicBool,
+    /// Sync run deadlines are nanoseconds since this instant.
+    epoch: Instant,
+    /// The deadline (engine clock) the watchdog is set for; `u64::MAX`: not set.
+    watchdog_at: AtomicU64,
+    this: Weak<Engine>,
+}
+
+/// Why a push did not happen yet.
+pub enum Pushed {
+    Done(Vec<JobId>),
+    /// Only with `may_block = false`: it would have had to wait for a lock. Nothing changed.
+    WouldBlock,
+}
+
+impl Engine {
+    pub fn new(backend: Arc<dyn Backend>, options: EngineOptions) -> Result<Arc<Engine>> {
+        options.defaults.validate()?;
+        let engine = Arc::new_cyclic(|this| Engine {
+            backend,
+            watchdog_at: AtomicU64::new(u64::MAX),
+            options,
+            queues: RwLock::new(HashMap::new()),
+            queue_changes: Mutex::new(()),
+            pools: Mutex::new(HashMap::new()),
+            schedules: Mutex::new(HashMap::new()),
+            schedule_changes: Mutex::new(()),
+            timers: Arc::new(Timers::default()),
+            closed: AtomicBool::new(false),
+            epoch: Instant::now(),
+            this: this.clone(),
+        });
+        let host: Weak<dyn timers::TimerHost> = Arc::downgrade(&engine) as _;
+        engine.timers.start(host);
+        // Schedules kept by a persistent backend start ticking again (one this version cannot
+        // parse, stored by another, stays stored and is skipped).
+        for record in engine.backend.load_schedules()? {
+            if let Err(error) = engine.install_schedule(record.clone()) {
+                log::warn!(
+                    target: "rnode_queue",
+                    "stored schedule {:?} is skipped: {error}",
+                    &*record.id
+                );
+            }
+        }
+        // A queue's timer (promotions, retention) is armed when this process first uses the
+        // queue, not for every queue a shared store holds: starting a process costs the same
+        // however many queues exist.
+        if engine.backend.shared() {
+            engine.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
+        }
+        Ok(engine)
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    pub fn defaults(&self) -> &QueueConfig {
+        &self.options.defaults
+    }
+
+    pub fn max_job_bytes(&self) -> usize {
+        self.options.max_job_bytes
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            Err(QueueError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        for pool in self.pools.lock().values() {
+            pool.request_stop(self);
+        }
+        self.timers.stop(TIMER_STOP_MIN);
+    }
+}

@@ -1,0 +1,153 @@
+//! What a finished run means for its job: completed, retried after the backoff, or failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::{Ack, Settlement};
+use crate::error::QueueError;
+use crate::job::{now, Job, JobId, Timestamp};
+
+use super::config::QueueConfig;
+use super::timers::TimerKey;
+use super::workers::RunOutcome;
+use super::Engine;
+
+/// Error texts and tracebacks longer than this are cut (a handler's exception can carry
+/// megabytes; every attempt stores it).
+const MAX_ERROR_TEXT: usize = 64 * 1024;
+
+/// Cuts `text` to at most `MAX_ERROR_TEXT` bytes (at a character boundary), saying so.
+fn bounded_text(mut text: String) -> String {
+    if text.len() > MAX_ERROR_TEXT {
+        let mut end = MAX_ERROR_TEXT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = text.len();
+        text.truncate(end);
+        text.push_str(&format!("\n... (cut: {total} bytes in all)"));
+    }
+    text
+}
+
+impl Engine {
+    /// Decides what each finished run means for its job and records it.
+    pub fn settle<'a>(&self, queue: &str, runs: impl IntoIterator<Item = (&'a Job, RunOutcome)>) {
+        let mut runs = runs.into_iter().peekable();
+        if runs.peek().is_none() {
+            return;
+        }
+        let config = self.config_of(queue);
+        let at = now();
+        let limit = self.options.max_job_bytes;
+        let acks: Vec<Ack> = runs
+            .map(|(job, outcome)| {
+                let settlement = match outcome {
+                    RunOutcome::Success(Some(result)) if result.len() > limit => {
+                        let error = format!(
+                            "JobTooLargeError: the handler's result is {} bytes, more than \
+                             max_job_bytes ({limit}); it was not stored",
+                            result.len()
+                        );
+                        Self::failure(&config, job, at, error, None)
+                    }
+                    RunOutcome::Success(result) => Settlement::Completed { result },
+                    RunOutcome::Failure { error, traceback } => {
+                        Self::failure(&config, job, at, error, traceback)
+                    }
+                    RunOutcome::TimedOut => {
+                        let limit = job.timeout;
+                        let error = format!("TimeoutError: job timed out after {limit}s");
+                        Self::failure(&config, job, at, error, None)
+                    }
+                };
+                Ack {
+                    id: job.id,
+                    attempt: job.attempts,
+                    at,
+                    settlement,
+                }
+            })
+            .collect();
+        let count = acks.len();
+        match self.backend.settle(queue, acks) {
+            Ok(Some(due)) => self.timers.arm(TimerKey::Queue(Arc::from(queue)), due),
+            Ok(None) => {}
+            Err(error) => log::error!(
+                target: "rnode_queue",
+                "the results of {count} run(s) of queue {queue:?} could not be recorded \
+                 ({error}); those jobs run again once their lease expires"
+            ),
+        }
+    }
+
+    fn failure(
+        config: &QueueConfig,
+        job: &Job,
+        at: Timestamp,
+        error: String,
+        traceback: Option<String>,
+    ) -> Settlement {
+        let error = bounded_text(error);
+        let traceback = traceback.map(bounded_text);
+        if job.attempts < job.max_attempts {
+            Settlement::Retry {
+                due: at + config.backoff.delay(job.attempts, &error),
+                error,
+                traceback,
+            }
+        } else {
+            Settlement::Failed { error, traceback }
+        }
+    }
+
+    pub fn release(&self, queue: &str, jobs: &[Job]) {
+        if let Err(error) = self.backend.release(queue, jobs) {
+            log::warn!(
+                target: "rnode_queue",
+                "{} unstarted job(s) of queue {queue:?} could not be handed back ({error}); \
+                 they run again once their lease expires",
+                jobs.len()
+            );
+        }
+    }
+
+    /// Reports runs that started after their fetch (see `Backend::mark_started`).
+    pub fn mark_started(&self, queue: &str, runs: &[(JobId, u32)]) {
+        if let Err(error) = self.backend.mark_started(queue, runs) {
+            log::debug!(
+                target: "rnode_queue",
+                "could not note that {} run(s) of queue {queue:?} started: {error}",
+                runs.len()
+            );
+        }
+    }
+
+    /// A worker's fetch failed. Returns whether it should keep going (after a pause).
+    pub fn backend_failed(&self, queue: &str, error: &QueueError) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let registered = || self.pools.lock().contains_key(queue);
+        match error {
+            QueueError::Backend(_) | QueueError::Indeterminate(_) => {
+                log::warn!(
+                    target: "rnode_queue",
+                    "workers of queue {queue:?} cannot fetch jobs ({error}); retrying in 0.5 s"
+                );
+                // Back off instead of spinning while the backend is down.
+                std::thread::sleep(Duration::from_millis(500));
+                registered()
+            }
+            // Deleted while its workers ran (by another process): declared again, they go on.
+            QueueError::UnknownQueue(_) if registered() => {
+                let entry = self.queues.read().get(queue).cloned();
+                match entry {
+                    Some(entry) => self.redeclare(&entry).is_ok(),
+                    None => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Time: one timer thread per engine that sleeps until the next thing is due — a delayed job to
+//! promote, a finished job to expire, a cron tick, a run to time out — and is woken early when
+//! something due sooner arrives. No polling: between events the thread waits on a condvar.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::{Arc, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use std::sync::atomic::{fence, Ordering};
+
+use crate::error::QueueError;
+use crate::job::{now, Timestamp};
+use crate::sync::{Condvar, Mutex};
+
+use super::workers::Pool;
+use super::{Engine, RELOAD_EVERY};
+
+/// What the timer thread fires into.
+pub trait TimerHost: Send + Sync + 'static {
+    fn on_timer(&self, key: &TimerKey);
+}
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum TimerKey {
+    /// Promote due delayed jobs and expire retained ones.
+    Queue(Arc<str>),
+    /// Fire a cron schedule.
+    Cron(Arc<str>),
+    /// Abandon sync runs past their timeout.
+    Watchdog,
+    /// Settle what the queue's workers finished before a job that is taking long.
+    Settle(Arc<str>),
+    /// Pick up the schedules and queue settings other processes stored (shared backends).
+    Reload,
+    /// Declare a queue first used where waiting for the store was not allowed.
+    Declare(Arc<str>),
+}
+
+#[derive(PartialEq)]
+struct Entry {
+    at: Timestamp,
+    key: TimerKey,
+}
+
+impl Eq for Entry {}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.at.total_cmp(&other.at)
+    }
+}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+#[derive(Default)]
+struct TimerState {
+    heap: BinaryHeap<Reverse<Entry>>,
+    /// The earliest time each key is already set for; an arm for a later time is a no-op.
+    armed: HashMap<TimerKey, Timestamp>,
+    stopped: bool,
+    /// The timer thread has returned.
+    exited: bool,
+}
+
+#[derive(Default)]
+pub struct Timers {
+    state: Mutex<TimerState>,
+    wake: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Timers {
+    /// Makes sure `key` fires at `at` or earlier.
+    pub fn arm(&self, key: TimerKey, at: Timestamp) {
+        let mut state = self.state.lock();
+        if state.stopped || state.armed.get(&key).is_some_and(|t| *t <= at) {
+            return;
+        }
+        let earliest = state.heap.peek().map(|Reverse(e)| e.at);
+        state.armed.insert(key.clone(), at);
+        state.heap.push(Reverse(Entry { at, key }));
+        if earliest.is_none_or(|e| at < e) {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn disarm(&self, key: &TimerKey) {
+        // Its heap entry stays and is skipped when it comes up unarmed.
+        self.state.lock().armed.remove(key);
+    }
+
+    pub fn start(self: &Arc<Self>, host: Weak<dyn TimerHost>) {
+        let timers = self.clone();
+        let handle = thread::Builder::new()
+            .name("rnq-timer".into())
+            .spawn(move || timers.run(host))
+            .expect("spawn the timer thread");
+        *self.thread.lock() = Some(handle);
+    }
+
+    /// Stops the timer thread and waits for it, `within` at most: a timer busy with a slow
+    /// backend (a Redis that does not answer) finishes by itself, since it fires nothing more.
+    pub fn stop(&self, within: Duration) {
+        {
+            let mut state = self.state.lock();
+            state.stopped = true;
+            self.wake.notify_all();
+        }
+        let deadline = std::time::Instant::now() + within;
+        let mut state = self.state.lock();
+        while !state.exited && std::time::Instant::now() < deadline {
+            state = self.wake.wait_until(state, deadline).0;
+        }
+        let exited = state.exited;
+        drop(state);
+        if let Some(handle) = self.thread.lock().take() {
+            if exited && handle.thread().id() != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+
+    pub(super) fn run(&self, host: Weak<dyn TimerHost>) {
+        self.run_until_stopped(host);
+        self.state.lock().exited = true;
+        self.wake.notify_all();
+    }
+
+    pub(super) fn run_until_stopped(&self, host: Weak<dyn TimerHost>) {
+        loop {
+            let due = {
+                let mut state = self.state.lock();
+                loop {
+                    if state.stopped {
+                        return;
+                    }
+                    let now = now();
+                    match state.heap.peek() {
+                        Some(Reverse(entry)) if entry.at <= now => break,
+                        Some(Reverse(entry)) => {
+                            let wait = Duration::from_secs_f64((entry.at - now).min(3600.0));
+                            state = self.wake.wait_for(state, wait).0;
+                        }
+                        None => state = self.wake.wait(state),
+                    }
+                }
+                let now = now();
+                let mut due = Vec::new();
+                while let Some(Reverse(entry)) = state.heap.peek() {
+                    if entry.at > now {
+                        break;
+                    }
+                    let Reverse(entry) = state.heap.pop().expect("peeked");
+                    // Fire only entries that are still what the key is armed for.
+                    if state.armed.get(&entry.key) == Some(&entry.at) {
+                        state.armed.remove(&entry.key);
+                        due.push(entry.key);
+                    }
+                }
+                due
+            };
+            let Some(host) = host.upgrade() else {
+                return;
+            };
+            for key in due {
+                // A panic in one timer must not stop the others.
+                let _ =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.on_timer(&key)));
+            }
+        }
+    }
+}
+
+impl TimerHost for Engine {
+    fn on_timer(&self, key: &TimerKey) {
+        if self.is_closed() {
+            return;
+        }
+        match key {
+            TimerKey::Queue(queue) => match self.backend.tick(queue, now()) {
+                Ok(Some(next)) => self.timers.arm(key.clone(), next),
+                Ok(None) | Err(QueueError::UnknownQueue(_)) => {}
+                // Backend down: try again shortly.
+                Err(error) => {
+                    log::warn!(
+                        target: "rnode_queue",
+                        "queue {:?}: due jobs could not be promoted nor old ones expired \
+                         ({error}); trying again in 1 s",
+                        &**queue
+                    );
+                    self.timers.arm(key.clone(), now() + 1.0);
+                }
+            },
+            TimerKey::Cron(id) => self.fire_schedule(id),
+            TimerKey::Watchdog => self.check_timeouts(),
+            TimerKey::Reload => {
+                self.reload_schedules();
+                self.reload_settings();
+                self.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
+            }
+            TimerKey::Declare(queue) => self.declare_in_background(queue),
+            TimerKey::Settle(queue) => {
+                let pool = self.pools.lock().get(queue).cloned();
+                if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {
+                    self.settle_later(queue, wait);
+                }
+            }
+        }
+    }
+}
+
+/// The watchdog: abandons sync runs past their timeout. It sleeps on the timer thread until the
+/// earliest deadline of a running job.
+impl Engine {
+    /// Makes sure the watchdog wakes by `deadline` (engine clock). Called as each sync run
+    /// begins (after `Slot::begin`); costs an atomic load unless this deadline is the earliest.
+    ///
+    /// This load and the watchdog's store of "unset" (`check_timeouts`) form a store-load pair
+    /// on each side: `begin` stores the run then loads `watchdog_at`; the watchdog stores
+    /// `watchdog_at` then loads the runs. With only acquire/release both loads may see the old
+    /// values — the run thinks the watchdog is set, the watchdog misses the run — and a hung run
+    /// is never abandoned. The SeqCst fences on both sides forbid that outcome.
+    pub fn watch_deadline(&self, deadline: u64) {
+        if deadline < self.watchdog_at.load(Ordering::SeqCst)
+            && deadline < self.watchdog_at.fetch_min(deadline, Ordering::SeqCst)
+        {
+            let wait = deadline.saturating_sub(self.clock()) as f64 / 1e9;
+            self.timers.arm(TimerKey::Watchdog, now() + wait);
+        }
+    }
+
+    pub(super) fn check_timeouts(&self) {
+        let Some(host) = self.worker_host() else {
+            return;
+        };
+        // Runs that begin from now on set the watchdog themselves (see `watch_deadline`).
+        self.watchdog_at.store(u64::MAX, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
+        let now_ns = self.clock();
+        let earliest = pools
+            .iter()
+            .filter_map(|pool| pool.check_timeouts(&host, now_ns))
+            .min();
+        if let Some(deadline) = earliest {
+            self.watch_deadline(deadline);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timers_fire_in_order_and_disarm() {
+        let timers = Timers::default();
+        timers.arm(TimerKey::Watchdog, 10.0);
+        timers.arm(TimerKey::Watchdog, 20.0); // later: ignored
+        timers.arm(TimerKey::Queue(Arc::from("q")), 5.0);
+        timers.disarm(&TimerKey::Queue(Arc::from("q")));
+        let state = timers.state.lock();
+        assert_eq!(state.armed.get(&TimerKey::Watchdog), Some(&10.0));
+        assert!(!state.armed.contains_key(&TimerKey::Queue(Arc::from("q"))));
+    }
+}
