@@ -2,7 +2,7 @@
 
 use thiserror::Error;
 
-use crate::job::JobId;
+use crate::id::JobId;
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum QueueError {

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod backoff;
 pub mod engine;
 pub mod error;
+pub mod id;
 pub mod job;
 pub mod sync;
 
@@ -19,6 +20,10 @@ use pyo3::prelude::*;
 #[pyo3(name = "_core")]
 fn rnode_queue_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add(
+        "DEFAULT_CLOSE_TIMEOUT",
+        engine::DEFAULT_CLOSE_TIMEOUT.as_secs_f64(),
+    )?;
     py::logging::install(module.py())?;
     py::errors::register(module)?;
     module.add_class::<py::engine::PyEngine>()?;

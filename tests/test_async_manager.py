@@ -276,6 +276,18 @@ def test_async_bad_input(make_aqm: MakeAqm) -> None:
         with pytest.raises(InvalidJobError):
             await aqm.push_batch("bad", [{"data": 1}, {"data": {1, 2}}])
         assert len(await aw(aqm.get_jobs("bad"))) == 1
+        # A misspelt option names the call made, and pushes nothing.
+        for name, call in [
+            ("AsyncQueueManager.push", lambda: aqm.push("bad", 1, priorty="high")),
+            ("AsyncQueue.push", lambda: aqm.get_queue("bad").push(1, dealy=1)),
+            ("create_queue", lambda: aqm.create_queue("bad", concurency=2)),
+            ("schedule", lambda: aqm.schedule("bad", 1, "@hourly", nmae="x")),
+        ]:
+            with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword"):
+                await call()
+        with pytest.raises(TypeError, match=r"^AsyncQueueManager\(\) got an unexpected"):
+            AsyncQueueManager(concurency=2)
+        assert len(await aw(aqm.get_jobs("bad"))) == 1
 
     run_async(main())
 

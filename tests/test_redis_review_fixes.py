@@ -187,7 +187,10 @@ def test_jobs_taken_in_a_batch_but_never_started_keep_their_attempt_when_their_w
     completed = qm.get_jobs(queue, status="completed", limit=10_000)
     assert {j.id for j in failed} | {j.id for j in completed} == set(ids), "every job finished"
     never_ran = [j.id for j in failed if j.id not in started]
-    assert not never_ran, (
+    # A job is reported as started just before its handler is called: one that the SIGKILL
+    # caught in between counts as run, though its handler never wrote its id. At most one per
+    # worker thread (5) can be caught so; the jobs that waited in the batch are never counted.
+    assert len(never_ran) <= 5, (
         f"{len(never_ran)} of {len(failed)} failed jobs never started in the dead worker: "
         f"{[(j.id, j.error) for j in failed if j.id in never_ran][:3]}"
     )

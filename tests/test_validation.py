@@ -251,3 +251,21 @@ class TestJobSizeLimit:
         with pytest.raises(JobTooLargeError):
             qm.push("big", "x" * (1_048_576 + 1))
         assert qm.get_stats().queue_sizes.get("big", 0) == 0
+
+
+def test_an_unknown_keyword_names_the_public_call(populated: QueueManager) -> None:
+    # The options pass through to the engine as **options: a typo must still be a TypeError
+    # that names the call the user made (not the engine's), and change nothing.
+    before = snapshot(populated)
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("QueueManager", lambda: QueueManager(concurency=2)),
+        ("create_queue", lambda: populated.create_queue(QUEUE, max_retry=2)),
+        ("schedule", lambda: populated.schedule(QUEUE, 1, "@hourly", nmae="x")),
+        ("schedule_at", lambda: populated.schedule_at(QUEUE, 1, utcnow(), delay=1)),
+        ("QueueManager.push", lambda: populated.push(QUEUE, 1, priorty="high")),
+    ]
+    for name, call in calls:
+        with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword") as info:
+            call()
+        assert "Engine" not in str(info.value)
+    assert snapshot(populated) == before

@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._sync import _H, BackoffFunction, QueueManager, Seconds, _QueueHandle, _utc, env_config
+from ._core import DEFAULT_CLOSE_TIMEOUT
+from ._options import (
+    JOB_KEYS,
+    MANAGER_KEYS,
+    PUSH_KEYS,
+    QUEUE_KEYS,
+    SCHEDULE_KEYS,
+    Seconds,
+    check_keys,
+)
+from ._sync import _H, QueueManager, _QueueHandle, _utc, env_config
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from typing_extensions import Self
+    from typing_extensions import ParamSpec, Self, Unpack
 
     from ._core import Engine, Job, Stats
+    from ._options import JobOptions, ManagerOptions, PushOptions, QueueOptions, ScheduleOptions
+
+    _P = ParamSpec("_P")
+
+_T = TypeVar("_T")
 
 __all__ = ["AsyncQueue", "AsyncQueueManager"]
 
@@ -37,42 +51,9 @@ class AsyncQueueManager:
     caller's loop.
     """
 
-    def __init__(
-        self,
-        backend: str | None = None,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        url: str | None = None,
-        prefix: str = "rnode:queue",
-        max_job_bytes: int = 1_048_576,
-        lease: Seconds = 30.0,
-        fsync: str = "everysec",
-        concurrency: int = 5,
-        max_retries: int = 3,
-        timeout: Seconds = 300.0,
-        retry_delay: Seconds = 1.0,
-        backoff: str | BackoffFunction = "exponential",
-        ttl: Seconds = 86_400.0,
-        keep_completed: int = 10_000,
-        keep_failed: int = 100_000,
-    ) -> None:
-        self._sync = QueueManager(
-            backend,
-            path=path,
-            url=url,
-            prefix=prefix,
-            max_job_bytes=max_job_bytes,
-            lease=lease,
-            fsync=fsync,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            ttl=ttl,
-            keep_completed=keep_completed,
-            keep_failed=keep_failed,
-        )
+    def __init__(self, backend: str | None = None, **options: Unpack[ManagerOptions]) -> None:
+        check_keys(type(self).__name__, options, MANAGER_KEYS)
+        self._sync = QueueManager(backend, **options)
         self._engine = self._sync._engine
         self._direct = self._engine.backend == "memory"
 
@@ -80,6 +61,13 @@ class AsyncQueueManager:
     def from_env(cls, **overrides: Any) -> Self:
         """Configured from the environment like :meth:`QueueManager.from_env`."""
         return cls(**env_config(overrides))
+
+    async def _call(self, method: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Calls an engine method: on the loop where it never blocks (memory), else in a
+        worker thread."""
+        if self._direct:
+            return method(*args, **kwargs)
+        return await asyncio.to_thread(method, *args, **kwargs)
 
     @property
     def sync(self) -> QueueManager:
@@ -98,41 +86,11 @@ class AsyncQueueManager:
 
     # -- queues -------------------------------------------------------------------------------
 
-    async def create_queue(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        retry_delay: Seconds | None = None,
-        max_retries: int | None = None,
-        timeout: Seconds | None = None,
-        backoff: str | BackoffFunction | None = None,
-        custom_delays: Sequence[Seconds] | None = None,
-        backoff_cap: Seconds | None = None,
-        jitter: float | None = None,
-        ttl: Seconds | None = None,
-        keep_completed: int | None = None,
-        keep_failed: int | None = None,
-    ) -> AsyncQueue:
+    async def create_queue(self, name: str, **options: Unpack[QueueOptions]) -> AsyncQueue:
         """Create queue ``name`` (or update its configuration); see
         :meth:`QueueManager.create_queue`."""
-        options: dict[str, Any] = {
-            "concurrency": concurrency,
-            "retry_delay": retry_delay,
-            "max_retries": max_retries,
-            "timeout": timeout,
-            "backoff": backoff,
-            "custom_delays": custom_delays,
-            "backoff_cap": backoff_cap,
-            "jitter": jitter,
-            "ttl": ttl,
-            "keep_completed": keep_completed,
-            "keep_failed": keep_failed,
-        }
-        if self._direct:
-            self._engine.create_queue(name, **options)
-        else:
-            await asyncio.to_thread(self._engine.create_queue, name, **options)
+        check_keys("create_queue", options, QUEUE_KEYS)
+        await self._call(self._engine.create_queue, name, **options)
         return AsyncQueue(self, name)
 
     def get_queue(self, name: str) -> AsyncQueue:
@@ -145,32 +103,22 @@ class AsyncQueueManager:
 
     async def pause_queue(self, name: str) -> None:
         """Stop starting jobs of ``name``."""
-        if self._direct:
-            return self._engine.pause_queue(name)
-        return await asyncio.to_thread(self._engine.pause_queue, name)
+        return await self._call(self._engine.pause_queue, name)
 
     async def resume_queue(self, name: str) -> None:
         """Start running the jobs of ``name`` again."""
-        if self._direct:
-            return self._engine.resume_queue(name)
-        return await asyncio.to_thread(self._engine.resume_queue, name)
+        return await self._call(self._engine.resume_queue, name)
 
     async def clear_queue(self, name: str) -> int:
         """Remove the waiting and delayed jobs of ``name``; returns how many."""
-        if self._direct:
-            return self._engine.clear_queue(name)
-        return await asyncio.to_thread(self._engine.clear_queue, name)
+        return await self._call(self._engine.clear_queue, name)
 
     async def delete_queue(self, name: str) -> bool:
         """Remove queue ``name`` with its jobs."""
-        if self._direct:
-            return self._engine.delete_queue(name)
-        return await asyncio.to_thread(self._engine.delete_queue, name)
+        return await self._call(self._engine.delete_queue, name)
 
     async def _queue_stats(self, name: str) -> dict[str, int]:
-        if self._direct:
-            return self._engine.queue_stats(name)
-        return await asyncio.to_thread(self._engine.queue_stats, name)
+        return await self._call(self._engine.queue_stats, name)
 
     # -- handlers (plain calls) ---------------------------------------------------------------
 
@@ -191,136 +139,52 @@ class AsyncQueueManager:
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def push(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str:
+    async def push(self, queue: str, data: Any, **options: Unpack[PushOptions]) -> str:
         """Add a job to ``queue``; returns its id (see :meth:`QueueManager.push`)."""
-        if self._direct:
-            return self._engine.push(
-                queue,
-                data,
-                priority=priority,
-                delay=delay,
-                attempts=attempts,
-                timeout=timeout,
-                tags=tags,
-                metadata=metadata,
-                scheduled_at=scheduled_at,
-            )
-        return await asyncio.to_thread(
-            self._engine.push,
-            queue,
-            data,
-            priority=priority,
-            delay=delay,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=scheduled_at,
-        )
+        check_keys("AsyncQueueManager.push", options, PUSH_KEYS)
+        return await self._call(self._engine.push, queue, data, **options)
 
     async def push_batch(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add many jobs at once, all or nothing (see :meth:`QueueManager.push_batch`)."""
-        if self._direct:
-            return self._engine.push_batch(queue, items)
-        return await asyncio.to_thread(self._engine.push_batch, queue, items)
+        return await self._call(self._engine.push_batch, queue, items)
 
     async def schedule_at(
-        self,
-        queue: str,
-        data: Any,
-        when: datetime,
-        *,
-        priority: str | int | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, queue: str, data: Any, when: datetime, **options: Unpack[JobOptions]
     ) -> str:
         """Add a job that runs at ``when`` (aware, or naive read as **UTC**); returns its id."""
-        return await self.push(
-            queue,
-            data,
-            priority=priority,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=_utc(when),
-        )
+        check_keys("schedule_at", options, JOB_KEYS)
+        return await self.push(queue, data, scheduled_at=_utc(when), **options)
 
     async def schedule(
-        self,
-        queue: str,
-        data: Any,
-        cron: str,
-        *,
-        name: str | None = None,
-        priority: str | int | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, queue: str, data: Any, cron: str, **options: Unpack[ScheduleOptions]
     ) -> str:
         """Push a job on every tick of ``cron``; see :meth:`QueueManager.schedule`."""
-        options: dict[str, Any] = {
-            "name": name,
-            "priority": priority,
-            "attempts": attempts,
-            "timeout": timeout,
-            "tags": tags,
-            "metadata": metadata,
-        }
-        if self._direct:
-            return self._engine.schedule(queue, data, cron, **options)
-        return await asyncio.to_thread(self._engine.schedule, queue, data, cron, **options)
+        check_keys("schedule", options, SCHEDULE_KEYS)
+        return await self._call(self._engine.schedule, queue, data, cron, **options)
 
     async def unschedule(self, schedule_id: str) -> bool:
         """Remove a schedule; False if there was none with that id."""
-        if self._direct:
-            return self._engine.unschedule(schedule_id)
-        return await asyncio.to_thread(self._engine.unschedule, schedule_id)
+        return await self._call(self._engine.unschedule, schedule_id)
 
     async def list_schedules(self) -> list[dict[str, Any]]:
         """The schedules: dicts with ``id, name, queue, cron, data, next_run``."""
-        if self._direct:
-            return self._engine.list_schedules()
-        return await asyncio.to_thread(self._engine.list_schedules)
+        return await self._call(self._engine.list_schedules)
 
     async def get_stats(self) -> Stats:
         """Manager-wide counters and the size of every queue."""
-        if self._direct:
-            return self._engine.get_stats()
-        return await asyncio.to_thread(self._engine.get_stats)
+        return await self._call(self._engine.get_stats)
 
     async def get_job(self, job_id: str) -> Job | None:
         """A snapshot of the job, or None if unknown."""
-        if self._direct:
-            return self._engine.get_job(job_id)
-        return await asyncio.to_thread(self._engine.get_job, job_id)
+        return await self._call(self._engine.get_job, job_id)
 
     async def get_jobs(self, queue: str, status: str | None = None, limit: int = 100) -> list[Job]:
         """Jobs of ``queue`` with ``status`` (all when None), at most ``limit``."""
-        if self._direct:
-            return self._engine.get_jobs(queue, status, limit)
-        return await asyncio.to_thread(self._engine.get_jobs, queue, status, limit)
+        return await self._call(self._engine.get_jobs, queue, status, limit)
 
     async def retry_job(self, job_id: str) -> bool:
         """Put a failed job back to waiting with a fresh count of attempts."""
-        if self._direct:
-            return self._engine.retry_job(job_id)
-        return await asyncio.to_thread(self._engine.retry_job, job_id)
+        return await self._call(self._engine.retry_job, job_id)
 
     async def wait_for(self, job_id: str, timeout: Seconds | None = None) -> Job | None:
         """Wait until the job completed or finally failed and return it; None on timeout.
@@ -350,7 +214,7 @@ class AsyncQueueManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def close(self, timeout: Seconds = 30.0) -> bool:
+    async def close(self, timeout: Seconds = DEFAULT_CLOSE_TIMEOUT) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True if all finished."""
         self._engine.check_close_timeout(timeout)  # a bad timeout changes nothing
         return await asyncio.to_thread(self._sync.close, timeout)
@@ -392,30 +256,10 @@ class AsyncQueue(_QueueHandle):
         self._amanager = manager
         self._later = not manager._direct
 
-    async def push(
-        self,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str:
+    async def push(self, data: Any, **options: Unpack[PushOptions]) -> str:
         """Add a job to this queue; returns its id."""
-        return await self._amanager.push(
-            self.name,
-            data,
-            priority=priority,
-            delay=delay,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=scheduled_at,
-        )
+        check_keys("AsyncQueue.push", options, PUSH_KEYS)
+        return await self._amanager.push(self.name, data, **options)
 
     async def push_batch(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add many jobs to this queue, all or nothing."""

@@ -36,7 +36,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable,
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._core import AsyncSubmit, Completion, Job
+    from ._core import Completion, Job
+    from ._core import _AsyncSubmit as AsyncSubmit
 
 __all__ = ["AsyncioRunner", "is_async_callable"]
 

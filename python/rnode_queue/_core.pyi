@@ -4,14 +4,42 @@ The public API lives in :mod:`rnode_queue`; this module is the PyO3 boundary it 
 """
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
-from typing import Any, Literal, final
+from datetime import datetime
+from typing import Any, final
+
+from typing_extensions import Self, Unpack
+
+from ._options import (
+    JobStatus,
+    ManagerOptions,
+    Priority,
+    PushOptions,
+    QueueOptions,
+    ScheduleOptions,
+    Seconds,
+)
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "BackendError",
+    "Completion",
+    "ConfigError",
+    "Engine",
+    "InvalidCronError",
+    "InvalidJobError",
+    "InvalidQueueNameError",
+    "Job",
+    "JobNotFoundError",
+    "JobTooLargeError",
+    "PushOutcomeUnknownError",
+    "QueueClosedError",
+    "QueueError",
+    "Stats",
+    "__version__",
+]
 
 __version__: str
-
-Seconds = float | timedelta
-Priority = Literal["low", "normal", "high", "critical"]
-JobStatus = Literal["waiting", "delayed", "active", "completed", "failed"]
+DEFAULT_CLOSE_TIMEOUT: float
 
 class QueueError(Exception):
     """Base class of every error rnode-queue raises."""
@@ -115,91 +143,24 @@ class Completion:
     def failure(self, error: BaseException) -> None: ...
     def timed_out(self) -> None: ...
 
-AsyncSubmit = Callable[[list[tuple[Job, float, Completion]]], None]
+_AsyncSubmit = Callable[[list[tuple[Job, float, Completion]]], None]
 
 @final
 class Engine:
-    def __init__(
-        self,
-        backend: str | None = None,
-        *,
-        path: str | None = None,
-        url: str | None = None,
-        prefix: str = "rnode:queue",
-        max_job_bytes: int | None = None,
-        lease: Seconds | None = None,
-        fsync: str = "everysec",
-        concurrency: int | None = None,
-        max_retries: int | None = None,
-        timeout: Seconds | None = None,
-        retry_delay: Seconds | None = None,
-        backoff: str | Callable[[int, str], Seconds] | None = None,
-        ttl: Seconds | None = None,
-        keep_completed: int | None = None,
-        keep_failed: int | None = None,
-    ) -> None: ...
+    def __new__(cls, backend: str | None = None, **options: Unpack[ManagerOptions]) -> Self: ...
     @property
     def backend(self) -> str: ...
     @property
     def closed(self) -> bool: ...
-    def create_queue(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        retry_delay: Seconds | None = None,
-        max_retries: int | None = None,
-        timeout: Seconds | None = None,
-        backoff: str | Callable[[int, str], Seconds] | None = None,
-        custom_delays: Sequence[Seconds] | None = None,
-        backoff_cap: Seconds | None = None,
-        jitter: float | None = None,
-        ttl: Seconds | None = None,
-        keep_completed: int | None = None,
-        keep_failed: int | None = None,
-    ) -> None: ...
+    def create_queue(self, name: str, **options: Unpack[QueueOptions]) -> None: ...
     def ensure_queue(self, name: str, *, later: bool = False) -> None: ...
     def queue_names(self) -> list[str]: ...
     def queue_config(self, name: str) -> dict[str, Any]: ...
-    def push(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str: ...
-    def queue_push(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str: ...
+    def push(self, queue: str, data: Any, **options: Unpack[PushOptions]) -> str: ...
+    def queue_push(self, queue: str, data: Any, **options: Unpack[PushOptions]) -> str: ...
     def push_batch(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]: ...
     def schedule(
-        self,
-        queue: str,
-        data: Any,
-        cron: str,
-        *,
-        name: str | None = None,
-        priority: str | int | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, queue: str, data: Any, cron: str, **options: Unpack[ScheduleOptions]
     ) -> str: ...
     def unschedule(self, schedule_id: str) -> bool: ...
     def list_schedules(self) -> list[dict[str, Any]]: ...
@@ -220,7 +181,7 @@ class Engine:
         handler: Callable[[Job], Any],
         *,
         concurrency: int | None = None,
-        async_submit: AsyncSubmit | None = None,
+        async_submit: _AsyncSubmit | None = None,
         later: bool = False,
     ) -> None: ...
     def wait_for_job(self, job_id: str, timeout: Seconds | None = None) -> Job | None: ...

@@ -12,27 +12,31 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._asyncio_runner import AsyncioRunner, is_async_callable
-from ._core import Engine, Job, QueueClosedError, QueueError, Stats
+from ._core import DEFAULT_CLOSE_TIMEOUT, Engine, Job, QueueClosedError, QueueError, Stats
+from ._options import (
+    JOB_KEYS,
+    MANAGER_KEYS,
+    QUEUE_KEYS,
+    SCHEDULE_KEYS,
+    Seconds,
+    check_keys,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from typing_extensions import Self
+    from typing_extensions import Self, Unpack
+
+    from ._options import JobOptions, ManagerOptions, PushOptions, QueueOptions, ScheduleOptions
 
 __all__ = ["ATEXIT_CLOSE_TIMEOUT", "Queue", "QueueManager"]
 
 Handler = Callable[[Job], Any]
 """A job handler: ``def handler(job)`` or ``async def handler(job)``."""
-
-Seconds = float | timedelta
-"""A duration: seconds (int or float) or a :class:`datetime.timedelta`."""
-
-BackoffFunction = Callable[[int, str], Seconds]
-"""A backoff given as a function: ``(attempt, error) -> seconds`` before the next run."""
 
 _H = TypeVar("_H", bound=Handler)
 
@@ -175,42 +179,9 @@ class QueueManager:
     are closed then, with a short timeout.
     """
 
-    def __init__(
-        self,
-        backend: str | None = None,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        url: str | None = None,
-        prefix: str = "rnode:queue",
-        max_job_bytes: int = 1_048_576,
-        lease: Seconds = 30.0,
-        fsync: str = "everysec",
-        concurrency: int = 5,
-        max_retries: int = 3,
-        timeout: Seconds = 300.0,
-        retry_delay: Seconds = 1.0,
-        backoff: str | BackoffFunction = "exponential",
-        ttl: Seconds = 86_400.0,
-        keep_completed: int = 10_000,
-        keep_failed: int = 100_000,
-    ) -> None:
-        engine = Engine(
-            backend,
-            path=None if path is None else os.fspath(path),
-            url=url,
-            prefix=prefix,
-            max_job_bytes=max_job_bytes,
-            lease=lease,
-            fsync=fsync,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            timeout=timeout,
-            retry_delay=retry_delay,
-            backoff=backoff,
-            ttl=ttl,
-            keep_completed=keep_completed,
-            keep_failed=keep_failed,
-        )
+    def __init__(self, backend: str | None = None, **options: Unpack[ManagerOptions]) -> None:
+        check_keys(type(self).__name__, options, MANAGER_KEYS)
+        engine = Engine(backend, **options)
         self._engine = engine
         self._runner: AsyncioRunner | None = None
         self._runner_lock = threading.Lock()
@@ -243,22 +214,7 @@ class QueueManager:
 
     # -- queues -------------------------------------------------------------------------------
 
-    def create_queue(
-        self,
-        name: str,
-        *,
-        concurrency: int | None = None,
-        retry_delay: Seconds | None = None,
-        max_retries: int | None = None,
-        timeout: Seconds | None = None,
-        backoff: str | BackoffFunction | None = None,
-        custom_delays: Sequence[Seconds] | None = None,
-        backoff_cap: Seconds | None = None,
-        jitter: float | None = None,
-        ttl: Seconds | None = None,
-        keep_completed: int | None = None,
-        keep_failed: int | None = None,
-    ) -> Queue:
+    def create_queue(self, name: str, **options: Unpack[QueueOptions]) -> Queue:
         """Create queue ``name`` (or update its configuration) and return its handle.
 
         ``backoff`` is ``"fixed"``, ``"exponential"`` (``retry_delay * 2**n``, capped at
@@ -267,20 +223,8 @@ class QueueManager:
         On a shared backend the settings are stored with the queue: processes that do not
         declare it use them.
         """
-        self._engine.create_queue(
-            name,
-            concurrency=concurrency,
-            retry_delay=retry_delay,
-            max_retries=max_retries,
-            timeout=timeout,
-            backoff=backoff,
-            custom_delays=custom_delays,
-            backoff_cap=backoff_cap,
-            jitter=jitter,
-            ttl=ttl,
-            keep_completed=keep_completed,
-            keep_failed=keep_failed,
-        )
+        check_keys("create_queue", options, QUEUE_KEYS)
+        self._engine.create_queue(name, **options)
         return Queue(self, name)
 
     def get_queue(self, name: str) -> Queue:
@@ -357,19 +301,7 @@ class QueueManager:
 
     # -- jobs (push, push_batch, get_job, get_stats and wait_for are bound to the engine) -----
 
-    def push(
-        self,
-        queue: str,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str:
+    def push(self, queue: str, data: Any, **options: Unpack[PushOptions]) -> str:
         """Add a job to ``queue``; returns its id.
 
         ``priority``: ``"low"``, ``"normal"`` (default), ``"high"`` or ``"critical"``.
@@ -377,17 +309,7 @@ class QueueManager:
         of runs allowed (default: the queue's ``max_retries + 1``); ``timeout`` overrides the
         queue's. ``data`` must be JSON-serialisable.
         """
-        return self._engine.push(
-            queue,
-            data,
-            priority=priority,
-            delay=delay,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=scheduled_at,
-        )
+        return self._engine.push(queue, data, **options)
 
     def push_batch(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add many jobs at once: items are ``{"data": ..., "options": {...push options}}``.
@@ -397,63 +319,25 @@ class QueueManager:
         return self._engine.push_batch(queue, items)
 
     def schedule_at(
-        self,
-        queue: str,
-        data: Any,
-        when: datetime,
-        *,
-        priority: str | int | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
+        self, queue: str, data: Any, when: datetime, **options: Unpack[JobOptions]
     ) -> str:
         """Add a job that runs at ``when``; returns its id.
 
         ``when`` is an aware datetime, or a naive one read as **UTC** (not local time); a time
         in the past runs at once.
         """
-        return self._engine.push(
-            queue,
-            data,
-            priority=priority,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=_utc(when),
-        )
+        check_keys("schedule_at", options, JOB_KEYS)
+        return self._engine.push(queue, data, scheduled_at=_utc(when), **options)
 
-    def schedule(
-        self,
-        queue: str,
-        data: Any,
-        cron: str,
-        *,
-        name: str | None = None,
-        priority: str | int | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> str:
+    def schedule(self, queue: str, data: Any, cron: str, **options: Unpack[ScheduleOptions]) -> str:
         """Push a job to ``queue`` on every tick of ``cron`` (UTC); returns the schedule id.
 
         ``cron`` has 5 fields, 6 with leading seconds, or is a macro (``@hourly``, ``@daily``,
         ``@weekly``, ``@monthly``, ``@yearly``). Idempotent: the same queue, cron and data (or
         the same ``name``, which becomes the id) give the same schedule.
         """
-        return self._engine.schedule(
-            queue,
-            data,
-            cron,
-            name=name,
-            priority=priority,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-        )
+        check_keys("schedule", options, SCHEDULE_KEYS)
+        return self._engine.schedule(queue, data, cron, **options)
 
     def unschedule(self, schedule_id: str) -> bool:
         """Remove a schedule; False if there was none with that id."""
@@ -495,7 +379,7 @@ class QueueManager:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def close(self, timeout: Seconds = 30.0) -> bool:
+    def close(self, timeout: Seconds = DEFAULT_CLOSE_TIMEOUT) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True if all finished.
 
         On a shared backend, runs still going at the timeout are handed back: they run again
@@ -600,30 +484,9 @@ class Queue(_QueueHandle):
         if type(self) is Queue:  # hot path: no Python frame between the caller and the engine
             self.__dict__["push"] = functools.partial(self._engine.queue_push, name)
 
-    def push(
-        self,
-        data: Any,
-        *,
-        priority: str | int | None = None,
-        delay: Seconds | None = None,
-        attempts: int | None = None,
-        timeout: Seconds | None = None,
-        tags: Sequence[str] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        scheduled_at: datetime | None = None,
-    ) -> str:
+    def push(self, data: Any, **options: Unpack[PushOptions]) -> str:
         """Add a job to this queue (options as :meth:`QueueManager.push`); returns its id."""
-        return self._engine.queue_push(
-            self.name,
-            data,
-            priority=priority,
-            delay=delay,
-            attempts=attempts,
-            timeout=timeout,
-            tags=tags,
-            metadata=metadata,
-            scheduled_at=scheduled_at,
-        )
+        return self._engine.queue_push(self.name, data, **options)
 
     def push_batch(self, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add many jobs to this queue (see :meth:`QueueManager.push_batch`)."""

@@ -2,19 +2,19 @@
 //! backend only stores jobs and moves them between states atomically.
 //!
 //! Every method may block (a lock, a round trip to Redis, a disk write), so callers run them
-//! without the Python GIL; `push` with `may_block = false` never blocks and exists so that the
-//! push path can skip releasing the GIL when nothing would wait.
+//! without the Python GIL; only `NonBlockingPush`, where a store offers it, never waits.
+//! Waiting for a job or for idle queues is the engine's (`engine/waiting.rs`), not a backend's.
 
 pub mod memory;
 pub mod redis;
+pub mod store;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::Result;
 use crate::job::{Job, JobId, JobState, Payload, Priority, Timestamp};
-use crate::sync::{Condvar, Mutex};
 
 /// How long finished jobs are kept, per queue.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -114,8 +114,9 @@ pub struct ScheduleRecord {
 }
 
 pub trait Backend: Send + Sync + 'static {
-    /// True when other processes share the store (every call is a round trip, and counts
-    /// include their workers' jobs).
+    /// True when other processes share the store: its counts include their workers' runs, and
+    /// they change schedules, settings and jobs without telling this process. The engine then
+    /// re-reads schedules and settings now and then, and its waits poll as well.
     fn shared(&self) -> bool {
         false
     }
@@ -132,19 +133,23 @@ pub trait Backend: Send + Sync + 'static {
     /// The declarations stored for these queues (`None`: no such queue), without creating any.
     fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>>;
 
-    /// Stores new jobs (waiting or delayed) all together or not at all. With `may_block` false
-    /// the call returns `Ok(false)` instead of waiting and changes nothing. A job whose id the
-    /// queue already holds is an error (`DuplicateJob`), never an overwrite. A queue that does
-    /// not exist (deleted, maybe by another process, while this one still used it) is created
-    /// with `declare()` in the same step: a push racing a delete lands before it or re-creates
-    /// the queue, whole.
+    /// Stores new jobs (waiting or delayed) all together or not at all. A job whose id the queue
+    /// already holds is an error (`DuplicateJob`), never an overwrite. A queue that does not
+    /// exist (deleted, maybe by another process, while this one still used it) is created with
+    /// `declare()` in the same step: a push racing a delete lands before it or re-creates the
+    /// queue, whole.
     fn push(
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
-        may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
-    ) -> Result<bool>;
+    ) -> Result<()>;
+
+    /// A push that never waits, where the store can offer one (an in-process store, when no
+    /// lock is contended). `None`, the default: every push may wait (a round trip).
+    fn nonblocking(&self) -> Option<&dyn NonBlockingPush> {
+        None
+    }
 
     /// Stores the job of a cron tick, unless that tick of `schedule` was pushed before (by any
     /// process sharing the store): then `Ok(false)`. The claim and the push are one step, so
@@ -225,10 +230,9 @@ pub trait Backend: Send + Sync + 'static {
     fn queue_names(&self) -> Result<Vec<String>>;
     fn totals(&self) -> Result<Totals>;
 
-    /// Blocks until the job is completed or failed; `None` on timeout or for an unknown job.
-    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>>;
-    /// Blocks until the queue (or every queue) has no waiting, delayed or active job.
-    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool>;
+    /// Whether the queue (or every queue) has no waiting, delayed or active job. A queue that
+    /// does not exist is idle.
+    fn is_idle(&self, queue: Option<&str>) -> Result<bool>;
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()>;
     fn remove_schedule(&self, id: &str) -> Result<bool>;
@@ -244,65 +248,14 @@ pub trait Backend: Send + Sync + 'static {
     fn close(&self) {}
 }
 
-/// Wakes callers of `wait_finished` / `wait_idle` when this process records a result;
-/// notifying costs an atomic load unless someone waits.
-#[derive(Default)]
-pub(crate) struct FinishSignal {
-    generation: Mutex<u64>,
-    changed: Condvar,
-    waiters: AtomicUsize,
-}
-
-impl FinishSignal {
-    pub(crate) fn notify(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            *self.generation.lock() += 1;
-            self.changed.notify_all();
-        }
-    }
-
-    /// Runs `check` until it returns `Some`, waiting for a notification between tries, or, with
-    /// `poll` (first, last interval, doubling), no longer than that: for state that other
-    /// processes change without notifying. At the timeout, returns what a last `check` gives.
-    pub(crate) fn wait_until<T>(
+/// `Backend::push` without waiting: for a caller that holds the Python GIL, which pushes in
+/// place when nothing is contended and lets go of Python only otherwise.
+pub trait NonBlockingPush {
+    /// `Ok(false)`, with nothing changed, where the push would have to wait for a lock.
+    fn try_push(
         &self,
-        timeout: Option<Duration>,
-        poll: Option<(Duration, Duration)>,
-        mut check: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut interval = poll.map(|(first, _)| first);
-        // Registered before the first check: a finish after it bumps the generation.
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let result = loop {
-            let seen = *self.generation.lock();
-            if let Some(found) = check() {
-                break Some(found);
-            }
-            let generation = self.generation.lock();
-            if *generation != seen {
-                continue;
-            }
-            let wake_at = match (deadline, interval) {
-                (Some(deadline), Some(every)) => Some(deadline.min(Instant::now() + every)),
-                (deadline, every) => deadline.or_else(|| every.map(|e| Instant::now() + e)),
-            };
-            match wake_at {
-                Some(wake_at) => {
-                    let (generation, timed_out) = self.changed.wait_until(generation, wake_at);
-                    let expired = deadline.is_some_and(|d| Instant::now() >= d);
-                    if timed_out && expired && *generation == seen {
-                        drop(generation);
-                        break check();
-                    }
-                }
-                None => drop(self.changed.wait(generation)),
-            }
-            if let (Some(every), Some((_, last))) = (interval.as_mut(), poll) {
-                *every = (*every * 2).min(last);
-            }
-        };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        result
-    }
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool>;
 }

@@ -1,8 +1,10 @@
 //! A queue's settings: what they are, their defaults, their checks, and how a store keeps them
 //! for the processes that did not declare the queue.
 
+use std::sync::Arc;
+
 use crate::backend::{QueueDeclaration, Retention};
-use crate::backoff::{Backoff, BackoffSpec};
+use crate::backoff::{Backoff, BackoffSpec, DelayFunction};
 use crate::error::{QueueError, Result};
 use crate::job::{check_setting_seconds, Payload};
 
@@ -129,6 +131,69 @@ impl QueueConfig {
                 ..defaults.clone()
             }
         }
+    }
+}
+
+/// A queue's settings as a user gives them (`create_queue`, or the manager's defaults): `None`
+/// is the base's value.
+#[derive(Clone, Default)]
+pub struct QueueSettings {
+    pub concurrency: Option<usize>,
+    pub max_retries: Option<u32>,
+    pub timeout: Option<f64>,
+    pub retry_delay: Option<f64>,
+    pub backoff: Option<BackoffChoice>,
+    pub custom_delays: Option<Vec<f64>>,
+    pub backoff_cap: Option<f64>,
+    pub jitter: Option<f64>,
+    pub ttl: Option<f64>,
+    pub keep_completed: Option<usize>,
+    pub keep_failed: Option<usize>,
+}
+
+/// A backoff as a user names it.
+#[derive(Clone)]
+pub enum BackoffChoice {
+    /// `"fixed"`, `"exponential"` or `"custom"`.
+    Named(String),
+    /// A function `(attempt, error) -> seconds`.
+    Function(Arc<dyn DelayFunction>),
+}
+
+impl QueueSettings {
+    /// These settings over `base` (the manager's defaults), checked. A setting left out is the
+    /// base's, also for a queue configured before: a declaration says everything about the
+    /// queue. A base function backoff carries over unless another kind is named.
+    pub fn over(self, base: &QueueConfig) -> Result<QueueConfig> {
+        let (kind, function) = match self.backoff {
+            None => match &base.backoff {
+                Backoff::Function { function, .. } => ("function".into(), Some(function.clone())),
+                other => (other.kind().to_string(), None),
+            },
+            Some(BackoffChoice::Named(kind)) => (kind, None),
+            Some(BackoffChoice::Function(function)) => ("function".into(), Some(function)),
+        };
+        let backoff = Backoff::parse(BackoffSpec {
+            kind,
+            base: self.retry_delay.unwrap_or_else(|| base.backoff.base()),
+            cap: self.backoff_cap,
+            jitter: self.jitter,
+            custom: self.custom_delays,
+            function,
+        })?;
+        let config = QueueConfig {
+            concurrency: self.concurrency.unwrap_or(base.concurrency),
+            max_retries: self.max_retries.unwrap_or(base.max_retries),
+            timeout: self.timeout.unwrap_or(base.timeout),
+            backoff,
+            retention: Retention {
+                ttl: self.ttl.unwrap_or(base.retention.ttl),
+                keep_completed: self.keep_completed.unwrap_or(base.retention.keep_completed),
+                keep_failed: self.keep_failed.unwrap_or(base.retention.keep_failed),
+            },
+        };
+        config.validate()?;
+        Ok(config)
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::backend::ScheduleRecord;
 use crate::error::{QueueError, Result};
-use crate::job::{now, validate_queue_name, Job, JobOptions, Timestamp};
+use crate::job::{now, validate_queue_name, Job, JobOptions, Payload, Timestamp};
 
 use super::timers::TimerKey;
 use super::Engine;
@@ -42,6 +42,40 @@ fn same_schedule(a: &ScheduleRecord, b: &ScheduleRecord) -> bool {
             (None, None) => true,
             _ => false,
         }
+}
+
+/// A schedule of `queue` that pushes `data` with `options` on each tick of `cron`. A `name` is
+/// its id; without one the id derives from the queue, cron and data (`schedule_id`).
+pub fn new_schedule(
+    queue: &str,
+    cron: &str,
+    data: Payload,
+    name: Option<&str>,
+    options: JobOptions,
+) -> Result<ScheduleRecord> {
+    if let Some(name) = name {
+        if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+            return Err(QueueError::InvalidJob(
+                "schedule name must be 1 to 200 characters without control characters".into(),
+            ));
+        }
+    }
+    let id = match name {
+        Some(name) => name.to_string(),
+        None => schedule_id(queue, cron, &data),
+    };
+    Ok(ScheduleRecord {
+        id: Arc::from(id),
+        name: name.map(str::to_string),
+        queue: Arc::from(queue),
+        cron: cron.to_string(),
+        data,
+        priority: options.priority,
+        attempts: options.attempts,
+        timeout: options.timeout,
+        tags: options.tags,
+        metadata: options.metadata,
+    })
 }
 
 /// A schedule's id when it has no name: the same queue, cron and data give the same id, so that
@@ -323,7 +357,7 @@ impl Engine {
                 }
             }
         };
-        if self.backend.shared() && matches!(self.backend.has_schedule(id), Ok(false)) {
+        if matches!(self.backend.has_schedule(id), Ok(false)) {
             // Unscheduled by another process: stop firing it here too (unless this process
             // declared it again meanwhile).
             let mut schedules = self.schedules.lock();

@@ -1,7 +1,5 @@
 //! Pushing jobs, and looking them up: get, list, retry, wait.
 
-use std::time::Duration;
-
 use crate::error::{QueueError, Result};
 use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload, Timestamp};
 
@@ -29,8 +27,9 @@ impl Engine {
         tick: Option<(&str, Timestamp)>,
     ) -> Result<Pushed> {
         self.check_open()?;
-        if !may_block && self.backend.shared() {
-            // Every push to a shared store is a round trip: the caller lets go of Python first.
+        if !may_block && self.backend.nonblocking().is_none() {
+            // Every push to this store may wait (a round trip): the caller lets go of Python
+            // first.
             validate_queue_name(queue)?;
             return Ok(Pushed::WouldBlock);
         }
@@ -83,15 +82,16 @@ impl Engine {
                         .push_tick(&entry.name, &mut jobs, schedule, at, &declare)?;
                 Pushed::Done(if pushed { ids } else { Vec::new() })
             }
-            None => {
-                if !self
-                    .backend
-                    .push(&entry.name, &mut jobs, may_block, &declare)?
-                {
-                    return Ok(Pushed::WouldBlock);
-                }
+            None if may_block => {
+                self.backend.push(&entry.name, &mut jobs, &declare)?;
                 Pushed::Done(ids)
             }
+            None => match self.backend.nonblocking() {
+                Some(store) if store.try_push(&entry.name, &mut jobs, &declare)? => {
+                    Pushed::Done(ids)
+                }
+                _ => return Ok(Pushed::WouldBlock),
+            },
         };
         if let Some(due) = earliest_due {
             self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
@@ -123,9 +123,6 @@ impl Engine {
     ) -> Result<Vec<Job>> {
         self.check_open()?;
         validate_queue_name(queue)?;
-        if !self.backend.shared() && !self.queues.read().contains_key(queue) {
-            return Ok(Vec::new());
-        }
         match self.backend.list_jobs(queue, state, limit) {
             // Deleted meanwhile: it holds no jobs.
             Err(QueueError::UnknownQueue(_)) => Ok(Vec::new()),
@@ -136,26 +133,5 @@ impl Engine {
     pub fn retry_job(&self, id: JobId) -> Result<bool> {
         self.check_open()?;
         self.backend.retry_failed(id)
-    }
-
-    /// Waits until the job is completed or finally failed: `Some(job)`, or `None` when the
-    /// timeout passed first. An id no backend holds is `JobNotFound`.
-    pub fn wait_for_job(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
-        self.check_open()?;
-        match self.backend.wait_finished(id, timeout)? {
-            Some(job) => Ok(Some(job)),
-            None if self.backend.get_job(id)?.is_none() => Err(QueueError::JobNotFound(format!(
-                "no job with id {id} (unknown, or no longer retained)"
-            ))),
-            None => Ok(None),
-        }
-    }
-
-    pub fn join(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
-        self.check_open()?;
-        if let Some(name) = queue {
-            validate_queue_name(name)?;
-        }
-        self.backend.wait_idle(queue, timeout)
     }
 }

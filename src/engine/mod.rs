@@ -1,10 +1,13 @@
-//! The engine behind a `QueueManager`: the queue registry and its settings, pushes, settling
-//! runs (retry with backoff, or fail), worker pools, cron schedules, stats and shutdown.
+//! The engine behind a `QueueManager`: it decides what happens to jobs (pushed, run, retried
+//! or failed, expired) and keeps the queues, their settings, the workers and the schedules; a
+//! `Backend` only stores jobs and moves them between states.
 //!
-//! One file per concern: `config` (queue settings), `queues` (the registry), `jobs` (push and
-//! look-ups), `settle` (retry or fail), `pools` and `pool`/`slot`/`executor` (workers),
-//! `timers` (the timer thread and its dispatch, the watchdog), `cron`, `stats`, `shutdown`.
-//! Workers and timers see the engine only through narrow traits (`WorkerHost`, `TimerHost`).
+//! One file per concern: `config` (a queue's settings), `queues` (the registry), `jobs` (push
+//! and look-ups), `settle` (retry with backoff, or fail), `pools` (starting workers),
+//! `workers/` (the worker pool itself), `timers` (the timer thread), `timer_events` (what a
+//! timer does when it fires), `watchdog` (run deadlines), `cron`, `waiting` (`wait_for` and
+//! `join`), `stats`, `shutdown`. Workers and the timer thread see the engine only through
+//! narrow traits (`workers::WorkerHost`, `timers::TimerHost`), not the whole `Engine`.
 
 mod config;
 mod cron;
@@ -14,7 +17,10 @@ mod queues;
 mod settle;
 mod shutdown;
 mod stats;
+mod timer_events;
 mod timers;
+mod waiting;
+mod watchdog;
 mod workers;
 
 #[cfg(test)]
@@ -30,14 +36,15 @@ use crate::error::{QueueError, Result};
 use crate::job::{now, JobId};
 use crate::sync::{Mutex, RwLock};
 
-pub use config::{QueueConfig, MAX_CONCURRENCY};
-pub use cron::{schedule_id, CronSchedule, ScheduleInfo};
-pub use shutdown::CloseReport;
+pub use config::{BackoffChoice, QueueConfig, QueueSettings, MAX_CONCURRENCY};
+pub use cron::{new_schedule, schedule_id, CronSchedule, ScheduleInfo};
+pub use shutdown::{CloseReport, DEFAULT_CLOSE_TIMEOUT};
 pub use stats::{EngineStats, QueueStats};
 pub use workers::{Completion, Executor, RunOutcome, Session, MAX_BATCH};
 
 use cron::CronEntry;
 use timers::{TimerKey, Timers};
+use waiting::FinishSignal;
 use workers::Pool;
 
 /// How often an engine on a shared backend looks for schedules other processes stored and
@@ -84,6 +91,8 @@ pub struct Engine {
     /// Held while schedules are declared, removed or reloaded, so that those never interleave.
     schedule_changes: Mutex<()>,
     timers: Arc<Timers>,
+    /// Wakes `wait_for_job` and `join` when this process settles runs or empties a queue.
+    finished: FinishSignal,
     closed: AtomicBool,
     /// Sync run deadlines are nanoseconds since this instant.
     epoch: Instant,
@@ -112,6 +121,7 @@ impl Engine {
             schedules: Mutex::new(HashMap::new()),
             schedule_changes: Mutex::new(()),
             timers: Arc::new(Timers::default()),
+            finished: FinishSignal::default(),
             closed: AtomicBool::new(false),
             epoch: Instant::now(),
             this: this.clone(),

@@ -185,7 +185,7 @@ impl Engine {
             return Ok(());
         }
         // Another process may have created it in a shared store.
-        if self.backend.shared() && self.backend.queue_names()?.iter().any(|n| n == name) {
+        if self.backend.queue_names()?.iter().any(|n| n == name) {
             return Ok(());
         }
         Err(QueueError::UnknownQueue(name.to_string()))
@@ -217,7 +217,9 @@ impl Engine {
     pub fn clear_queue(&self, name: &str) -> Result<usize> {
         self.check_open()?;
         self.known_queue(name)?;
-        match self.backend.clear(name) {
+        let cleared = self.backend.clear(name);
+        self.finished.notify();
+        match cleared {
             // Deleted since: nothing left to clear.
             Err(QueueError::UnknownQueue(_)) => Ok(0),
             other => other,
@@ -237,7 +239,9 @@ impl Engine {
         if let Some(pool) = &pool {
             pool.request_stop(self);
         }
-        self.backend.delete(name)
+        let deleted = self.backend.delete(name);
+        self.finished.notify();
+        deleted
     }
 
     /// Takes the stored settings of the queues this process did not declare (another process

@@ -70,7 +70,9 @@ impl Engine {
             })
             .collect();
         let count = acks.len();
-        match self.backend.settle(queue, acks) {
+        let settled = self.backend.settle(queue, acks);
+        self.finished.notify();
+        match settled {
             Ok(Some(due)) => self.timers.arm(TimerKey::Queue(Arc::from(queue)), due),
             Ok(None) => {}
             Err(error) => log::error!(

@@ -8,6 +8,9 @@ use super::workers::Pool;
 use super::{Engine, TIMER_STOP_MIN};
 use crate::job::JobId;
 
+/// How long `close` waits for running jobs when the caller does not say.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What `close` did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CloseReport {
@@ -36,7 +39,9 @@ impl Engine {
         let mut handed_back = Vec::new();
         if finished {
             self.pools.lock().clear();
-        } else if self.backend.shared() {
+        } else {
+            // Runs still going are handed back to a store other processes share (a private
+            // store ends with this process: its `hand_back` keeps nothing).
             for pool in &pools {
                 let runs = pool.wind_down(self);
                 if runs.is_empty() {

@@ -271,10 +271,9 @@ impl Backend for FlakyTicks {
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
-        may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
-    ) -> Result<bool> {
-        self.inner.push(queue, jobs, may_block, declare)
+    ) -> Result<()> {
+        self.inner.push(queue, jobs, declare)
     }
     fn push_tick(
         &self,
@@ -349,11 +348,8 @@ impl Backend for FlakyTicks {
     fn totals(&self) -> Result<Totals> {
         self.inner.totals()
     }
-    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
-        self.inner.wait_finished(id, timeout)
-    }
-    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
-        self.inner.wait_idle(queue, timeout)
+    fn is_idle(&self, queue: Option<&str>) -> Result<bool> {
+        self.inner.is_idle(queue)
     }
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
         self.inner.save_schedule(schedule)

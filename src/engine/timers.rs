@@ -8,14 +8,8 @@ use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use std::sync::atomic::{fence, Ordering};
-
-use crate::error::QueueError;
 use crate::job::{now, Timestamp};
 use crate::sync::{Condvar, Mutex};
-
-use super::workers::Pool;
-use super::{Engine, RELOAD_EVERY};
 
 /// What the timer thread fires into.
 pub trait TimerHost: Send + Sync + 'static {
@@ -124,13 +118,13 @@ impl Timers {
         }
     }
 
-    pub(super) fn run(&self, host: Weak<dyn TimerHost>) {
+    fn run(&self, host: Weak<dyn TimerHost>) {
         self.run_until_stopped(host);
         self.state.lock().exited = true;
         self.wake.notify_all();
     }
 
-    pub(super) fn run_until_stopped(&self, host: Weak<dyn TimerHost>) {
+    fn run_until_stopped(&self, host: Weak<dyn TimerHost>) {
         loop {
             let due = {
                 let mut state = self.state.lock();
@@ -171,83 +165,6 @@ impl Timers {
                 let _ =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.on_timer(&key)));
             }
-        }
-    }
-}
-
-impl TimerHost for Engine {
-    fn on_timer(&self, key: &TimerKey) {
-        if self.is_closed() {
-            return;
-        }
-        match key {
-            TimerKey::Queue(queue) => match self.backend.tick(queue, now()) {
-                Ok(Some(next)) => self.timers.arm(key.clone(), next),
-                Ok(None) | Err(QueueError::UnknownQueue(_)) => {}
-                // Backend down: try again shortly.
-                Err(error) => {
-                    log::warn!(
-                        target: "rnode_queue",
-                        "queue {:?}: due jobs could not be promoted nor old ones expired \
-                         ({error}); trying again in 1 s",
-                        &**queue
-                    );
-                    self.timers.arm(key.clone(), now() + 1.0);
-                }
-            },
-            TimerKey::Cron(id) => self.fire_schedule(id),
-            TimerKey::Watchdog => self.check_timeouts(),
-            TimerKey::Reload => {
-                self.reload_schedules();
-                self.reload_settings();
-                self.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
-            }
-            TimerKey::Declare(queue) => self.declare_in_background(queue),
-            TimerKey::Settle(queue) => {
-                let pool = self.pools.lock().get(queue).cloned();
-                if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {
-                    self.settle_later(queue, wait);
-                }
-            }
-        }
-    }
-}
-
-/// The watchdog: abandons sync runs past their timeout. It sleeps on the timer thread until the
-/// earliest deadline of a running job.
-impl Engine {
-    /// Makes sure the watchdog wakes by `deadline` (engine clock). Called as each sync run
-    /// begins (after `Slot::begin`); costs an atomic load unless this deadline is the earliest.
-    ///
-    /// This load and the watchdog's store of "unset" (`check_timeouts`) form a store-load pair
-    /// on each side: `begin` stores the run then loads `watchdog_at`; the watchdog stores
-    /// `watchdog_at` then loads the runs. With only acquire/release both loads may see the old
-    /// values — the run thinks the watchdog is set, the watchdog misses the run — and a hung run
-    /// is never abandoned. The SeqCst fences on both sides forbid that outcome.
-    pub fn watch_deadline(&self, deadline: u64) {
-        if deadline < self.watchdog_at.load(Ordering::SeqCst)
-            && deadline < self.watchdog_at.fetch_min(deadline, Ordering::SeqCst)
-        {
-            let wait = deadline.saturating_sub(self.clock()) as f64 / 1e9;
-            self.timers.arm(TimerKey::Watchdog, now() + wait);
-        }
-    }
-
-    pub(super) fn check_timeouts(&self) {
-        let Some(host) = self.worker_host() else {
-            return;
-        };
-        // Runs that begin from now on set the watchdog themselves (see `watch_deadline`).
-        self.watchdog_at.store(u64::MAX, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        let pools: Vec<Arc<Pool>> = self.pools.lock().values().cloned().collect();
-        let now_ns = self.clock();
-        let earliest = pools
-            .iter()
-            .filter_map(|pool| pool.check_timeouts(&host, now_ns))
-            .min();
-        if let Some(deadline) = earliest {
-            self.watch_deadline(deadline);
         }
     }
 }

@@ -9,3 +9,5 @@ pub mod gil;
 pub mod job;
 pub mod logging;
 pub mod options;
+pub mod views;
+pub mod waits;

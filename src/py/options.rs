@@ -8,9 +8,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDateTime, PyDict, PyInt, PyMapping, PyString, PyTzInfo};
 
-use crate::backend::Retention;
-use crate::backoff::{Backoff, BackoffSpec};
-use crate::engine::{QueueConfig, MAX_CONCURRENCY};
+use crate::engine::{BackoffChoice, QueueSettings, MAX_CONCURRENCY};
 use crate::job::{JobOptions, Payload, Priority, Timestamp};
 use crate::py::args::{optional_whole, seconds, whole, Kind};
 use crate::py::convert::to_payload;
@@ -241,22 +239,20 @@ pub struct QueueArgs<'a, 'py> {
 }
 
 impl QueueArgs<'_, '_> {
-    /// These settings over `base` (the manager's defaults). A setting left out is the base's,
-    /// also for a queue configured before: a declaration says everything about the queue.
-    pub fn parse(&self, base: &QueueConfig) -> PyResult<QueueConfig> {
+    /// The settings as the engine takes them (`QueueSettings::over` merges and checks them).
+    pub fn convert(&self) -> PyResult<QueueSettings> {
         let setting = Kind::Setting;
         let count = |value: Option<&Bound<'_, PyAny>>, what: &str, min: i64, max: u64| {
             optional_whole(value, what, min, max, setting)
         };
-        let backoff_value = self.backoff.filter(|v| !v.is_none());
-        let (kind, function) = match backoff_value {
-            None => (base.backoff.kind().to_string(), None),
-            Some(value) if value.is_instance_of::<PyString>() => (value.extract::<String>()?, None),
-            Some(value) if value.is_callable() => (
-                "function".to_string(),
-                Some(Arc::new(PyDelayFunction::new(value.clone().unbind()))
-                    as Arc<dyn crate::backoff::DelayFunction>),
-            ),
+        let backoff = match self.backoff.filter(|v| !v.is_none()) {
+            None => None,
+            Some(value) if value.is_instance_of::<PyString>() => {
+                Some(BackoffChoice::Named(value.extract::<String>()?))
+            }
+            Some(value) if value.is_callable() => Some(BackoffChoice::Function(Arc::new(
+                PyDelayFunction::new(value.clone().unbind()),
+            ))),
             Some(value) => {
                 return Err(setting.error(format!(
                     "backoff must be \"fixed\", \"exponential\", \"custom\" or a function \
@@ -265,12 +261,7 @@ impl QueueArgs<'_, '_> {
                 )))
             }
         };
-        // A base function carries over unless another kind is named.
-        let function = function.or_else(|| match (&base.backoff, backoff_value) {
-            (Backoff::Function { function, .. }, None) => Some(function.clone()),
-            _ => None,
-        });
-        let custom = match self.custom_delays.filter(|v| !v.is_none()) {
+        let custom_delays = match self.custom_delays.filter(|v| !v.is_none()) {
             None => None,
             Some(list) => Some(
                 list.try_iter()
@@ -282,38 +273,32 @@ impl QueueArgs<'_, '_> {
                     .collect::<PyResult<Vec<f64>>>()?,
             ),
         };
-        let backoff = Backoff::parse(BackoffSpec {
-            kind,
-            base: seconds(self.retry_delay, "retry_delay", setting)?
-                .unwrap_or_else(|| base.backoff.base()),
-            cap: seconds(self.backoff_cap, "backoff_cap", setting)?,
-            jitter: match self.jitter.filter(|v| !v.is_none()) {
-                Some(v) if v.is_instance_of::<PyBool>() => {
-                    return Err(setting.error("jitter must be a number from 0 to 1".into()))
-                }
-                Some(v) => Some(
-                    v.extract::<f64>()
-                        .map_err(|_| setting.error("jitter must be a number from 0 to 1".into()))?,
-                ),
-                None => None,
-            },
-            custom,
-            function,
-        })?;
-        Ok(QueueConfig {
+        let jitter = match self.jitter.filter(|v| !v.is_none()) {
+            Some(v) if v.is_instance_of::<PyBool>() => {
+                return Err(setting.error("jitter must be a number from 0 to 1".into()))
+            }
+            Some(v) => Some(
+                v.extract::<f64>()
+                    .map_err(|_| setting.error("jitter must be a number from 0 to 1".into()))?,
+            ),
+            None => None,
+        };
+        Ok(QueueSettings {
             concurrency: count(self.concurrency, "concurrency", 1, MAX_CONCURRENCY as u64)?
-                .map_or(base.concurrency, |n| n as usize),
+                .map(|n| n as usize),
             max_retries: count(self.max_retries, "max_retries", 0, u32::MAX as u64 - 1)?
-                .map_or(base.max_retries, |n| n as u32),
-            timeout: seconds(self.timeout, "timeout", setting)?.unwrap_or(base.timeout),
+                .map(|n| n as u32),
+            timeout: seconds(self.timeout, "timeout", setting)?,
+            retry_delay: seconds(self.retry_delay, "retry_delay", setting)?,
             backoff,
-            retention: Retention {
-                ttl: seconds(self.ttl, "ttl", setting)?.unwrap_or(base.retention.ttl),
-                keep_completed: count(self.keep_completed, "keep_completed", 0, i64::MAX as u64)?
-                    .map_or(base.retention.keep_completed, |n| n as usize),
-                keep_failed: count(self.keep_failed, "keep_failed", 0, i64::MAX as u64)?
-                    .map_or(base.retention.keep_failed, |n| n as usize),
-            },
+            custom_delays,
+            backoff_cap: seconds(self.backoff_cap, "backoff_cap", setting)?,
+            jitter,
+            ttl: seconds(self.ttl, "ttl", setting)?,
+            keep_completed: count(self.keep_completed, "keep_completed", 0, i64::MAX as u64)?
+                .map(|n| n as usize),
+            keep_failed: count(self.keep_failed, "keep_failed", 0, i64::MAX as u64)?
+                .map(|n| n as usize),
         })
     }
 }

@@ -11,12 +11,12 @@ mod tests;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::sync::{Condvar, Mutex, RwLock};
 
 use super::{
-    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, QueueDeclaration, ScheduleRecord,
+    Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, ScheduleRecord,
     Settlement, Totals,
 };
 use crate::error::{QueueError, Result};
@@ -30,7 +30,6 @@ pub struct MemoryBackend {
     processed: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
-    finished: FinishSignal,
     schedules: Mutex<HashMap<Arc<str>, ScheduleRecord>>,
     last_ticks: Mutex<HashMap<Arc<str>, Timestamp>>,
 }
@@ -51,6 +50,69 @@ impl MemoryBackend {
     fn find<T>(&self, f: impl Fn(&mut QueueState) -> Option<T>) -> Option<T> {
         let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
         queues.iter().find_map(|q| f(&mut q.state.lock()))
+    }
+
+    /// Stores jobs; with `may_block` false, `Ok(false)` instead of waiting for a lock.
+    fn store(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        may_block: bool,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool> {
+        let handle = if may_block {
+            self.queues.read().get(queue).cloned()
+        } else {
+            match self.queues.try_read() {
+                Some(map) => map.get(queue).cloned(),
+                None => return Ok(false),
+            }
+        };
+        let handle = match handle {
+            Some(handle) => handle,
+            None if !may_block => return Ok(false),
+            // Deleted meanwhile: made again, under the map's lock (a delete takes it too).
+            None => self
+                .queues
+                .write()
+                .entry(queue.clone())
+                .or_insert_with(|| {
+                    Arc::new(MemoryQueue {
+                        state: Mutex::new(QueueState::new(declare())),
+                        ready: Condvar::new(),
+                    })
+                })
+                .clone(),
+        };
+        let Some(mut state) = lock_state(&handle, may_block) else {
+            return Ok(false);
+        };
+        if let Some(job) = jobs.iter().find(|job| state.jobs.contains_key(&job.id)) {
+            return Err(QueueError::DuplicateJob(format!(
+                "queue {queue:?} already holds a job with id {}: nothing was pushed",
+                job.id
+            )));
+        }
+        let before = state.waiting_count;
+        for job in jobs.drain(..) {
+            state.insert(job);
+        }
+        let became_waiting = (state.waiting_count - before) as usize;
+        if became_waiting > 0 {
+            handle.notify_fetchers(&state, became_waiting);
+        }
+        Ok(true)
+    }
+}
+
+impl NonBlockingPush for MemoryBackend {
+    fn try_push(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<bool> {
+        self.store(queue, jobs, false, declare)
     }
 }
 
@@ -112,7 +174,7 @@ impl Backend for MemoryBackend {
         {
             return Ok(false);
         }
-        self.push(queue, jobs, true, declare)?;
+        self.push(queue, jobs, declare)?;
         self.last_ticks.lock().insert(Arc::from(schedule), tick);
         Ok(true)
     }
@@ -121,51 +183,13 @@ impl Backend for MemoryBackend {
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
-        may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
-    ) -> Result<bool> {
-        let handle = if may_block {
-            self.queues.read().get(queue).cloned()
-        } else {
-            match self.queues.try_read() {
-                Some(map) => map.get(queue).cloned(),
-                None => return Ok(false),
-            }
-        };
-        let handle = match handle {
-            Some(handle) => handle,
-            None if !may_block => return Ok(false),
-            // Deleted meanwhile: made again, under the map's lock (a delete takes it too).
-            None => self
-                .queues
-                .write()
-                .entry(queue.clone())
-                .or_insert_with(|| {
-                    Arc::new(MemoryQueue {
-                        state: Mutex::new(QueueState::new(declare())),
-                        ready: Condvar::new(),
-                    })
-                })
-                .clone(),
-        };
-        let Some(mut state) = lock_state(&handle, may_block) else {
-            return Ok(false);
-        };
-        if let Some(job) = jobs.iter().find(|job| state.jobs.contains_key(&job.id)) {
-            return Err(QueueError::DuplicateJob(format!(
-                "queue {queue:?} already holds a job with id {}: nothing was pushed",
-                job.id
-            )));
-        }
-        let before = state.waiting_count;
-        for job in jobs.drain(..) {
-            state.insert(job);
-        }
-        let became_waiting = (state.waiting_count - before) as usize;
-        if became_waiting > 0 {
-            handle.notify_fetchers(&state, became_waiting);
-        }
-        Ok(true)
+    ) -> Result<()> {
+        self.store(queue, jobs, true, declare).map(|_| ())
+    }
+
+    fn nonblocking(&self) -> Option<&dyn NonBlockingPush> {
+        Some(self)
     }
 
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
@@ -276,7 +300,6 @@ impl Backend for MemoryBackend {
         self.processed.fetch_add(processed, AtomicOrdering::Relaxed);
         self.failed.fetch_add(failed, AtomicOrdering::Relaxed);
         self.retried.fetch_add(retried, AtomicOrdering::Relaxed);
-        self.finished.notify();
         Ok(next_event)
     }
 
@@ -437,7 +460,6 @@ impl Backend for MemoryBackend {
             state.delayed_count = 0;
             before - state.jobs.len()
         };
-        self.finished.notify();
         Ok(removed)
     }
 
@@ -446,7 +468,6 @@ impl Backend for MemoryBackend {
         if let Some(handle) = &removed {
             handle.ready.notify_all();
         }
-        self.finished.notify();
         Ok(removed.is_some())
     }
 
@@ -468,30 +489,12 @@ impl Backend for MemoryBackend {
         })
     }
 
-    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
-        // Outer `None`: keep waiting. Inner `None`: the job is unknown (or gone).
-        let found = self.finished.wait_until(timeout, None, || {
-            match self.find(|state| state.jobs.get(&id).map(|j| (**j).clone())) {
-                Some(job) if job.state.is_finished() => Some(Some(job)),
-                Some(_) => None,
-                None => Some(None),
-            }
-        });
-        Ok(found.flatten())
-    }
-
-    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
-        let idle = self.finished.wait_until(timeout, None, || {
-            let queues: Vec<Arc<MemoryQueue>> = match queue {
-                Some(name) => self.queues.read().get(name).cloned().into_iter().collect(),
-                None => self.queues.read().values().cloned().collect(),
-            };
-            queues
-                .iter()
-                .all(|q| q.state.lock().is_idle())
-                .then_some(())
-        });
-        Ok(idle.is_some())
+    fn is_idle(&self, queue: Option<&str>) -> Result<bool> {
+        let queues: Vec<Arc<MemoryQueue>> = match queue {
+            Some(name) => self.queues.read().get(name).cloned().into_iter().collect(),
+            None => self.queues.read().values().cloned().collect(),
+        };
+        Ok(queues.iter().all(|q| q.state.lock().is_idle()))
     }
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {

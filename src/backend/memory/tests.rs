@@ -1,6 +1,8 @@
 //! The memory backend alone: ordering, delays, retention, acks, wake-ups, fair share.
 
 use super::*;
+use std::time::{Duration, Instant};
+
 use crate::backend::Retention;
 use crate::job::{JobOptions, Payload, Priority};
 
@@ -68,7 +70,7 @@ fn heap_orders_by_priority_then_fifo() {
         .iter()
         .map(|(n, p)| job(&queue, *n, *p, 0.0))
         .collect();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let fetched = fetch_all(&backend, &queue);
     let expected: Vec<String> = [3, 6, 5, 2, 4, 1, 7]
         .iter()
@@ -86,7 +88,7 @@ fn released_jobs_keep_their_place() {
     let mut jobs: Vec<Job> = (1..=3)
         .map(|n| job(&queue, n, Priority::Normal, 0.0))
         .collect();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let request = FetchRequest {
         max: 2,
         share: 1,
@@ -107,7 +109,7 @@ fn delayed_jobs_wait_for_tick() {
     let (backend, queue) = setup();
     let mut jobs = vec![job(&queue, 1, Priority::Normal, 60.0)];
     let due = jobs[0].due_at();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     assert!(fetch_all(&backend, &queue).is_empty());
     assert_eq!(backend.tick(&queue, due - 1.0).unwrap(), Some(due));
     assert!(fetch_all(&backend, &queue).is_empty());
@@ -121,7 +123,7 @@ fn retention_keeps_the_newest_completed_jobs() {
     let mut jobs: Vec<Job> = (1..=4)
         .map(|n| job(&queue, n, Priority::Normal, 0.0))
         .collect();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let fetched = fetch_all(&backend, &queue);
     let at = now();
     let acks = fetched
@@ -154,7 +156,7 @@ fn stale_acks_are_ignored_and_failed_jobs_retry() {
     let (backend, queue) = setup();
     let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
     let id = jobs[0].id;
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     fetch_all(&backend, &queue);
     let fail = |attempt| Ack {
         id,
@@ -209,7 +211,7 @@ fn blocked_fetch_wakes_on_push() {
     }
     let started = Instant::now();
     let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let got = worker.join().unwrap();
     assert_eq!(got.len(), 1);
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -220,7 +222,7 @@ fn paused_queues_hand_out_nothing() {
     let (backend, queue) = setup();
     backend.set_paused(&queue, true).unwrap();
     let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     assert!(fetch_all(&backend, &queue).is_empty());
     assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
     backend.set_paused(&queue, false).unwrap();
@@ -233,7 +235,7 @@ fn fair_share_splits_a_backlog() {
     let mut jobs: Vec<Job> = (1..=10)
         .map(|n| job(&queue, n, Priority::Normal, 0.0))
         .collect();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let request = FetchRequest {
         max: 256,
         share: 5,
@@ -253,12 +255,11 @@ fn an_id_the_queue_holds_is_never_pushed_again() {
     let mut again = first.clone();
     again.data = Arc::from(&b"\"other\""[..]);
     backend
-        .push(&queue, &mut vec![first.clone()], true, &declaration)
+        .push(&queue, &mut vec![first.clone()], &declaration)
         .unwrap();
     let pushed = backend.push(
         &queue,
         &mut vec![job(&queue, 2, Priority::Normal, 0.0), again],
-        true,
         &declaration,
     );
     assert!(
@@ -275,7 +276,7 @@ fn a_push_to_a_deleted_queue_creates_it_again() {
     let (backend, queue) = setup();
     backend.delete(&queue).unwrap();
     let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     assert_eq!(backend.queue_names().unwrap(), ["q"]);
     assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
 }
@@ -286,13 +287,12 @@ fn a_promoted_job_handed_back_stays_behind_jobs_that_waited_before_it() {
     let delayed = job(&queue, 1, Priority::Normal, 0.5);
     let due = delayed.due_at();
     backend
-        .push(&queue, &mut vec![delayed], true, &declaration)
+        .push(&queue, &mut vec![delayed], &declaration)
         .unwrap();
     backend
         .push(
             &queue,
             &mut vec![job(&queue, 2, Priority::Normal, 0.0)],
-            true,
             &declaration,
         )
         .unwrap();
@@ -317,7 +317,7 @@ fn listings_return_the_first_jobs_of_each_state_in_order() {
         .iter()
         .map(|n| job(&queue, *n, Priority::Normal, 100.0 + f64::from(*n)))
         .collect();
-    backend.push(&queue, &mut jobs, true, &declaration).unwrap();
+    backend.push(&queue, &mut jobs, &declaration).unwrap();
     let listed = backend
         .list_jobs(&queue, Some(JobState::Delayed), 5)
         .unwrap();
@@ -332,9 +332,7 @@ fn listings_return_the_first_jobs_of_each_state_in_order() {
         job(&queue, 300, Priority::Low, 0.0),
         job(&queue, 301, Priority::High, 0.0),
     ];
-    backend
-        .push(&queue, &mut waiting, true, &declaration)
-        .unwrap();
+    backend.push(&queue, &mut waiting, &declaration).unwrap();
     fetch_all(&backend, &queue);
     let active = backend
         .list_jobs(&queue, Some(JobState::Active), 10)
@@ -356,4 +354,20 @@ fn cron_ticks_are_claimed_once() {
         .collect();
     assert_eq!(pushed, [true, false, true]);
     assert_eq!(backend.counts(&queue).unwrap().waiting, 2);
+}
+
+#[test]
+fn a_push_that_must_not_wait_gives_way_to_a_held_lock() {
+    let (backend, queue) = setup();
+    let store = backend
+        .nonblocking()
+        .expect("memory pushes without waiting");
+    let mut jobs = vec![job(&queue, 1, Priority::Normal, 0.0)];
+    let handle = backend.queue(&queue).unwrap();
+    let held = handle.state.lock();
+    assert!(!store.try_push(&queue, &mut jobs, &declaration).unwrap());
+    assert_eq!(jobs.len(), 1, "nothing was taken");
+    drop(held);
+    assert!(store.try_push(&queue, &mut jobs, &declaration).unwrap());
+    assert_eq!(backend.counts(&queue).unwrap().waiting, 1);
 }

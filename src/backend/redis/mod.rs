@@ -38,16 +38,11 @@ use self::connection::Redis;
 use self::keys::{GlobalKeys, RedisQueue};
 use self::scripts::{eval_cmd, Scripts};
 use self::wakeups::Wakeups;
-use super::{
-    Ack, Backend, FetchRequest, FinishSignal, QueueCounts, QueueDeclaration, ScheduleRecord, Totals,
-};
+use super::{Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, ScheduleRecord, Totals};
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
 
-/// How often a wait for a finished job or an idle queue re-reads state that other processes
-/// change: the first and the last interval (this process's own settles wake it at once).
-const FINISH_POLL: (Duration, Duration) = (Duration::from_millis(2), Duration::from_millis(25));
 /// How long closing waits for the lease thread.
 const KEEPER_STOP: Duration = Duration::from_millis(500);
 /// The error of a run handed back at exit (its worker's shutdown timeout expired).
@@ -65,7 +60,6 @@ struct Shared {
     queues: RwLock<HashMap<Arc<str>, Arc<RedisQueue>>>,
     /// The queue of each job recently pushed from this process (see `remember_pushed`).
     pushed_here: Mutex<HashMap<JobId, Arc<str>>>,
-    finished: FinishSignal,
     wakeups: Arc<Wakeups>,
     stopping: Mutex<bool>,
     stop: Condvar,
@@ -105,7 +99,6 @@ impl RedisBackend {
             lease: options.lease.max(Duration::from_millis(10)),
             queues: RwLock::new(HashMap::new()),
             pushed_here: Mutex::new(HashMap::new()),
-            finished: FinishSignal::default(),
             wakeups,
             stopping: Mutex::new(false),
             stop: Condvar::new(),
@@ -188,17 +181,13 @@ impl Backend for RedisBackend {
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
-        may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
-    ) -> Result<bool> {
-        if !may_block {
-            return Ok(false);
-        }
+    ) -> Result<()> {
         let handle = self.shared.queue(queue);
         self.shared.store(&handle, jobs, None, &declare())?;
         self.shared.remember_pushed(&handle.name, jobs);
         jobs.clear();
-        Ok(true)
+        Ok(())
     }
 
     fn push_tick(
@@ -284,7 +273,6 @@ impl Backend for RedisBackend {
                 }
             }
         }
-        s.finished.notify();
         result.map(next_event)
     }
 
@@ -404,7 +392,6 @@ impl Backend for RedisBackend {
                 break;
             }
         }
-        s.finished.notify();
         Ok(removed)
     }
 
@@ -426,7 +413,6 @@ impl Backend for RedisBackend {
         }
         s.queues.write().remove(queue);
         handle.heard();
-        s.finished.notify();
         Ok(listed > 0 || removed > 0)
     }
 
@@ -459,27 +445,8 @@ impl Backend for RedisBackend {
         Ok(totals)
     }
 
-    fn wait_finished(&self, id: JobId, timeout: Option<Duration>) -> Result<Option<Job>> {
-        let s = &self.shared;
-        // A finished job, an unknown one, or an error ends the wait.
-        let found = s
-            .finished
-            .wait_until(timeout, Some(FINISH_POLL), || match s.find_job(id) {
-                Ok(Some(job)) if !job.state.is_finished() => None,
-                other => Some(other),
-            });
-        found.unwrap_or(Ok(None))
-    }
-
-    fn wait_idle(&self, queue: Option<&str>, timeout: Option<Duration>) -> Result<bool> {
-        let s = &self.shared;
-        let idle = s
-            .finished
-            .wait_until(timeout, Some(FINISH_POLL), || match s.all_idle(queue) {
-                Ok(false) => None,
-                other => Some(other),
-            });
-        idle.unwrap_or(Ok(false))
+    fn is_idle(&self, queue: Option<&str>) -> Result<bool> {
+        self.shared.all_idle(queue)
     }
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {

@@ -129,7 +129,7 @@ fn jobs_run_by_priority_then_fifo_and_finished_ones_are_trimmed() {
         job(&queue, 3, Priority::Normal),
         job(&queue, 4, Priority::Critical),
     ];
-    redis.push(&queue, &mut jobs, true, &declaration).unwrap();
+    redis.push(&queue, &mut jobs, &declaration).unwrap();
     let cancel = AtomicBool::new(false);
     let taken = redis.fetch(&queue, request(10), &cancel).unwrap();
     let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
@@ -166,7 +166,7 @@ fn an_unreadable_job_fails_on_its_own_and_the_others_run() {
     redis.declare_queue(&queue, &declaration(), true).unwrap();
     let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
     let bad = jobs[1].id;
-    redis.push(&queue, &mut jobs, true, &declaration).unwrap();
+    redis.push(&queue, &mut jobs, &declaration).unwrap();
     let key = redis.shared.queue(&queue).job_key(bad);
     let _: i64 = raw(&redis, redis::Cmd::hset(&key, "b", "not a packed body"));
     let taken = redis
@@ -199,7 +199,7 @@ fn a_push_to_a_deleted_queue_creates_and_lists_it_again() {
     redis.delete(&queue).unwrap();
     assert!(redis.queue_names().unwrap().is_empty());
     let mut jobs = vec![job(&queue, 1, Priority::Normal)];
-    redis.push(&queue, &mut jobs, true, &declaration).unwrap();
+    redis.push(&queue, &mut jobs, &declaration).unwrap();
     assert_eq!(redis.queue_names().unwrap(), ["reborn"]);
     let stored = redis
         .stored_declarations(std::slice::from_ref(&queue))
@@ -222,9 +222,9 @@ fn a_job_already_stored_is_never_overwritten() {
     let mut clash = first.clone();
     clash.data = Arc::from(&b"2"[..]);
     redis
-        .push(&queue, &mut vec![first.clone()], true, &declaration)
+        .push(&queue, &mut vec![first.clone()], &declaration)
         .unwrap();
-    let pushed = redis.push(&queue, &mut vec![clash], true, &declaration);
+    let pushed = redis.push(&queue, &mut vec![clash], &declaration);
     assert!(
         matches!(pushed, Err(QueueError::DuplicateJob(_))),
         "{pushed:?}"
@@ -241,7 +241,7 @@ fn only_started_runs_count_when_their_worker_dies() {
     let queue: Arc<str> = Arc::from("unstarted");
     dead.declare_queue(&queue, &declaration(), true).unwrap();
     let mut jobs: Vec<Job> = (1..=4).map(|n| job(&queue, n, Priority::Normal)).collect();
-    dead.push(&queue, &mut jobs, true, &declaration).unwrap();
+    dead.push(&queue, &mut jobs, &declaration).unwrap();
     let taken = dead
         .fetch(&queue, request(4), &AtomicBool::new(false))
         .unwrap();
@@ -355,7 +355,6 @@ fn a_lost_lease_returns_the_job_and_the_old_ack_is_ignored() {
     dead.push(
         &queue,
         &mut vec![job(&queue, 1, Priority::Normal)],
-        true,
         &declaration,
     )
     .unwrap();
@@ -404,7 +403,6 @@ fn a_live_worker_keeps_its_lease() {
         .push(
             &queue,
             &mut vec![job(&queue, 1, Priority::Normal)],
-            true,
             &declaration,
         )
         .unwrap();
@@ -439,7 +437,7 @@ fn a_leased_job_the_worker_lost_track_of_is_taken_back() {
         job(&queue, 1, Priority::Normal),
         job(&queue, 2, Priority::Normal),
     ];
-    worker.push(&queue, &mut jobs, true, &declaration).unwrap();
+    worker.push(&queue, &mut jobs, &declaration).unwrap();
     let cancel = AtomicBool::new(false);
     let taken = worker.fetch(&queue, request(2), &cancel).unwrap();
     assert_eq!(taken.len(), 2);
@@ -492,7 +490,7 @@ fn released_jobs_keep_their_place_and_attempt() {
     let queue: Arc<str> = Arc::from("release");
     redis.declare_queue(&queue, &declaration(), true).unwrap();
     let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
-    redis.push(&queue, &mut jobs, true, &declaration).unwrap();
+    redis.push(&queue, &mut jobs, &declaration).unwrap();
     let cancel = AtomicBool::new(false);
     let taken = redis.fetch(&queue, request(2), &cancel).unwrap();
     redis.release(&queue, &taken).unwrap();

@@ -99,9 +99,14 @@ local function server_ms()
   return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
+-- The queue's retention (ttl in ms, counts), as the engine declared it; nil when the queue's
+-- record is gone (deleted meanwhile): then nothing is trimmed until a push declares it again.
 local function retention()
   local r = redis.call('HMGET', meta, 'ttl', 'kc', 'kf')
-  return tonumber(r[1]) or 86400000, tonumber(r[2]) or 10000, tonumber(r[3]) or 100000
+  if not (r[1] and r[2] and r[3]) then
+    return nil
+  end
+  return tonumber(r[1]), tonumber(r[2]), tonumber(r[3])
 end
 
 -- When the oldest finished job of a list finished, in ms.
@@ -135,6 +140,9 @@ end
 
 local function expire(now_ms)
   local ttl, keep_completed, keep_failed = retention()
+  if not ttl then
+    return nil
+  end
   trim(completed, keep_completed, ttl, now_ms)
   trim(failed, keep_failed, ttl, now_ms)
   return ttl
@@ -152,7 +160,7 @@ end
 -- milliseconds; -1: nothing.
 local function next_event(ttl)
   local best = first_score(delayed)
-  for _, list in ipairs({ completed, failed }) do
+  for _, list in ipairs(ttl and { completed, failed } or {}) do
     local oldest = head_finished_ms(list)
     if oldest then
       oldest = oldest + ttl

@@ -5,25 +5,24 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+mod fork;
+mod push;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::{RedisBackend, RedisOptions};
-use crate::backend::{Backend, ScheduleRecord};
-use crate::backoff::Backoff;
-use crate::engine::{schedule_id, Engine, EngineOptions, Pushed, QueueConfig, QueueStats};
+use crate::backend::store::{StoreConfig, StoreSettings};
+use crate::engine::{new_schedule, Engine, EngineOptions, QueueConfig, DEFAULT_CLOSE_TIMEOUT};
 use crate::error::QueueError;
-use crate::job::{JobId, JobState, Payload};
+use crate::job::{JobId, JobState};
 use crate::py::args::{bounded, seconds, Kind, QueueName};
 use crate::py::dispatch::PyExecutor;
-use crate::py::errors::{config_error, invalid_job};
+use crate::py::errors::config_error;
 use crate::py::gil;
-use crate::py::job::{datetime, PyJob, PyStats};
-use crate::py::options::{batch_item, limit, payload, PushArgs, QueueArgs};
-
-const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "never"];
+use crate::py::job::{PyJob, PyStats};
+use crate::py::options::{limit, payload, PushArgs, QueueArgs};
+use crate::py::views::{queue_config_dict, queue_stats_dict, schedule_dict};
+use crate::py::waits::{wait_interruptibly, wait_timeout};
 
 #[pyclass(frozen, name = "Engine", module = "rnode_queue._core")]
 pub struct PyEngine {
@@ -31,48 +30,10 @@ pub struct PyEngine {
     /// leaked: its locks may be held by threads that do not exist there. Never freed before
     /// `self` is dropped, so a `&Engine` taken from it stays valid while `self` lives.
     engine: AtomicPtr<Engine>,
-    backend: &'static str,
-    store: StoreOptions,
+    store: StoreConfig,
     options: EngineOptions,
     /// Queue settings taken just before `fork`, for the child's fresh engine.
     fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig, bool)>>,
-}
-
-/// Which backend the arguments select: `backend` when given, else the one `url` (redis) or
-/// `path` (file) implies, else memory. Arguments that belong to another backend are an error.
-fn choose_backend(
-    backend: Option<&str>,
-    url: Option<&str>,
-    path: Option<&str>,
-) -> Result<&'static str, QueueError> {
-    let implied = match (url.is_some(), path.is_some()) {
-        (true, true) => {
-            return Err(QueueError::config(
-                "url (redis) and path (file) select different backends: give one",
-            ))
-        }
-        (true, false) => Some("redis"),
-        (false, true) => Some("file"),
-        (false, false) => None,
-    };
-    let chosen = match backend {
-        None => implied.unwrap_or("memory"),
-        Some("memory") => "memory",
-        Some("redis") => "redis",
-        Some("file") => "file",
-        Some(other) => {
-            return Err(QueueError::config(format!(
-                "unknown backend {other:?}: use \"memory\", \"redis\" or \"file\""
-            )))
-        }
-    };
-    if let Some(implied) = implied.filter(|implied| *implied != chosen) {
-        let given = if implied == "redis" { "url" } else { "path" };
-        return Err(QueueError::config(format!(
-            "{given} is a setting of the {implied} backend, but backend={chosen:?} was given"
-        )));
-    }
-    Ok(chosen)
 }
 
 impl PyEngine {
@@ -82,139 +43,16 @@ impl PyEngine {
     }
 
     fn create_engine(&self) -> Result<Arc<Engine>, QueueError> {
-        open_engine(&self.store, self.options.clone())
+        Engine::new(self.store.open()?, self.options.clone())
     }
-
-    /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
-    fn push_specs(
-        &self,
-        py: Python<'_>,
-        queue: &str,
-        specs: &[(Payload, crate::job::JobOptions)],
-    ) -> PyResult<Vec<JobId>> {
-        if let Pushed::Done(ids) = self.engine().push(queue, specs, false)? {
-            return Ok(ids);
-        }
-        match gil::detach(py, || self.engine().push(queue, specs, true))? {
-            Pushed::Done(ids) => Ok(ids),
-            Pushed::WouldBlock => unreachable!("a blocking push always completes"),
-        }
-    }
-
-    /// A call's timeout: `None` or infinity waits for ever; otherwise seconds (or a timedelta)
-    /// from 0.
-    fn timeout(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-        match seconds(value, "timeout", Kind::Setting)? {
-            None => Ok(None),
-            Some(t) if t == f64::INFINITY => Ok(None),
-            Some(t) if t.is_finite() && t >= 0.0 => Ok(Some(Duration::from_secs_f64(t.min(1e9)))),
-            Some(t) => Err(config_error(format!(
-                "timeout must be a number of seconds >= 0 (or None), got {t}"
-            ))),
-        }
-    }
-
-    /// `TypeError` for keyword arguments the public method does not take, naming it.
-    fn refuse_unknown(method: &str, extra: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
-        match extra.and_then(|extra| extra.keys().iter().next()) {
-            Some(key) => Err(PyTypeError::new_err(format!(
-                "{method}() got an unexpected keyword argument {}",
-                key.repr()?
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn id_text(py: Python<'_>, id: JobId) -> Bound<'_, PyString> {
-        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        PyString::new(py, id.0.hyphenated().encode_lower(&mut text))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn push_one(
-        &self,
-        py: Python<'_>,
-        queue: &str,
-        data: &Bound<'_, PyAny>,
-        push: PushArgs<'_, '_>,
-    ) -> PyResult<Py<PyString>> {
-        let options = push.parse()?;
-        let data = payload(data, "job data")?;
-        let ids = self.push_specs(py, queue, &[(data, options)])?;
-        Ok(Self::id_text(py, ids[0]).unbind())
-    }
-
-    fn push_many<'py>(
-        &self,
-        py: Python<'py>,
-        queue: &str,
-        items: &Bound<'_, PyAny>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
-        if let Ok(list) = items.cast::<PyList>() {
-            for (index, item) in list.iter().enumerate() {
-                specs.push(batch_item(&item, index)?);
-            }
-        } else {
-            for (index, item) in items.try_iter()?.enumerate() {
-                specs.push(batch_item(&item?, index)?);
-            }
-        }
-        if specs.is_empty() {
-            crate::job::validate_queue_name(queue)?;
-            return Ok(PyList::empty(py));
-        }
-        let ids = self.push_specs(py, queue, &specs)?;
-        PyList::new(py, ids.iter().map(|id| Self::id_text(py, *id)))
-    }
-}
-
-/// Python runs signal handlers (Ctrl-C) only between bytecodes: long waits are cut into
-/// slices, and pending signals are handled between them.
-const SIGNAL_SLICE: Duration = Duration::from_millis(100);
-
-/// Calls `attempt` with the time it may wait, until it returns `Some` or `timeout` passes.
-fn wait_interruptibly<T: Send>(
-    py: Python<'_>,
-    timeout: Option<Duration>,
-    mut attempt: impl FnMut(Duration) -> Result<Option<T>, QueueError> + Send,
-) -> PyResult<Option<T>> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
-    loop {
-        let slice = match deadline {
-            Some(deadline) => deadline
-                .saturating_duration_since(std::time::Instant::now())
-                .min(SIGNAL_SLICE),
-            None => SIGNAL_SLICE,
-        };
-        if let Some(found) = gil::detach(py, || attempt(slice))? {
-            return Ok(Some(found));
-        }
-        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Ok(None);
-        }
-        py.check_signals()?;
-    }
-}
-
-fn queue_stats_dict<'py>(py: Python<'py>, stats: QueueStats) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    dict.set_item("size", stats.size)?;
-    dict.set_item("processing", stats.processing)?;
-    dict.set_item("completed", stats.completed)?;
-    dict.set_item("failed", stats.failed)?;
-    dict.set_item("waiting", stats.waiting)?;
-    dict.set_item("delayed", stats.delayed)?;
-    dict.set_item("paused", stats.paused)?;
-    Ok(dict)
 }
 
 #[pymethods]
 impl PyEngine {
     #[new]
     #[pyo3(signature = (
-        backend = None, *, path = None, url = None, prefix = "rnode:queue",
-        max_job_bytes = None, lease = None, fsync = "everysec", concurrency = None,
+        backend = None, *, path = None, url = None, prefix = None,
+        max_job_bytes = None, lease = None, fsync = None, concurrency = None,
         max_retries = None, timeout = None, retry_delay = None, backoff = None,
         ttl = None, keep_completed = None, keep_failed = None
     ))]
@@ -222,12 +60,12 @@ impl PyEngine {
     fn new(
         py: Python<'_>,
         backend: Option<&str>,
-        path: Option<&str>,
+        path: Option<std::path::PathBuf>,
         url: Option<&str>,
-        prefix: &str,
+        prefix: Option<&str>,
         max_job_bytes: Option<&Bound<'_, PyAny>>,
         lease: Option<&Bound<'_, PyAny>>,
-        fsync: &str,
+        fsync: Option<&str>,
         concurrency: Option<&Bound<'_, PyAny>>,
         max_retries: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
@@ -237,18 +75,20 @@ impl PyEngine {
         keep_completed: Option<&Bound<'_, PyAny>>,
         keep_failed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let backend = choose_backend(backend, url, path)?;
-        if !FSYNC_POLICIES.contains(&fsync) {
-            return Err(config_error(format!(
-                "fsync must be \"always\", \"everysec\" or \"never\", got {fsync:?}"
-            )));
-        }
-        let lease = seconds(lease, "lease", Kind::Setting)?.unwrap_or(30.0);
-        if !(lease.is_finite() && lease > 0.0) {
-            return Err(config_error(format!(
-                "lease must be > 0 seconds, got {lease}"
-            )));
-        }
+        let path = match &path {
+            Some(path) => Some(path.to_str().ok_or_else(|| {
+                config_error(format!("path must be valid text, got {}", path.display()))
+            })?),
+            None => None,
+        };
+        let store = StoreConfig::choose(&StoreSettings {
+            backend,
+            url,
+            path,
+            prefix,
+            lease: seconds(lease, "lease", Kind::Setting)?,
+            fsync,
+        })?;
         let defaults = QueueArgs {
             concurrency,
             max_retries,
@@ -260,7 +100,8 @@ impl PyEngine {
             keep_failed,
             ..QueueArgs::default()
         }
-        .parse(&QueueConfig::default())?;
+        .convert()?
+        .over(&QueueConfig::default())?;
         let max_job_bytes = match max_job_bytes.filter(|v| !v.is_none()) {
             Some(value) => bounded(value, "max_job_bytes", 1, 1 << 40, Kind::Setting)? as usize,
             None => EngineOptions::default().max_job_bytes,
@@ -270,28 +111,9 @@ impl PyEngine {
             max_job_bytes,
         };
         options.defaults.validate()?;
-        let store = match backend {
-            "redis" => StoreOptions::Redis(RedisOptions {
-                // No silent default: a forgotten url must not reach whatever Redis happens to
-                // listen on this host.
-                url: url
-                    .ok_or_else(|| {
-                        config_error(
-                            "backend=\"redis\" needs url=\"redis://host:port/db\" (or \
-                             QueueManager.from_env() with REDIS_URL set)",
-                        )
-                    })?
-                    .to_string(),
-                prefix: prefix.to_string(),
-                lease: Duration::from_secs_f64(lease.min(1e9)),
-            }),
-            "memory" => StoreOptions::Memory,
-            other => StoreOptions::Unavailable(other),
-        };
-        let engine = gil::detach(py, || open_engine(&store, options.clone()))?;
+        let engine = gil::detach(py, || Engine::new(store.open()?, options.clone()))?;
         Ok(PyEngine {
             engine: AtomicPtr::new(Arc::into_raw(engine).cast_mut()),
-            backend,
             store,
             options,
             fork_snapshot: std::sync::Mutex::new(Vec::new()),
@@ -300,7 +122,7 @@ impl PyEngine {
 
     #[getter]
     fn backend(&self) -> &'static str {
-        self.backend
+        self.store.name()
     }
 
     #[getter]
@@ -344,7 +166,8 @@ impl PyEngine {
             keep_completed,
             keep_failed,
         }
-        .parse(self.engine().defaults())?;
+        .convert()?
+        .over(self.engine().defaults())?;
         gil::detach(py, || self.engine().create_queue(&name, config))?;
         Ok(())
     }
@@ -368,24 +191,7 @@ impl PyEngine {
     /// The settings of queue `name` (the defaults if it does not exist).
     fn queue_config<'py>(&self, py: Python<'py>, name: QueueName) -> PyResult<Bound<'py, PyDict>> {
         let config = gil::detach(py, || self.engine().queue_config(&name))?;
-        let dict = PyDict::new(py);
-        dict.set_item("concurrency", config.concurrency)?;
-        dict.set_item("max_retries", config.max_retries)?;
-        dict.set_item("timeout", config.timeout)?;
-        dict.set_item("backoff", config.backoff.kind())?;
-        dict.set_item("retry_delay", config.backoff.base())?;
-        match &config.backoff {
-            Backoff::Exponential { cap, jitter, .. } => {
-                dict.set_item("backoff_cap", cap)?;
-                dict.set_item("jitter", jitter)?;
-            }
-            Backoff::Custom { delays } => dict.set_item("custom_delays", delays.clone())?,
-            Backoff::Fixed { .. } | Backoff::Function { .. } => {}
-        }
-        dict.set_item("ttl", config.retention.ttl)?;
-        dict.set_item("keep_completed", config.retention.keep_completed)?;
-        dict.set_item("keep_failed", config.retention.keep_failed)?;
-        Ok(dict)
+        queue_config_dict(py, &config)
     }
 
     /// `QueueManager.push(queue, data, **options)`: adds a job; returns its id.
@@ -497,31 +303,8 @@ impl PyEngine {
         }
         .parse()?;
         let data = payload(data, "job data")?;
-        if let Some(name) = name {
-            if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-                return Err(invalid_job(
-                    "schedule name must be 1 to 200 characters without control characters",
-                ));
-            }
-        }
-        let id = match name {
-            Some(name) => name.to_string(),
-            None => schedule_id(&queue, cron, &data),
-        };
-        let record = ScheduleRecord {
-            id: Arc::from(id.as_str()),
-            name: name.map(str::to_string),
-            queue: Arc::from(&*queue),
-            cron: cron.to_string(),
-            data,
-            priority: options.priority,
-            attempts: options.attempts,
-            timeout: options.timeout,
-            tags: options.tags,
-            metadata: options.metadata,
-        };
-        gil::detach(py, || self.engine().schedule(record))?;
-        Ok(id)
+        let record = new_schedule(&queue, cron, data, name, options)?;
+        Ok(gil::detach(py, || self.engine().schedule(record))?.to_string())
     }
 
     /// Removes a schedule; false if there is none with that id.
@@ -532,20 +315,13 @@ impl PyEngine {
     /// Every schedule, as dicts with id, name, queue, cron, data, priority and next_run.
     fn list_schedules<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let schedules = gil::detach(py, || self.engine().schedules())?;
-        let list = PyList::empty(py);
-        for info in schedules {
-            let dict = PyDict::new(py);
-            let record = &info.record;
-            dict.set_item("id", &*record.id)?;
-            dict.set_item("name", record.name.as_deref())?;
-            dict.set_item("queue", &*record.queue)?;
-            dict.set_item("cron", &record.cron)?;
-            dict.set_item("data", crate::py::convert::from_json(py, &record.data)?)?;
-            dict.set_item("priority", record.priority.as_str())?;
-            dict.set_item("next_run", datetime(py, info.next_run)?)?;
-            list.append(dict)?;
-        }
-        Ok(list)
+        PyList::new(
+            py,
+            schedules
+                .iter()
+                .map(|info| schedule_dict(py, info))
+                .collect::<PyResult<Vec<_>>>()?,
+        )
     }
 
     /// Manager-wide counters and the size of every queue.
@@ -653,7 +429,7 @@ impl PyEngine {
         job_id: &str,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<PyJob>> {
-        let timeout = Self::timeout(timeout)?;
+        let timeout = wait_timeout(timeout)?;
         let Some(id) = JobId::parse(job_id) else {
             return Err(QueueError::JobNotFound(format!(
                 "no job with id {job_id:?} (not a job id)"
@@ -673,7 +449,7 @@ impl PyEngine {
         queue: Option<QueueName>,
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let timeout = Self::timeout(timeout)?;
+        let timeout = wait_timeout(timeout)?;
         let engine = self.engine();
         let queue = queue.as_deref();
         let idle = wait_interruptibly(py, timeout, |slice| {
@@ -684,7 +460,7 @@ impl PyEngine {
 
     /// Checks a close timeout without closing (the caller changes nothing unless it is valid).
     fn check_close_timeout(&self, timeout: &Bound<'_, PyAny>) -> PyResult<f64> {
-        match Self::timeout(Some(timeout))? {
+        match wait_timeout(Some(timeout))? {
             Some(t) => Ok(t.as_secs_f64()),
             None => Ok(f64::INFINITY),
         }
@@ -705,8 +481,8 @@ impl PyEngine {
         timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<(bool, Vec<(String, String)>)> {
         let timeout = match timeout.filter(|v| !v.is_none()) {
-            Some(value) => Self::timeout(Some(value))?.unwrap_or(Duration::from_secs(1 << 30)),
-            None => Duration::from_secs(30),
+            Some(value) => wait_timeout(Some(value))?.unwrap_or(Duration::from_secs(1 << 30)),
+            None => DEFAULT_CLOSE_TIMEOUT,
         };
         let report = gil::detach(py, || self.engine().close(timeout));
         let handed_back = report
@@ -719,59 +495,18 @@ impl PyEngine {
 
     /// For `os.register_at_fork(before=...)`: notes the queue settings for a child.
     fn _before_fork(&self) {
-        if let Ok(configs) = self.engine().queue_configs() {
-            *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = configs;
-        }
+        self.snapshot_for_fork();
     }
 
-    /// For `os.register_at_fork(after_in_child=...)`. Threads do not survive `fork`, and
-    /// the parent's locks may be held by threads the child does not have: the child gets a
-    /// fresh engine with the same settings and queue settings, and no jobs (they stay the
-    /// parent's, so none runs twice), schedules or workers. (Job ids are drawn afresh in every
-    /// forked child by `job::JobId` itself.)
+    /// For `os.register_at_fork(after_in_child=...)`: see `reopen_after_fork`.
     fn _after_fork(&self, py: Python<'_>, in_child: bool) -> PyResult<()> {
-        let configs =
-            std::mem::take(&mut *self.fork_snapshot.lock().unwrap_or_else(|e| e.into_inner()));
-        if !in_child || self.engine().is_closed() {
-            return Ok(());
-        }
-        // Opening a backend may wait for the network: without the GIL.
-        let opened = gil::detach(py, || {
-            let fresh = self.create_engine()?;
-            for (name, config, declared_here) in configs {
-                // What the parent declared, the child declares; a queue the parent only used
-                // keeps the settings stored with it (another process's, maybe).
-                if declared_here {
-                    fresh.create_queue(&name, config)?;
-                } else {
-                    fresh.declare_queue(&name)?;
-                }
-            }
-            Ok::<_, QueueError>(fresh)
-        });
-        let (fresh, failure) = match opened {
-            Ok(fresh) => (fresh, None),
-            Err(error) => {
-                // The parent's engine cannot work here (its threads do not exist in the
-                // child): a closed one makes every call fail at once instead of hanging.
-                let closed = Engine::new(Arc::new(MemoryBackend::new()), self.options.clone())?;
-                closed.close(Duration::ZERO);
-                (closed, Some(error))
-            }
-        };
-        // The old engine is leaked on purpose (dropping it would take its locks).
-        self.engine
-            .store(Arc::into_raw(fresh).cast_mut(), Ordering::Release);
-        match failure {
-            Some(error) => Err(error.into()),
-            None => Ok(()),
-        }
+        self.reopen_after_fork(py, in_child)
     }
 
     fn __repr__(&self) -> String {
         format!(
             "Engine(backend='{}', closed={})",
-            self.backend,
+            self.store.name(),
             self.engine().is_closed()
         )
     }
@@ -795,25 +530,4 @@ impl Drop for PyEngine {
             shut_down();
         }
     }
-}
-
-/// Where an engine keeps its jobs; kept to open a fresh engine in a forked child.
-enum StoreOptions {
-    Memory,
-    Redis(RedisOptions),
-    Unavailable(&'static str),
-}
-
-fn open_engine(store: &StoreOptions, options: EngineOptions) -> Result<Arc<Engine>, QueueError> {
-    let backend: Arc<dyn Backend> = match store {
-        StoreOptions::Memory => Arc::new(MemoryBackend::new()),
-        StoreOptions::Redis(redis) => Arc::new(RedisBackend::connect(redis)?),
-        StoreOptions::Unavailable(other) => {
-            return Err(QueueError::Backend(format!(
-                "the {other} backend is planned but not available in this version; use \
-                 backend=\"memory\" or \"redis\""
-            )))
-        }
-    };
-    Engine::new(backend, options)
 }

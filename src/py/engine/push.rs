@@ -1,0 +1,83 @@
+//! Pushing from Python: in place when nothing is contended, else with the GIL released.
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString};
+
+use super::PyEngine;
+use crate::engine::Pushed;
+use crate::job::{JobId, JobOptions, Payload};
+use crate::py::gil;
+use crate::py::options::{batch_item, payload, PushArgs};
+
+impl PyEngine {
+    /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
+    pub(super) fn push_specs(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        specs: &[(Payload, JobOptions)],
+    ) -> PyResult<Vec<JobId>> {
+        if let Pushed::Done(ids) = self.engine().push(queue, specs, false)? {
+            return Ok(ids);
+        }
+        match gil::detach(py, || self.engine().push(queue, specs, true))? {
+            Pushed::Done(ids) => Ok(ids),
+            Pushed::WouldBlock => unreachable!("a blocking push always completes"),
+        }
+    }
+
+    /// `TypeError` for keyword arguments the public method does not take, naming it.
+    pub(super) fn refuse_unknown(method: &str, extra: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        match extra.and_then(|extra| extra.keys().iter().next()) {
+            Some(key) => Err(PyTypeError::new_err(format!(
+                "{method}() got an unexpected keyword argument {}",
+                key.repr()?
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    pub(super) fn id_text(py: Python<'_>, id: JobId) -> Bound<'_, PyString> {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        PyString::new(py, id.0.hyphenated().encode_lower(&mut text))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn push_one(
+        &self,
+        py: Python<'_>,
+        queue: &str,
+        data: &Bound<'_, PyAny>,
+        push: PushArgs<'_, '_>,
+    ) -> PyResult<Py<PyString>> {
+        let options = push.parse()?;
+        let data = payload(data, "job data")?;
+        let ids = self.push_specs(py, queue, &[(data, options)])?;
+        Ok(Self::id_text(py, ids[0]).unbind())
+    }
+
+    pub(super) fn push_many<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        items: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
+        if let Ok(list) = items.cast::<PyList>() {
+            for (index, item) in list.iter().enumerate() {
+                specs.push(batch_item(&item, index)?);
+            }
+        } else {
+            for (index, item) in items.try_iter()?.enumerate() {
+                specs.push(batch_item(&item?, index)?);
+            }
+        }
+        if specs.is_empty() {
+            crate::job::validate_queue_name(queue)?;
+            return Ok(PyList::empty(py));
+        }
+        let ids = self.push_specs(py, queue, &specs)?;
+        PyList::new(py, ids.iter().map(|id| Self::id_text(py, *id)))
+    }
+}
