@@ -26,9 +26,8 @@ from typing import Any
 import pytest
 from rnode_queue import AsyncQueueManager, QueueManager
 
-# Backends the parametrised manager fixtures run on (add "file" and "redis" here once the
-# engine implements them; their fixtures below are ready).
-ENABLED_BACKENDS: list[str] = ["memory", "redis"]
+# Backends the parametrised manager fixtures run on.
+ENABLED_BACKENDS: list[str] = ["memory", "file", "redis"]
 ALL_BACKENDS: tuple[str, ...] = ("memory", "file", "redis")
 DURABLE_BACKENDS: tuple[str, ...] = ("file", "redis")
 

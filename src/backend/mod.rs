@@ -5,6 +5,7 @@
 //! without the Python GIL; only `NonBlockingPush`, where a store offers it, never waits.
 //! Waiting for a job or for idle queues is the engine's (`engine/waiting.rs`), not a backend's.
 
+pub mod file;
 pub mod memory;
 pub mod redis;
 pub mod store;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::file::{self, FileOptions, Fsync, DEFAULT_COMPACT_MIN_BYTES};
 use super::memory::MemoryBackend;
 use super::redis::{RedisBackend, RedisOptions};
 use super::Backend;
@@ -12,8 +13,7 @@ use crate::error::{QueueError, Result};
 pub const DEFAULT_LEASE: f64 = 30.0;
 /// The key prefix of a Redis store.
 pub const DEFAULT_PREFIX: &str = "rnode:queue";
-/// When the file backend flushes its log to disk.
-pub const FSYNC_POLICIES: [&str; 3] = ["always", "everysec", "never"];
+/// When a file store syncs its log to disk.
 pub const DEFAULT_FSYNC: &str = "everysec";
 
 /// The store settings a user gives (`QueueManager(backend=..., url=..., path=..., ...)`).
@@ -33,8 +33,7 @@ pub struct StoreSettings<'a> {
 pub enum StoreConfig {
     Memory,
     Redis(RedisOptions),
-    /// Not in this version yet: opening it says so.
-    File,
+    File(FileOptions),
 }
 
 impl StoreConfig {
@@ -67,12 +66,7 @@ impl StoreConfig {
                 "{given} is a setting of the {implied} backend, but backend={chosen:?} was given"
             )));
         }
-        let fsync = settings.fsync.unwrap_or(DEFAULT_FSYNC);
-        if !FSYNC_POLICIES.contains(&fsync) {
-            return Err(QueueError::config(format!(
-                "fsync must be \"always\", \"everysec\" or \"never\", got {fsync:?}"
-            )));
-        }
+        let fsync = Fsync::parse(settings.fsync.unwrap_or(DEFAULT_FSYNC))?;
         let lease = settings.lease.unwrap_or(DEFAULT_LEASE);
         if !(lease.is_finite() && lease > 0.0) {
             return Err(QueueError::config(format!(
@@ -93,7 +87,19 @@ impl StoreConfig {
                 prefix: settings.prefix.unwrap_or(DEFAULT_PREFIX).to_string(),
                 lease: Duration::from_secs_f64(lease.min(1e9)),
             }),
-            "file" => StoreConfig::File,
+            "file" => StoreConfig::File(FileOptions {
+                path: settings
+                    .path
+                    .ok_or_else(|| {
+                        QueueError::config(
+                            "backend=\"file\" needs path=\"./queue-data\" (the directory that \
+                             holds the log)",
+                        )
+                    })?
+                    .into(),
+                fsync,
+                compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
+            }),
             _ => StoreConfig::Memory,
         })
     }
@@ -102,22 +108,17 @@ impl StoreConfig {
         match self {
             StoreConfig::Memory => "memory",
             StoreConfig::Redis(_) => "redis",
-            StoreConfig::File => "file",
+            StoreConfig::File(_) => "file",
         }
     }
 
-    /// Opens the store: connects to Redis (and loads its scripts), or makes an empty memory one.
+    /// Opens the store: connects to Redis (and loads its scripts), replays a file store's log,
+    /// or makes an empty memory one.
     pub fn open(&self) -> Result<Arc<dyn Backend>> {
         Ok(match self {
             StoreConfig::Memory => Arc::new(MemoryBackend::new()),
             StoreConfig::Redis(options) => Arc::new(RedisBackend::connect(options)?),
-            StoreConfig::File => {
-                return Err(QueueError::Backend(
-                    "the file backend is planned but not available in this version; use \
-                     backend=\"memory\" or \"redis\""
-                        .into(),
-                ))
-            }
+            StoreConfig::File(options) => Arc::new(file::FileStore::open(options)?),
         })
     }
 }

@@ -1,42 +1,82 @@
 //! The in-process backend: one lock per queue around the waiting lanes, the delayed jobs by due
-//! time, the job store and the retention lists. Jobs last until the process exits.
+//! time, the job store and the retention lists. Jobs last until the process exits — unless a
+//! journal keeps them: the file backend is this store with its log as the journal.
 //!
-//! `queue.rs` holds one queue's state; this file the backend: the queue map, totals,
-//! schedules, and the `Backend` trait.
+//! `queue.rs` holds one queue's state and its state moves; `journal.rs` what each move tells
+//! the journal; `replay.rs` applies a journal's events to a fresh store; this file the backend:
+//! the queue map, totals, schedules, and the `Backend` trait.
 
+mod journal;
 mod queue;
+mod replay;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::sync::{Condvar, Mutex, RwLock};
+use crate::sync::{Mutex, MutexGuard, RwLock};
 
 use super::{
     Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, ScheduleRecord,
-    Settlement, Totals,
+    Totals,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{now, Job, JobId, JobState, MaybeTime, Timestamp};
+use crate::job::{now, Job, JobId, JobState, Timestamp};
 
-use queue::{lock_state, Due, MemoryQueue, QueueState};
+pub use journal::{Event, Journal, Lsn, NoJournal};
+use queue::{lock_state, MemoryQueue, QueueState, Settled};
 
-#[derive(Default)]
-pub struct MemoryBackend {
+pub struct MemoryBackend<J: Journal = NoJournal> {
     queues: RwLock<HashMap<Arc<str>, Arc<MemoryQueue>>>,
     processed: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
     schedules: Mutex<HashMap<Arc<str>, ScheduleRecord>>,
     last_ticks: Mutex<HashMap<Arc<str>, Timestamp>>,
+    journal: J,
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_journal(NoJournal)
+    }
+}
+
+impl Default for MemoryBackend {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<J: Journal> MemoryBackend<J> {
+    /// A store whose changes are all told to `journal`, under the lock of what they change.
+    pub fn with_journal(journal: J) -> Self {
+        MemoryBackend {
+            queues: RwLock::default(),
+            processed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            schedules: Mutex::default(),
+            last_ticks: Mutex::default(),
+            journal,
+        }
+    }
+
+    pub fn journal(&self) -> &J {
+        &self.journal
+    }
+
+    /// Records an event built only when the journal keeps events.
+    fn record<'a>(&self, event: impl FnOnce() -> Event<'a>) -> Result<Lsn> {
+        if J::RECORDS {
+            self.journal.record(&event())
+        } else {
+            Ok(0)
+        }
     }
 
     fn queue(&self, name: &str) -> Result<Arc<MemoryQueue>> {
@@ -47,51 +87,102 @@ impl MemoryBackend {
             .ok_or_else(|| QueueError::UnknownQueue(name.to_string()))
     }
 
-    fn find<T>(&self, f: impl Fn(&mut QueueState) -> Option<T>) -> Option<T> {
-        let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
-        queues.iter().find_map(|q| f(&mut q.state.lock()))
+    /// The queue, made (and its declaration recorded) if it does not exist; under the map's
+    /// lock, which a delete takes too.
+    fn queue_or_create(
+        &self,
+        queue: &Arc<str>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<Arc<MemoryQueue>> {
+        if let Some(handle) = self.queues.read().get(queue).cloned() {
+            return Ok(handle);
+        }
+        let mut queues = self.queues.write();
+        if let Some(handle) = queues.get(queue) {
+            return Ok(handle.clone());
+        }
+        let declaration = declare();
+        let lsn = self.record(|| Event::Declare {
+            queue: Cow::Borrowed(queue),
+            declaration: Cow::Borrowed(&declaration),
+        })?;
+        let handle = Arc::new(MemoryQueue::new(declaration));
+        queues.insert(queue.clone(), handle.clone());
+        drop(queues);
+        self.journal.commit(lsn)?;
+        Ok(handle)
     }
 
-    /// Stores jobs; with `may_block` false, `Ok(false)` instead of waiting for a lock.
+    /// Stores jobs; with `may_block` false, `Ok(None)` instead of waiting for a lock or the
+    /// journal. `Some(lsn)`: stored, recorded at `lsn`.
     fn store(
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
         may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
-    ) -> Result<bool> {
-        let handle = if may_block {
-            self.queues.read().get(queue).cloned()
-        } else {
-            match self.queues.try_read() {
-                Some(map) => map.get(queue).cloned(),
-                None => return Ok(false),
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<Option<Lsn>> {
+        loop {
+            let handle = if may_block {
+                self.queue_or_create(queue, declare)?
+            } else {
+                match self.queues.try_read() {
+                    Some(map) => match map.get(queue) {
+                        Some(handle) => handle.clone(),
+                        None => return Ok(None),
+                    },
+                    None => return Ok(None),
+                }
+            };
+            let Some(state) = lock_state(&handle, may_block) else {
+                return Ok(None);
+            };
+            // Deleted since it was looked up: made again (or found made again).
+            if state.deleted {
+                if !may_block {
+                    return Ok(None);
+                }
+                continue;
             }
-        };
-        let handle = match handle {
-            Some(handle) => handle,
-            None if !may_block => return Ok(false),
-            // Deleted meanwhile: made again, under the map's lock (a delete takes it too).
-            None => self
-                .queues
-                .write()
-                .entry(queue.clone())
-                .or_insert_with(|| {
-                    Arc::new(MemoryQueue {
-                        state: Mutex::new(QueueState::new(declare())),
-                        ready: Condvar::new(),
-                    })
-                })
-                .clone(),
-        };
-        let Some(mut state) = lock_state(&handle, may_block) else {
-            return Ok(false);
-        };
+            return self.store_locked(queue, &handle, state, jobs, may_block, tick);
+        }
+    }
+
+    fn store_locked(
+        &self,
+        queue: &Arc<str>,
+        handle: &MemoryQueue,
+        mut state: MutexGuard<'_, QueueState>,
+        jobs: &mut Vec<Job>,
+        may_block: bool,
+        tick: Option<(&str, Timestamp)>,
+    ) -> Result<Option<Lsn>> {
         if let Some(job) = jobs.iter().find(|job| state.jobs.contains_key(&job.id)) {
             return Err(QueueError::DuplicateJob(format!(
                 "queue {queue:?} already holds a job with id {}: nothing was pushed",
                 job.id
             )));
+        }
+        let lsn = if J::RECORDS {
+            let event = Event::Push {
+                queue: Cow::Borrowed(queue),
+                jobs: Cow::Borrowed(jobs),
+                tick: tick.map(|(schedule, at)| (Cow::Borrowed(schedule), at)),
+            };
+            if may_block {
+                self.journal.record(&event)?
+            } else {
+                match self.journal.try_record(&event)? {
+                    Some(lsn) => lsn,
+                    None => return Ok(None),
+                }
+            }
+        } else {
+            0
+        };
+        if let Some((schedule, at)) = tick {
+            self.last_ticks.lock().insert(Arc::from(schedule), at);
         }
         let before = state.waiting_count;
         for job in jobs.drain(..) {
@@ -101,49 +192,83 @@ impl MemoryBackend {
         if became_waiting > 0 {
             handle.notify_fetchers(&state, became_waiting);
         }
-        Ok(true)
+        Ok(Some(lsn))
+    }
+
+    /// `Backend::release` of runs (id, attempt).
+    pub fn release_runs(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<()> {
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let handle = self.queue(queue)?;
+        let mut state = handle.state.lock();
+        self.record(|| Event::Release {
+            queue: Cow::Borrowed(queue),
+            runs: Cow::Borrowed(runs),
+        })?;
+        let released = state.release(runs);
+        handle.notify_fetchers(&state, released);
+        Ok(())
+    }
+
+    fn count_settled(&self, settled: &Settled) {
+        self.processed
+            .fetch_add(settled.processed, AtomicOrdering::Relaxed);
+        self.failed
+            .fetch_add(settled.failed, AtomicOrdering::Relaxed);
+        self.retried
+            .fetch_add(settled.retried, AtomicOrdering::Relaxed);
+    }
+
+    /// The queue holding job `id`, with its state locked.
+    fn queue_holding(&self, id: JobId) -> Option<(Arc<str>, Arc<MemoryQueue>)> {
+        let queues: Vec<(Arc<str>, Arc<MemoryQueue>)> = self
+            .queues
+            .read()
+            .iter()
+            .map(|(name, q)| (name.clone(), q.clone()))
+            .collect();
+        queues
+            .into_iter()
+            .find(|(_, q)| q.state.lock().jobs.contains_key(&id))
     }
 }
 
-impl NonBlockingPush for MemoryBackend {
+impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
     fn try_push(
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
-        self.store(queue, jobs, false, declare)
+        Ok(self.store(queue, jobs, false, declare, None)?.is_some())
     }
 }
 
-impl Backend for MemoryBackend {
+impl<J: Journal> Backend for MemoryBackend<J> {
     fn declare_queue(
         &self,
         queue: &Arc<str>,
         declaration: &QueueDeclaration,
         replace: bool,
     ) -> Result<QueueDeclaration> {
-        let existing = self.queues.read().get(queue).cloned();
-        let handle = match existing {
-            Some(handle) => handle,
-            None => self
-                .queues
-                .write()
-                .entry(queue.clone())
-                .or_insert_with(|| {
-                    Arc::new(MemoryQueue {
-                        state: Mutex::new(QueueState::new(declaration.clone())),
-                        ready: Condvar::new(),
-                    })
-                })
-                .clone(),
+        let handle = self.queue_or_create(queue, &|| declaration.clone())?;
+        let lsn;
+        let stored = {
+            let mut state = handle.state.lock();
+            if replace && state.declaration != *declaration {
+                lsn = self.record(|| Event::Declare {
+                    queue: Cow::Borrowed(queue),
+                    declaration: Cow::Borrowed(declaration),
+                })?;
+                state.declare(declaration.clone());
+            } else {
+                lsn = 0;
+            }
+            state.declaration.clone()
         };
-        let mut state = handle.state.lock();
-        if replace {
-            state.retention = declaration.retention;
-            state.declaration = declaration.clone();
-        }
-        Ok(state.declaration.clone())
+        self.journal.commit(lsn)?;
+        Ok(stored)
     }
 
     fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>> {
@@ -165,7 +290,7 @@ impl Backend for MemoryBackend {
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
         // One process, and one timer thread firing ticks: nothing can come between the check
-        // and the push. The tick is claimed once its job is stored.
+        // and the push. The tick is claimed with its job, in one step (and one event).
         if self
             .last_ticks
             .lock()
@@ -174,8 +299,9 @@ impl Backend for MemoryBackend {
         {
             return Ok(false);
         }
-        self.push(queue, jobs, declare)?;
-        self.last_ticks.lock().insert(Arc::from(schedule), tick);
+        if let Some(lsn) = self.store(queue, jobs, true, declare, Some((schedule, tick)))? {
+            self.journal.commit(lsn)?;
+        }
         Ok(true)
     }
 
@@ -185,11 +311,14 @@ impl Backend for MemoryBackend {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<()> {
-        self.store(queue, jobs, true, declare).map(|_| ())
+        if let Some(lsn) = self.store(queue, jobs, true, declare, None)? {
+            self.journal.commit(lsn)?;
+        }
+        Ok(())
     }
 
     fn nonblocking(&self) -> Option<&dyn NonBlockingPush> {
-        Some(self)
+        self.journal.commits_at_once().then_some(self)
     }
 
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
@@ -222,6 +351,19 @@ impl Backend for MemoryBackend {
                 None => break,
             }
         }
+        if J::RECORDS && !jobs.is_empty() {
+            let runs: Vec<(JobId, u32)> = jobs.iter().map(|job| (job.id, job.attempts)).collect();
+            let recorded = self.journal.record(&Event::Claim {
+                queue: Cow::Borrowed(queue),
+                at: started_at,
+                runs: Cow::Borrowed(&runs),
+            });
+            if let Err(error) = recorded {
+                // Not taken after all: back in their places, as if never fetched.
+                state.release(&runs);
+                return Err(error);
+            }
+        }
         // More work remains: let the next blocked worker have it.
         if state.waiting_count > 0 && state.fetchers_waiting > 0 {
             handle.ready.notify_one();
@@ -232,64 +374,14 @@ impl Backend for MemoryBackend {
     fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
         let handle = self.queue(queue)?;
         let next_event;
-        let (mut processed, mut failed, mut retried) = (0u64, 0u64, 0u64);
+        let settled;
         {
             let mut state = handle.state.lock();
-            for ack in acks {
-                let Some(job) = state.jobs.get_mut(&ack.id) else {
-                    continue;
-                };
-                if job.state != JobState::Active || job.attempts != ack.attempt {
-                    continue;
-                }
-                let id = ack.id;
-                match ack.settlement {
-                    Settlement::Completed { result } => {
-                        job.state = JobState::Completed;
-                        job.finished_at = Some(ack.at).into();
-                        // Most jobs return nothing and never failed: no extras to allocate.
-                        if result.is_some() || job.extras.is_some() {
-                            let extras = job.extras_mut();
-                            extras.result = result;
-                            extras.error = None;
-                            extras.traceback = None;
-                        }
-                        state.completed.push_back((ack.at, ack.id));
-                        state.completed_total += 1;
-                        processed += 1;
-                    }
-                    Settlement::Retry {
-                        due,
-                        error,
-                        traceback,
-                    } => {
-                        let extras = job.extras_mut();
-                        extras.error = Some(error);
-                        extras.traceback = traceback;
-                        job.scheduled_at = Some(due).into();
-                        job.state = JobState::Delayed;
-                        // A retry queues behind the jobs pushed meanwhile.
-                        let seq = state.next_seq();
-                        let job = state.jobs.get_mut(&id).expect("present");
-                        job.seq = seq;
-                        state.delayed.insert(Due { at: due, seq }, id);
-                        state.delayed_count += 1;
-                        retried += 1;
-                    }
-                    Settlement::Failed { error, traceback } => {
-                        job.state = JobState::Failed;
-                        let extras = job.extras_mut();
-                        extras.error = Some(error);
-                        extras.traceback = traceback;
-                        job.finished_at = Some(ack.at).into();
-                        state.failed.push_back((ack.at, ack.id));
-                        state.failed_total += 1;
-                        failed += 1;
-                    }
-                }
-                state.active_count -= 1;
-                state.active.remove(&id);
-            }
+            self.record(|| Event::Settle {
+                queue: Cow::Borrowed(queue),
+                acks: Cow::Borrowed(&acks),
+            })?;
+            settled = state.settle(acks);
             let now = now();
             if state.promote_due(now) > 0 {
                 handle.notify_fetchers(&state, usize::MAX);
@@ -297,41 +389,33 @@ impl Backend for MemoryBackend {
             state.expire(now);
             next_event = state.next_event();
         }
-        self.processed.fetch_add(processed, AtomicOrdering::Relaxed);
-        self.failed.fetch_add(failed, AtomicOrdering::Relaxed);
-        self.retried.fetch_add(retried, AtomicOrdering::Relaxed);
+        self.count_settled(&settled);
         Ok(next_event)
     }
 
     fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {
-        if jobs.is_empty() {
-            return Ok(());
+        let runs: Vec<(JobId, u32)> = jobs.iter().map(|job| (job.id, job.attempts)).collect();
+        self.release_runs(queue, &runs)
+    }
+
+    fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<Vec<JobId>> {
+        // A store that ends with this process keeps nothing to hand back to.
+        if !J::RECORDS || runs.is_empty() {
+            return Ok(Vec::new());
         }
         let handle = self.queue(queue)?;
-        let mut state = handle.state.lock();
-        let mut released = 0;
-        // Latest first, each to the head of its lane: the lanes keep their FIFO order.
-        let mut jobs: Vec<&Job> = jobs.iter().collect();
-        jobs.sort_by_key(|job| std::cmp::Reverse(job.seq));
-        for returned in jobs {
-            let Some(job) = state.jobs.get_mut(&returned.id) else {
-                continue;
-            };
-            if job.state != JobState::Active || job.attempts != returned.attempts {
-                continue;
-            }
-            job.state = JobState::Waiting;
-            job.attempts -= 1;
-            job.started_at = MaybeTime::NONE;
-            let (priority, seq, id) = (job.priority, job.seq, job.id);
-            state.waiting.push_front(priority, seq, id);
-            state.active.remove(&id);
-            state.active_count -= 1;
-            state.waiting_count += 1;
-            released += 1;
-        }
-        handle.notify_fetchers(&state, released);
-        Ok(())
+        let (lost, lsn) = {
+            let mut state = handle.state.lock();
+            let at = now();
+            let lsn = self.journal.record(&Event::Lost {
+                queue: Cow::Borrowed(queue),
+                at,
+                runs: Cow::Borrowed(runs),
+            })?;
+            (state.lose(runs, at), lsn)
+        };
+        self.journal.commit(lsn)?;
+        Ok(lost)
     }
 
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
@@ -353,121 +437,88 @@ impl Backend for MemoryBackend {
     }
 
     fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        Ok(self.find(|state| state.jobs.get(&id).map(|j| (**j).clone())))
+        let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
+        Ok(queues
+            .iter()
+            .find_map(|q| q.state.lock().jobs.get(&id).map(|job| (**job).clone())))
     }
 
     fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
-        let handle = self.queue(queue)?;
-        let guard = handle.state.lock();
-        // Each state in run order, touching no more entries than needed: this holds the lock.
-        let mut jobs = Vec::new();
-        let wanted = |s: JobState| state.is_none_or(|w| w == s);
-        if wanted(JobState::Active) {
-            let mut active: Vec<&Job> = guard
-                .active
-                .keys()
-                .filter_map(|id| guard.jobs.get(id).map(|job| &**job))
-                .collect();
-            active.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
-            jobs.extend(active.into_iter().take(limit).cloned());
-        }
-        if wanted(JobState::Waiting) {
-            let live = guard
-                .waiting
-                .lanes
-                .iter()
-                .rev()
-                .flatten()
-                .filter_map(|(seq, id)| {
-                    let job = guard.jobs.get(id)?;
-                    (job.state == JobState::Waiting && job.seq == *seq).then_some(&**job)
-                });
-            jobs.extend(live.take(limit.saturating_sub(jobs.len())).cloned());
-        }
-        if wanted(JobState::Delayed) && jobs.len() < limit {
-            let due = guard.delayed.values().filter_map(|id| guard.jobs.get(id));
-            jobs.extend(due.take(limit - jobs.len()).map(|job| (**job).clone()));
-        }
-        for (list, finished) in [
-            (&guard.completed, JobState::Completed),
-            (&guard.failed, JobState::Failed),
-        ] {
-            if !wanted(finished) || jobs.len() >= limit {
-                continue;
-            }
-            // Newest first; skip entries whose job has moved on.
-            let live = list.iter().rev().filter_map(|(at, id)| {
-                let job = guard.jobs.get(id)?;
-                (job.state == finished && job.finished_at.get() == Some(*at)).then_some(&**job)
-            });
-            jobs.extend(live.take(limit - jobs.len()).cloned());
-        }
-        jobs.truncate(limit);
-        Ok(jobs)
+        Ok(self.queue(queue)?.state.lock().list(state, limit))
     }
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {
-        let retried = self.find(|state| {
-            let job = state.jobs.get_mut(&id)?;
-            if job.state != JobState::Failed {
-                return Some(false);
+        let Some((name, handle)) = self.queue_holding(id) else {
+            return Ok(false);
+        };
+        let lsn;
+        {
+            let mut state = handle.state.lock();
+            if !state
+                .jobs
+                .get(&id)
+                .is_some_and(|job| job.state == JobState::Failed)
+            {
+                return Ok(false);
             }
-            job.attempts = 0;
-            job.started_at = MaybeTime::NONE;
-            job.scheduled_at = MaybeTime::NONE;
-            job.seq = 0;
-            job.finished_at = MaybeTime::NONE;
-            // Rare (a manual retry): an O(n) removal keeps the retention list exact.
-            state.failed.retain(|(_, failed)| *failed != id);
-            let job = state.jobs.remove(&id).expect("present");
-            state.insert(*job);
-            Some(true)
-        });
-        if retried == Some(true) {
-            // `insert` bumped the waiting count; wake a worker of that queue.
-            let queues: Vec<Arc<MemoryQueue>> = self.queues.read().values().cloned().collect();
-            for q in queues {
-                let state = q.state.lock();
-                if state.jobs.contains_key(&id) {
-                    q.notify_fetchers(&state, 1);
-                }
-            }
+            lsn = self.record(|| Event::RetryFailed {
+                queue: Cow::Borrowed(&name),
+                id,
+            })?;
+            state.retry_failed(id);
+            handle.notify_fetchers(&state, 1);
         }
-        Ok(retried.unwrap_or(false))
+        self.journal.commit(lsn)?;
+        Ok(true)
     }
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         let handle = self.queue(queue)?;
-        let mut state = handle.state.lock();
-        state.paused = paused;
-        if !paused && state.waiting_count > 0 {
-            handle.ready.notify_all();
+        let lsn;
+        {
+            let mut state = handle.state.lock();
+            lsn = self.record(|| Event::Paused {
+                queue: Cow::Borrowed(queue),
+                paused,
+            })?;
+            state.paused = paused;
+            if !paused && state.waiting_count > 0 {
+                handle.ready.notify_all();
+            }
         }
-        Ok(())
+        self.journal.commit(lsn)
     }
 
     fn clear(&self, queue: &str) -> Result<usize> {
         let handle = self.queue(queue)?;
-        let removed = {
+        let (removed, lsn) = {
             let mut state = handle.state.lock();
-            let before = state.jobs.len();
-            state
-                .jobs
-                .retain(|_, job| !matches!(job.state, JobState::Waiting | JobState::Delayed));
-            state.waiting.clear();
-            state.delayed.clear();
-            state.waiting_count = 0;
-            state.delayed_count = 0;
-            before - state.jobs.len()
+            let lsn = self.record(|| Event::Clear {
+                queue: Cow::Borrowed(queue),
+            })?;
+            (state.clear(), lsn)
         };
+        self.journal.commit(lsn)?;
         Ok(removed)
     }
 
     fn delete(&self, queue: &str) -> Result<bool> {
-        let removed = self.queues.write().remove(queue);
+        let (removed, lsn) = {
+            let mut queues = self.queues.write();
+            if !queues.contains_key(queue) {
+                return Ok(false);
+            }
+            let lsn = self.record(|| Event::Delete {
+                queue: Cow::Borrowed(queue),
+            })?;
+            (queues.remove(queue), lsn)
+        };
         if let Some(handle) = &removed {
+            // A push that found the queue before it went sees this and looks again.
+            handle.state.lock().deleted = true;
             handle.ready.notify_all();
         }
+        self.journal.commit(lsn)?;
         Ok(removed.is_some())
     }
 
@@ -498,18 +549,41 @@ impl Backend for MemoryBackend {
     }
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
-        self.schedules
-            .lock()
-            .insert(schedule.id.clone(), schedule.clone());
-        Ok(())
+        let lsn = {
+            let mut schedules = self.schedules.lock();
+            if schedules.get(&schedule.id) == Some(schedule) {
+                return Ok(());
+            }
+            let lsn = self.record(|| Event::SaveSchedule(Cow::Borrowed(schedule)))?;
+            schedules.insert(schedule.id.clone(), schedule.clone());
+            lsn
+        };
+        self.journal.commit(lsn)
     }
 
     fn remove_schedule(&self, id: &str) -> Result<bool> {
-        self.last_ticks.lock().remove(id);
-        Ok(self.schedules.lock().remove(id).is_some())
+        let (removed, lsn) = {
+            let mut schedules = self.schedules.lock();
+            if !schedules.contains_key(id) {
+                return Ok(false);
+            }
+            let lsn = self.record(|| Event::RemoveSchedule(Cow::Borrowed(id)))?;
+            self.last_ticks.lock().remove(id);
+            (schedules.remove(id).is_some(), lsn)
+        };
+        self.journal.commit(lsn)?;
+        Ok(removed)
     }
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
         Ok(self.schedules.lock().values().cloned().collect())
+    }
+
+    fn has_schedule(&self, id: &str) -> Result<bool> {
+        Ok(self.schedules.lock().contains_key(id))
+    }
+
+    fn close(&self) {
+        self.journal.close();
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use std::time::{Duration, Instant};
 
 use crate::backend::Retention;
+use crate::backend::Settlement;
 use crate::job::{JobOptions, Payload, Priority};
 
 const RETENTION: Retention = Retention {

@@ -1,0 +1,403 @@
+//! The holder of a file store serves it to the other processes that open the directory: a
+//! thread per connection answers their `Backend` calls from the one store, so each job runs
+//! once whichever process runs it. A client's session is its connections: when the last one
+//! closes (the process ended, maybe killed), the runs it had taken and not settled are handed
+//! back, to run again with the run counted.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::codec::{Reader, Writer};
+use super::protocol::{self, method};
+use super::FileBackend;
+use crate::backend::{Backend, FetchRequest};
+use crate::error::{QueueError, Result};
+use crate::job::{JobId, JobState, Timestamp};
+use crate::sync::Mutex;
+
+#[derive(Default)]
+struct Session {
+    connections: usize,
+    /// Runs taken through this session and not settled yet: (queue, attempt) by job.
+    runs: HashMap<JobId, (Arc<str>, u32)>,
+}
+
+pub struct Server {
+    store: Weak<FileBackend>,
+    stopping: AtomicBool,
+    /// Open connections, to shut them when the store closes.
+    connections: Mutex<HashMap<u64, UnixStream>>,
+    next_connection: AtomicU64,
+    sessions: Mutex<HashMap<u128, Session>>,
+    /// Fetches in progress by queue, with the flag that ends them early (a client's `wake`).
+    fetching: Mutex<HashMap<Arc<str>, Vec<Arc<AtomicBool>>>>,
+    accepting: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Starts answering on `listener` (bound before the log was replayed: clients that came
+    /// meanwhile wait in its backlog).
+    pub fn start(listener: UnixListener, store: &Arc<FileBackend>) -> Result<Arc<Server>> {
+        let server = Arc::new(Server {
+            store: Arc::downgrade(store),
+            stopping: AtomicBool::new(false),
+            connections: Mutex::default(),
+            next_connection: AtomicU64::new(0),
+            sessions: Mutex::default(),
+            fetching: Mutex::default(),
+            accepting: Mutex::default(),
+        });
+        let accepting = server.clone();
+        let thread = std::thread::Builder::new()
+            .name("rnq-file-server".into())
+            .spawn(move || accepting.accept(listener))
+            .map_err(|e| QueueError::Backend(format!("could not start the store's server: {e}")))?;
+        *server.accepting.lock() = Some(thread);
+        Ok(server)
+    }
+
+    fn accept(self: Arc<Self>, listener: UnixListener) {
+        use std::os::fd::AsRawFd;
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok(stream) = stream else {
+                continue;
+            };
+            let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+            if let Ok(copy) = stream.try_clone() {
+                super::fork::close_in_child(&copy);
+                self.connections.lock().insert(id, copy);
+            }
+            super::fork::close_in_child(&stream);
+            let server = self.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rnq-file-client".into())
+                .spawn(move || server.serve(id, stream));
+            if spawned.is_err() {
+                log::error!(target: "rnode_queue", "file store: a connection was refused (no thread)");
+            }
+        }
+        super::fork::forget(listener.as_raw_fd());
+    }
+
+    /// Stops answering: every connection is shut, so clients notice at once.
+    pub fn stop(&self, address: &std::os::unix::net::SocketAddr) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Wakes the accepting thread, which then sees `stopping` and lets go of the socket's
+        // name (a store opened again at once binds it anew).
+        let _ = UnixStream::connect_addr(address);
+        if let Some(thread) = self.accepting.lock().take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+        for stream in self.connections.lock().values() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        for flags in self.fetching.lock().values() {
+            flags
+                .iter()
+                .for_each(|flag| flag.store(true, Ordering::Release));
+        }
+    }
+
+    fn serve(self: Arc<Self>, id: u64, mut stream: UnixStream) {
+        let mut body = Vec::new();
+        let session = match self.hello(&mut stream, &mut body) {
+            Some(session) => session,
+            None => {
+                self.close_connection(id, &stream);
+                return;
+            }
+        };
+        let mut reply = Vec::new();
+        while !self.stopping.load(Ordering::Acquire) {
+            if protocol::read_frame(&mut stream, &mut body).is_err() {
+                break;
+            }
+            let Some(store) = self.store.upgrade() else {
+                break;
+            };
+            reply.clear();
+            let mut w = Writer(&mut reply);
+            let answered = self.answer(&store, session, &body, &mut w);
+            if let Err(error) = answered {
+                reply.clear();
+                let mut w = Writer(&mut reply);
+                w.u8(1);
+                protocol::write_error(&mut w, &error);
+            }
+            if protocol::write_frame(&mut stream, &reply).is_err() {
+                break;
+            }
+        }
+        self.close_connection(id, &stream);
+        self.end_connection(session);
+    }
+
+    fn close_connection(&self, id: u64, stream: &UnixStream) {
+        use std::os::fd::AsRawFd;
+        if let Some(copy) = self.connections.lock().remove(&id) {
+            super::fork::forget(copy.as_raw_fd());
+        }
+        super::fork::forget(stream.as_raw_fd());
+    }
+
+    fn hello(&self, stream: &mut UnixStream, body: &mut Vec<u8>) -> Option<u128> {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        protocol::read_frame(stream, body).ok()?;
+        let _ = stream.set_read_timeout(None);
+        if body.len() != 24 || &body[..8] != protocol::HELLO {
+            return None;
+        }
+        let session = u128::from_le_bytes(body[8..24].try_into().expect("16 bytes"));
+        self.sessions.lock().entry(session).or_default().connections += 1;
+        let pid = std::process::id().to_le_bytes();
+        protocol::write_frame(stream, &pid).ok()?;
+        Some(session)
+    }
+
+    /// A session without connections left ended: its unsettled runs are handed back.
+    fn end_connection(&self, session: u128) {
+        let runs = {
+            let mut sessions = self.sessions.lock();
+            let Some(entry) = sessions.get_mut(&session) else {
+                return;
+            };
+            entry.connections -= 1;
+            if entry.connections > 0 {
+                return;
+            }
+            sessions
+                .remove(&session)
+                .map(|s| s.runs)
+                .unwrap_or_default()
+        };
+        let (Some(store), false) = (self.store.upgrade(), runs.is_empty()) else {
+            return;
+        };
+        let mut by_queue: HashMap<Arc<str>, Vec<(JobId, u32)>> = HashMap::new();
+        for (id, (queue, attempt)) in runs {
+            by_queue.entry(queue).or_default().push((id, attempt));
+        }
+        for (queue, runs) in by_queue {
+            match store.hand_back(&queue, &runs) {
+                Ok(lost) if !lost.is_empty() => log::warn!(
+                    target: "rnode_queue",
+                    "file store: a process that shared it went away with {} running job(s) of \
+                     queue {:?}; they run again (the lost run counts as an attempt)",
+                    lost.len(),
+                    &*queue
+                ),
+                Ok(_) => {}
+                Err(error) => log::error!(
+                    target: "rnode_queue",
+                    "file store: {} job(s) of queue {:?} that a departed process ran could not \
+                     be handed back ({error}); they run again when the store is next opened",
+                    runs.len(),
+                    &*queue
+                ),
+            }
+        }
+    }
+
+    fn track(&self, session: u128, queue: &Arc<str>, runs: impl IntoIterator<Item = (JobId, u32)>) {
+        if let Some(entry) = self.sessions.lock().get_mut(&session) {
+            for (id, attempt) in runs {
+                entry.runs.insert(id, (queue.clone(), attempt));
+            }
+        }
+    }
+
+    fn untrack(&self, session: u128, ids: impl IntoIterator<Item = JobId>) {
+        if let Some(entry) = self.sessions.lock().get_mut(&session) {
+            for id in ids {
+                entry.runs.remove(&id);
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        store: &FileBackend,
+        session: u128,
+        body: &[u8],
+        w: &mut Writer<'_>,
+    ) -> Result<()> {
+        let mut r = Reader(body);
+        let bad =
+            |e: super::codec::DecodeError| QueueError::Backend(format!("a bad request: {}", e.0));
+        let kind = r.u8().map_err(bad)?;
+        let queue =
+            |r: &mut Reader<'_>| -> Result<Arc<str>> { Ok(Arc::from(r.str().map_err(bad)?)) };
+        // `Ok` first; the result follows.
+        w.u8(0);
+        match kind {
+            method::DECLARE_QUEUE => {
+                let name = queue(&mut r)?;
+                let declaration = r.declaration().map_err(bad)?;
+                let replace = r.flag().map_err(bad)?;
+                w.declaration(&store.declare_queue(&name, &declaration, replace)?);
+            }
+            method::STORED_DECLARATIONS => {
+                let count = r.count(4).map_err(bad)?;
+                let names = (0..count)
+                    .map(|_| queue(&mut r))
+                    .collect::<Result<Vec<_>>>()?;
+                let stored = store.stored_declarations(&names)?;
+                w.u32(stored.len() as u32);
+                for declaration in &stored {
+                    w.opt(declaration.as_ref(), Writer::declaration);
+                }
+            }
+            method::PUSH | method::PUSH_TICK => {
+                let name = queue(&mut r)?;
+                let declaration = r.declaration().map_err(bad)?;
+                let tick = if kind == method::PUSH_TICK {
+                    Some((r.str().map_err(bad)?.to_string(), r.f64().map_err(bad)?))
+                } else {
+                    None
+                };
+                let count = r.count(1).map_err(bad)?;
+                let mut jobs = (0..count)
+                    .map(|_| r.job(&name))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let declare = || declaration.clone();
+                match tick {
+                    Some((schedule, at)) => {
+                        let pushed = store.push_tick(&name, &mut jobs, &schedule, at, &declare)?;
+                        w.u8(u8::from(pushed));
+                    }
+                    None => store.push(&name, &mut jobs, &declare)?,
+                }
+            }
+            method::FETCH => {
+                let name = queue(&mut r)?;
+                let request = FetchRequest {
+                    max: r.u32().map_err(bad)? as usize,
+                    share: r.u32().map_err(bad)? as usize,
+                    wait: Duration::from_secs_f64(r.f64().map_err(bad)?.clamp(0.0, 60.0)),
+                    start_all: r.flag().map_err(bad)?,
+                };
+                let cancel = Arc::new(AtomicBool::new(self.stopping.load(Ordering::Acquire)));
+                self.fetching
+                    .lock()
+                    .entry(name.clone())
+                    .or_default()
+                    .push(cancel.clone());
+                let fetched = store.fetch(&name, request, &cancel);
+                if let Some(flags) = self.fetching.lock().get_mut(&name) {
+                    flags.retain(|flag| !Arc::ptr_eq(flag, &cancel));
+                }
+                let jobs = fetched?;
+                // Tracked before the reply goes: a client that dies now still gets them back.
+                self.track(
+                    session,
+                    &name,
+                    jobs.iter().map(|job| (job.id, job.attempts)),
+                );
+                w.u32(jobs.len() as u32);
+                for job in &jobs {
+                    w.job(job);
+                }
+            }
+            method::SETTLE => {
+                let name = queue(&mut r)?;
+                let acks = r.acks().map_err(bad)?;
+                let ids: Vec<JobId> = acks.iter().map(|ack| ack.id).collect();
+                let next = store.settle(&name, acks)?;
+                self.untrack(session, ids);
+                w.opt(next, Writer::f64);
+            }
+            method::RELEASE | method::HAND_BACK => {
+                let name = queue(&mut r)?;
+                let runs = r.runs().map_err(bad)?;
+                if kind == method::RELEASE {
+                    store.release_runs(&name, &runs)?;
+                } else {
+                    let lost = store.hand_back(&name, &runs)?;
+                    w.u32(lost.len() as u32);
+                    lost.iter().for_each(|id| w.id(*id));
+                }
+                self.untrack(session, runs.iter().map(|(id, _)| *id));
+            }
+            method::TICK => {
+                let name = queue(&mut r)?;
+                let now: Timestamp = r.f64().map_err(bad)?;
+                w.opt(store.tick(&name, now)?, Writer::f64);
+            }
+            method::WAKE => {
+                let name = queue(&mut r)?;
+                if let Some(flags) = self.fetching.lock().get(&name) {
+                    flags
+                        .iter()
+                        .for_each(|flag| flag.store(true, Ordering::Release));
+                }
+                store.wake(&name);
+            }
+            method::GET_JOB => {
+                let job = store.get_job(r.id().map_err(bad)?)?;
+                w.jobs_with_queues(job.as_slice());
+            }
+            method::LIST_JOBS => {
+                let name = queue(&mut r)?;
+                let state = r
+                    .opt(|r| r.str().map(str::to_string))
+                    .map_err(bad)?
+                    .map(|s| s.parse::<JobState>())
+                    .transpose()?;
+                let limit = r.u64().map_err(bad)? as usize;
+                w.jobs_with_queues(&store.list_jobs(&name, state, limit)?);
+            }
+            method::RETRY_FAILED => {
+                w.u8(u8::from(store.retry_failed(r.id().map_err(bad)?)?));
+            }
+            method::SET_PAUSED => {
+                let name = queue(&mut r)?;
+                store.set_paused(&name, r.flag().map_err(bad)?)?;
+            }
+            method::CLEAR => w.u64(store.clear(&queue(&mut r)?)? as u64),
+            method::DELETE => w.u8(u8::from(store.delete(&queue(&mut r)?)?)),
+            method::COUNTS_OF => {
+                let count = r.count(4).map_err(bad)?;
+                let names = (0..count)
+                    .map(|_| r.str().map(str::to_string))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                let counts = store.counts_of(&names)?;
+                w.u32(counts.len() as u32);
+                for counts in &counts {
+                    w.opt(counts.as_ref(), protocol::write_counts);
+                }
+            }
+            method::QUEUE_NAMES => w.strs(&store.queue_names()?),
+            method::TOTALS => protocol::write_totals(w, &store.totals()?),
+            method::IS_IDLE => {
+                let name = r.opt(|r| r.str().map(str::to_string)).map_err(bad)?;
+                w.u8(u8::from(store.is_idle(name.as_deref())?));
+            }
+            method::SAVE_SCHEDULE => store.save_schedule(&r.schedule().map_err(bad)?)?,
+            method::REMOVE_SCHEDULE => {
+                w.u8(u8::from(store.remove_schedule(r.str().map_err(bad)?)?));
+            }
+            method::LOAD_SCHEDULES => {
+                let schedules = store.load_schedules()?;
+                w.u32(schedules.len() as u32);
+                schedules.iter().for_each(|s| w.schedule(s));
+            }
+            method::HAS_SCHEDULE => {
+                w.u8(u8::from(store.has_schedule(r.str().map_err(bad)?)?));
+            }
+            other => return Err(QueueError::Backend(format!("unknown request {other}"))),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,677 @@
+//! The file backend alone: reopening, lost runs, torn and damaged logs, compaction crashes,
+//! the directory lock, and the codec.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::compact::{compact, Step};
+use super::segment::{self, Kind, HEADER_LEN};
+use super::{codec, open, FileBackend, FileOptions, Fsync};
+use crate::backend::memory::Event;
+use crate::backend::{
+    Ack, Backend, FetchRequest, QueueDeclaration, Retention, ScheduleRecord, Settlement,
+};
+use crate::error::QueueError;
+use crate::job::{Job, JobId, JobOptions, JobState, Payload, Priority};
+
+/// A directory of its own, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "rnq-file-test-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn options(path: &Path) -> FileOptions {
+    FileOptions {
+        path: path.to_path_buf(),
+        fsync: Fsync::Never,
+        compact_min_bytes: u64::MAX,
+    }
+}
+
+fn reopen(path: &Path) -> Arc<FileBackend> {
+    open(&options(path)).unwrap()
+}
+
+/// Stops the store as a killed process would (its writes are in the page cache).
+fn crash(backend: Arc<FileBackend>) {
+    backend.journal().abandon();
+}
+
+fn declaration() -> QueueDeclaration {
+    QueueDeclaration {
+        retention: Retention {
+            ttl: 3600.0,
+            keep_completed: 1000,
+            keep_failed: 1000,
+        },
+        settings: Payload::from(&b"{\"concurrency\":1}"[..]),
+    }
+}
+
+fn queue() -> Arc<str> {
+    Arc::from("q")
+}
+
+fn push(backend: &FileBackend, n: u32, options: JobOptions) -> JobId {
+    let data: Payload = Arc::from(format!("{{\"n\":{n}}}").into_bytes());
+    let mut jobs = vec![Job::new(queue(), data, options, 3, 300.0)];
+    let id = jobs[0].id;
+    backend.push(&queue(), &mut jobs, &declaration).unwrap();
+    id
+}
+
+fn fetch(backend: &FileBackend, max: usize) -> Vec<Job> {
+    let request = FetchRequest {
+        max,
+        share: 1,
+        wait: Duration::ZERO,
+        start_all: true,
+    };
+    backend
+        .fetch("q", request, &AtomicBool::new(false))
+        .unwrap()
+}
+
+fn complete(job: &Job, result: Option<&str>) -> Ack {
+    Ack {
+        id: job.id,
+        attempt: job.attempts,
+        at: crate::job::now(),
+        settlement: Settlement::Completed {
+            result: result.map(|r| Payload::from(r.as_bytes())),
+        },
+    }
+}
+
+fn state_of(backend: &FileBackend, id: JobId) -> Option<JobState> {
+    backend.get_job(id).unwrap().map(|job| job.state)
+}
+
+#[test]
+fn a_reopened_store_holds_what_the_last_one_left() {
+    let dir = TempDir::new();
+    let backend = reopen(&dir.0);
+    let done = push(&backend, 1, JobOptions::default());
+    let failed = push(&backend, 2, JobOptions::default());
+    let waiting = push(
+        &backend,
+        3,
+        JobOptions {
+            priority: Priority::High,
+            tags: vec!["t".into()],
+            metadata: Some(Payload::from(&b"{\"m\":1}"[..])),
+            ..Default::default()
+        },
+    );
+    let delayed = push(
+        &backend,
+        4,
+        JobOptions {
+            delay: 3600.0,
+            ..Default::default()
+        },
+    );
+    let taken = fetch(&backend, 2);
+    assert_eq!(taken.len(), 2, "the high-priority job first, then job 1");
+    let first = fetch(&backend, 2);
+    let acks = vec![
+        complete(
+            taken.iter().find(|j| j.id == waiting).unwrap(),
+            Some("\"ok\""),
+        ),
+        complete(taken.iter().find(|j| j.id == done).unwrap(), None),
+        Ack {
+            id: failed,
+            attempt: 1,
+            at: crate::job::now(),
+            settlement: Settlement::Failed {
+                error: "ValueError: no".into(),
+                traceback: Some("tb".into()),
+            },
+        },
+    ];
+    assert_eq!(first.iter().map(|j| j.id).collect::<Vec<_>>(), vec![failed]);
+    backend.settle("q", acks).unwrap();
+    backend.set_paused("q", true).unwrap();
+    let schedule = ScheduleRecord {
+        id: Arc::from("nightly"),
+        name: Some("nightly".into()),
+        queue: queue(),
+        cron: "0 3 * * *".into(),
+        data: Payload::from(&b"{}"[..]),
+        priority: Priority::Low,
+        attempts: Some(2),
+        timeout: None,
+        tags: vec![],
+        metadata: None,
+    };
+    backend.save_schedule(&schedule).unwrap();
+    let counts = backend.counts("q").unwrap();
+    backend.close();
+    drop(backend);
+
+    let again = reopen(&dir.0);
+    assert_eq!(again.counts("q").unwrap(), counts);
+    assert_eq!(state_of(&again, done), Some(JobState::Completed));
+    let job = again.get_job(waiting).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(
+        job.extras().unwrap().result.as_deref(),
+        Some(&b"\"ok\""[..])
+    );
+    assert_eq!(job.extras().unwrap().tags, vec!["t".to_string()]);
+    let job = again.get_job(failed).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.extras().unwrap().traceback.as_deref(), Some("tb"));
+    assert_eq!(state_of(&again, delayed), Some(JobState::Delayed));
+    assert_eq!(again.load_schedules().unwrap(), vec![schedule]);
+    assert_eq!(
+        again.stored_declarations(&[queue()]).unwrap(),
+        vec![Some(declaration())]
+    );
+    assert!(again.retry_failed(failed).unwrap());
+    again.set_paused("q", false).unwrap();
+    crash(again);
+    let third = reopen(&dir.0);
+    assert_eq!(state_of(&third, failed), Some(JobState::Waiting));
+    assert!(!third.counts("q").unwrap().paused);
+}
+
+#[test]
+fn runs_of_a_killed_process_run_again_with_the_run_counted() {
+    let dir = TempDir::new();
+    let backend = reopen(&dir.0);
+    let once = {
+        let data: Payload = Arc::from(&b"1"[..]);
+        let options = JobOptions {
+            attempts: Some(1),
+            ..Default::default()
+        };
+        let mut jobs = vec![Job::new(queue(), data, options, 1, 300.0)];
+        let id = jobs[0].id;
+        backend.push(&queue(), &mut jobs, &declaration).unwrap();
+        id
+    };
+    let twice = push(&backend, 2, JobOptions::default());
+    assert_eq!(fetch(&backend, 10).len(), 2);
+    crash(backend);
+
+    let again = reopen(&dir.0);
+    let job = again.get_job(twice).unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Waiting, 1));
+    let job = again.get_job(once).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Failed, "its only attempt was lost");
+    assert!(job
+        .extras()
+        .unwrap()
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("WorkerLost"));
+    let taken = fetch(&again, 10);
+    assert_eq!(
+        taken.iter().map(|j| (j.id, j.attempts)).collect::<Vec<_>>(),
+        vec![(twice, 2)]
+    );
+    crash(again);
+    // The recovery was recorded: a second replay agrees with the first.
+    let third = reopen(&dir.0);
+    let job = third.get_job(twice).unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Waiting, 2));
+}
+
+/// A store with a few events in one segment; returns the segment's bytes (up to the end of the
+/// last frame), the frames' end offsets, and for each push its job and the frame that stored it.
+fn small_log() -> (Vec<u8>, Vec<usize>, Vec<(JobId, usize)>) {
+    let dir = TempDir::new();
+    let backend = reopen(&dir.0);
+    let mut pushed = Vec::new();
+    for n in 0..4 {
+        pushed.push(push(&backend, n, JobOptions::default()));
+    }
+    let taken = fetch(&backend, 1);
+    backend
+        .settle("q", vec![complete(&taken[0], None)])
+        .unwrap();
+    pushed.push(push(&backend, 9, JobOptions::default()));
+    crash(backend);
+    let path = dir.0.join(segment::file_name(Kind::Log, 1));
+    let bytes = std::fs::read(path).unwrap();
+    let (frames, end, _) = segment::scan(&bytes);
+    let mut ends = Vec::new();
+    let mut at = HEADER_LEN;
+    for frame in &frames {
+        at += segment::FRAME_OVERHEAD + frame.len();
+        ends.push(at);
+    }
+    assert_eq!(at, end);
+    // Frame 0 declares the queue; pushes are frames 1..=4 and 7 (5: claim, 6: settle).
+    let push_frames = [1, 2, 3, 4, 7];
+    let pushes = pushed.into_iter().zip(push_frames).collect();
+    (bytes[..end].to_vec(), ends, pushes)
+}
+
+/// Opens a store whose only segment holds `bytes`; returns the jobs it recovered.
+fn recovered_from(bytes: &[u8]) -> Vec<JobId> {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join(segment::file_name(Kind::Log, 1)), bytes).unwrap();
+    let backend = reopen(&dir.0);
+    let mut ids: Vec<JobId> = ["q"]
+        .iter()
+        .filter_map(|q| backend.list_jobs(q, None, usize::MAX).ok())
+        .flatten()
+        .map(|job| job.id)
+        .collect();
+    ids.sort();
+    // The store stays usable after a repair.
+    push(&backend, 100, JobOptions::default());
+    backend.close();
+    ids
+}
+
+#[test]
+fn every_truncation_point_recovers_every_whole_record_before_it() {
+    let (bytes, ends, pushes) = small_log();
+    for cut in HEADER_LEN..=bytes.len() {
+        let recovered = recovered_from(&bytes[..cut]);
+        for (id, frame) in &pushes {
+            let whole = ends[*frame] <= cut;
+            assert_eq!(recovered.contains(id), whole, "cut at {cut}");
+        }
+    }
+}
+
+#[test]
+fn flipped_bytes_lose_nothing_before_the_damage() {
+    let (bytes, ends, pushes) = small_log();
+    for at in 0..bytes.len() {
+        let mut damaged = bytes.clone();
+        damaged[at] ^= 0x5a;
+        let recovered = recovered_from(&damaged);
+        for (id, frame) in &pushes {
+            if ends[*frame] <= at {
+                assert!(
+                    recovered.contains(id),
+                    "flip at {at}: lost a record before it"
+                );
+            }
+            let starts = if *frame == 0 {
+                HEADER_LEN
+            } else {
+                ends[frame - 1]
+            };
+            if starts > at {
+                // A record after the damage is never trusted: it may build on what was lost.
+                assert!(
+                    !recovered.contains(id),
+                    "flip at {at}: kept a record after it"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_log_of_a_newer_format_is_refused_untouched() {
+    let dir = TempDir::new();
+    let backend = reopen(&dir.0);
+    push(&backend, 1, JobOptions::default());
+    backend.close();
+    drop(backend);
+    let path = dir.0.join(segment::file_name(Kind::Log, 1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&(segment::FORMAT_VERSION + 1).to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let error = open(&options(&dir.0)).err().expect("refused");
+    assert!(
+        matches!(&error, QueueError::Backend(m) if m.contains("newer")),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "no segment was added: {names:?}");
+}
+
+#[test]
+fn a_second_opener_is_told_who_holds_the_store() {
+    let dir = TempDir::new();
+    let backend = reopen(&dir.0);
+    let error = open(&options(&dir.0)).err().expect("refused");
+    let pid = std::process::id().to_string();
+    assert!(
+        matches!(&error, QueueError::Backend(m) if m.contains(&pid)),
+        "{error}"
+    );
+    backend.close();
+    // Closed: the directory is free again.
+    drop(reopen(&dir.0));
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_compaction_loses_nothing() {
+    // `None`: the crash comes after the last step.
+    for step in [Some(Step::Cut), Some(Step::Written), Some(Step::Renamed), None] {
+        let dir = TempDir::new();
+        let backend = reopen(&dir.0);
+        let ids: Vec<JobId> = (0..50)
+            .map(|n| push(&backend, n, JobOptions::default()))
+            .collect();
+        let taken = fetch(&backend, 10);
+        let acks = taken[..5]
+            .iter()
+            .map(|job| complete(job, Some("1")))
+            .collect();
+        backend.settle("q", acks).unwrap();
+        compact(&backend, step).unwrap();
+        let late = push(&backend, 99, JobOptions::default());
+        crash(backend);
+
+        let again = reopen(&dir.0);
+        let states: Vec<JobState> = ids
+            .iter()
+            .map(|id| state_of(&again, *id).unwrap())
+            .collect();
+        let completed = states.iter().filter(|s| **s == JobState::Completed).count();
+        assert_eq!(completed, 5, "{step:?}");
+        // The five taken but unfinished ran in the dead process: waiting again, run counted.
+        assert_eq!(
+            states.iter().filter(|s| **s == JobState::Waiting).count(),
+            45,
+            "{step:?}"
+        );
+        assert_eq!(state_of(&again, late), Some(JobState::Waiting), "{step:?}");
+        assert_eq!(again.counts("q").unwrap().completed, 5, "{step:?}");
+        again.close();
+    }
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn compaction_keeps_the_log_proportional_to_what_is_live() {
+    let dir = TempDir::new();
+    let backend = open(&FileOptions {
+        compact_min_bytes: 1 << 20,
+        ..options(&dir.0)
+    })
+    .unwrap();
+    let retention = QueueDeclaration {
+        retention: Retention {
+            ttl: 3600.0,
+            keep_completed: 100,
+            keep_failed: 100,
+        },
+        ..declaration()
+    };
+    backend.declare_queue(&queue(), &retention, true).unwrap();
+    let mut peak = 0;
+    for round in 0..200 {
+        let mut jobs: Vec<Job> = (0..500)
+            .map(|n| {
+                let data: Payload =
+                    Arc::from(format!("{{\"round\":{round},\"n\":{n}}}").into_bytes());
+                Job::new(queue(), data, JobOptions::default(), 1, 300.0)
+            })
+            .collect();
+        backend.push(&queue(), &mut jobs, &declaration).unwrap();
+        let taken = fetch(&backend, 500);
+        backend
+            .settle("q", taken.iter().map(|job| complete(job, None)).collect())
+            .unwrap();
+        if backend.journal().since_snapshot() >= 1 << 20 {
+            compact(&backend, None).unwrap();
+        }
+        peak = peak.max(dir_bytes(&dir.0));
+    }
+    assert_eq!(backend.counts("q").unwrap().completed, 100_000);
+    // 100,000 jobs went through (about 10 MB of log); what stays is bounded by the
+    // threshold and the segments' preallocation (4 MiB each), not by the traffic.
+    assert!(peak < 16 << 20, "{peak} bytes on disk");
+    backend.close();
+    let again = reopen(&dir.0);
+    assert_eq!(again.counts("q").unwrap().completed, 100_000);
+    assert_eq!(
+        again
+            .list_jobs("q", Some(JobState::Completed), usize::MAX)
+            .unwrap()
+            .len(),
+        100
+    );
+}
+
+// -- the codec --------------------------------------------------------------------------------
+
+fn arb_text() -> impl Strategy<Value = String> {
+    "[a-z0-9 é\\n]{0,12}"
+}
+
+fn arb_time() -> impl Strategy<Value = f64> {
+    prop_oneof![Just(f64::NAN), 0.0..4e9f64]
+}
+
+fn arb_job(queue: Arc<str>) -> impl Strategy<Value = Job> {
+    (
+        any::<[u8; 16]>(),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        0usize..4,
+        0usize..5,
+        (any::<u32>(), any::<u32>(), any::<u64>()),
+        (arb_time(), arb_time(), arb_time(), arb_time()),
+        proptest::option::of((
+            proptest::collection::vec(arb_text(), 0..3),
+            proptest::option::of(arb_text()),
+            proptest::option::of(arb_text()),
+        )),
+    )
+        .prop_map(
+            move |(id, data, priority, state, (attempts, max, seq), times, extras)| {
+                let mut job = Job::new(
+                    queue.clone(),
+                    Payload::from(data),
+                    JobOptions::default(),
+                    1,
+                    1.0,
+                );
+                job.id = JobId(uuid::Uuid::from_bytes(id));
+                job.priority = Priority::ALL[priority];
+                job.state = JobState::ALL[state];
+                job.attempts = attempts;
+                job.max_attempts = max;
+                job.seq = seq;
+                job.created_at = times.0;
+                job.scheduled_at = Some(times.1).filter(|t| !t.is_nan()).into();
+                job.started_at = Some(times.2).filter(|t| !t.is_nan()).into();
+                job.finished_at = Some(times.3).filter(|t| !t.is_nan()).into();
+                job.extras = extras.map(|(tags, error, traceback)| {
+                    Box::new(crate::job::JobExtras {
+                        tags,
+                        error,
+                        traceback,
+                        metadata: Some(Payload::from(&b"{}"[..])),
+                        ..Default::default()
+                    })
+                });
+                job
+            },
+        )
+}
+
+fn arb_event() -> impl Strategy<Value = Event<'static>> {
+    use std::borrow::Cow;
+    let runs =
+        proptest::collection::vec((any::<[u8; 16]>(), any::<u32>()), 0..4).prop_map(|runs| {
+            runs.into_iter()
+                .map(|(id, attempt)| (JobId(uuid::Uuid::from_bytes(id)), attempt))
+                .collect::<Vec<_>>()
+        });
+    let ack = (
+        any::<[u8; 16]>(),
+        any::<u32>(),
+        0usize..3,
+        arb_text(),
+        proptest::option::of(arb_text()),
+    )
+        .prop_map(|(id, attempt, kind, error, traceback)| Ack {
+            id: JobId(uuid::Uuid::from_bytes(id)),
+            attempt,
+            at: 1.5,
+            settlement: match kind {
+                0 => Settlement::Completed {
+                    result: traceback.map(|t| Payload::from(t.as_bytes())),
+                },
+                1 => Settlement::Retry {
+                    due: 2.5,
+                    error,
+                    traceback,
+                },
+                _ => Settlement::Failed { error, traceback },
+            },
+        });
+    prop_oneof![
+        (arb_text(), proptest::option::of((arb_text(), 0.0..1e9f64))).prop_flat_map(
+            |(queue, tick)| {
+                let name: Arc<str> = Arc::from(queue.as_str());
+                proptest::collection::vec(arb_job(name), 0..4).prop_map(move |jobs| Event::Push {
+                    queue: Cow::Owned(queue.clone()),
+                    jobs: Cow::Owned(jobs),
+                    tick: tick.clone().map(|(s, at)| (Cow::Owned(s), at)),
+                })
+            }
+        ),
+        (arb_text(), runs.clone(), any::<bool>()).prop_map(|(queue, runs, lost)| {
+            let (queue, runs) = (Cow::Owned(queue), Cow::Owned(runs));
+            if lost {
+                Event::Lost {
+                    queue,
+                    at: 3.0,
+                    runs,
+                }
+            } else {
+                Event::Claim {
+                    queue,
+                    at: 3.0,
+                    runs,
+                }
+            }
+        }),
+        (arb_text(), runs).prop_map(|(queue, runs)| Event::Release {
+            queue: Cow::Owned(queue),
+            runs: Cow::Owned(runs),
+        }),
+        (arb_text(), proptest::collection::vec(ack, 0..4)).prop_map(|(queue, acks)| {
+            Event::Settle {
+                queue: Cow::Owned(queue),
+                acks: Cow::Owned(acks),
+            }
+        }),
+        (arb_text(), any::<bool>(), 0usize..5, any::<u64>()).prop_map(|(queue, flag, kind, n)| {
+            let queue = Cow::Owned(queue);
+            match kind {
+                0 => Event::Paused {
+                    queue,
+                    paused: flag,
+                },
+                1 => Event::Clear { queue },
+                2 => Event::Delete { queue },
+                3 => Event::Totals {
+                    queue,
+                    completed: n,
+                    failed: n / 2,
+                },
+                _ => Event::Declare {
+                    queue,
+                    declaration: Cow::Owned(QueueDeclaration {
+                        retention: Retention {
+                            ttl: n as f64,
+                            keep_completed: n as usize,
+                            keep_failed: usize::MAX,
+                        },
+                        settings: Payload::from(&b"{\"a\":1}"[..]),
+                    }),
+                },
+            }
+        }),
+        (
+            arb_text(),
+            proptest::option::of(arb_text()),
+            proptest::option::of(any::<u32>())
+        )
+            .prop_map(|(id, name, attempts)| Event::SaveSchedule(Cow::Owned(
+                ScheduleRecord {
+                    id: Arc::from(id.as_str()),
+                    name,
+                    queue: Arc::from("q"),
+                    cron: "* * * * *".into(),
+                    data: Payload::from(&b"[1]"[..]),
+                    priority: Priority::High,
+                    attempts,
+                    timeout: Some(2.0),
+                    tags: vec![id.clone()],
+                    metadata: None,
+                }
+            ))),
+        arb_text().prop_map(|id| Event::RemoveSchedule(Cow::Owned(id))),
+    ]
+}
+
+fn encoded(event: &Event<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::encode(event, &mut out);
+    out
+}
+
+proptest! {
+    #[test]
+    fn events_read_back_as_written(event in arb_event()) {
+        let bytes = encoded(&event);
+        let decoded = codec::decode(&bytes).expect("decodes");
+        // Byte equality: times that are NaN ("none") do not compare equal as floats.
+        prop_assert_eq!(encoded(&decoded), bytes.clone());
+        if let (Event::Push { jobs, .. }, Event::Push { jobs: back, .. }) = (&event, &decoded) {
+            for (job, back) in jobs.iter().zip(back.iter()) {
+                prop_assert_eq!((job.id, &job.data, job.state), (back.id, &back.data, back.state));
+            }
+        }
+        // Every prefix is an error, never a panic or a different event.
+        for cut in 0..bytes.len() {
+            prop_assert!(codec::decode(&bytes[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn any_bytes_decode_or_fail_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let _ = codec::decode(&bytes);
+        let _ = segment::scan(&bytes);
+    }
+}
