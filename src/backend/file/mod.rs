@@ -11,6 +11,8 @@
 
 mod client;
 mod codec;
+#[cfg(test)]
+mod codec_tests;
 mod compact;
 mod fork;
 mod lock;
