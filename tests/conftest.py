@@ -184,3 +184,25 @@ def make_aqm(
         return manager_pool.open_async(**{**backend_kwargs, **overrides})
 
     return make
+
+
+# -- worker processes -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_script(tmp_path: Path) -> Path:
+    from processes import WORKER_SCRIPT
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    return script
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Any]]:
+    """Worker processes a test starts; those still running at teardown are killed."""
+    started: list[Any] = []
+    yield started
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.kill()

@@ -157,22 +157,9 @@ def test_a_job_of_a_killed_worker_runs_again(
     assert [e["job"].attempts for e in recorder.snapshot()] == [2]
 
 
-# -- redis only ---------------------------------------------------------------------------------
-
-
-def test_prefixes_keep_applications_apart(redis_kwargs: dict[str, Any], manager_pool: Any) -> None:
-    one = manager_pool.open(**redis_kwargs)
-    two = manager_pool.open(**{**redis_kwargs, "prefix": redis_kwargs["prefix"] + ":other"})
-    job_id = one.push("shared-name", 1)
-    assert two.get_job(job_id) is None
-    assert two.get_stats().queue_sizes.get("shared-name", 0) == 0
-    assert two.get_jobs("shared-name") == []
-    assert one.get_stats().queue_sizes["shared-name"] == 1
-
-
-def test_managers_share_one_redis(redis_kwargs: dict[str, Any], manager_pool: Any) -> None:
-    producer = manager_pool.open(**redis_kwargs)
-    workers = [manager_pool.open(**redis_kwargs) for _ in range(2)]
+def test_managers_share_one_store(durable_kwargs: dict[str, Any], manager_pool: Any) -> None:
+    producer = manager_pool.open(**durable_kwargs)
+    workers = [manager_pool.open(**durable_kwargs) for _ in range(2)]
     recorder = Recorder()
     for worker in workers:
         worker.create_queue("shared", concurrency=2)
@@ -187,9 +174,9 @@ def test_managers_share_one_redis(redis_kwargs: dict[str, Any], manager_pool: An
 
 
 def test_cron_runs_once_per_tick_across_managers(
-    redis_kwargs: dict[str, Any], manager_pool: Any
+    durable_kwargs: dict[str, Any], manager_pool: Any
 ) -> None:
-    managers = [manager_pool.open(**redis_kwargs) for _ in range(3)]
+    managers = [manager_pool.open(**durable_kwargs) for _ in range(3)]
     recorder = Recorder()
     ids = set()
     for qm in managers:
@@ -206,6 +193,19 @@ def test_cron_runs_once_per_tick_across_managers(
     for entry in recorder.snapshot():
         lag = entry["wall"] - entry["job"].scheduled_at.timestamp()
         assert lag < LATE_BOUND
+
+
+# -- redis only ---------------------------------------------------------------------------------
+
+
+def test_prefixes_keep_applications_apart(redis_kwargs: dict[str, Any], manager_pool: Any) -> None:
+    one = manager_pool.open(**redis_kwargs)
+    two = manager_pool.open(**{**redis_kwargs, "prefix": redis_kwargs["prefix"] + ":other"})
+    job_id = one.push("shared-name", 1)
+    assert two.get_job(job_id) is None
+    assert two.get_stats().queue_sizes.get("shared-name", 0) == 0
+    assert two.get_jobs("shared-name") == []
+    assert one.get_stats().queue_sizes["shared-name"] == 1
 
 
 def test_a_lost_lease_runs_the_job_again(redis_kwargs: dict[str, Any], manager_pool: Any) -> None:

@@ -30,6 +30,15 @@ use crate::job::{now, Job, JobId, JobState, Timestamp};
 pub use journal::{Event, Journal, Lsn, NoJournal};
 use queue::{lock_state, MemoryQueue, QueueState, Settled};
 
+/// How a push went.
+enum Stored {
+    At(Lsn),
+    /// Not stored: it would have had to wait (`try_push`).
+    WouldWait,
+    /// Not stored: the cron tick was pushed before.
+    TickTaken,
+}
+
 pub struct MemoryBackend<J: Journal = NoJournal> {
     queues: RwLock<HashMap<Arc<str>, Arc<MemoryQueue>>>,
     processed: AtomicU64,
@@ -113,8 +122,8 @@ impl<J: Journal> MemoryBackend<J> {
         Ok(handle)
     }
 
-    /// Stores jobs; with `may_block` false, `Ok(None)` instead of waiting for a lock or the
-    /// journal. `Some(lsn)`: stored, recorded at `lsn`.
+    /// Stores jobs; with `may_block` false, `WouldWait` instead of waiting for a lock or the
+    /// journal.
     fn store(
         &self,
         queue: &Arc<str>,
@@ -122,7 +131,7 @@ impl<J: Journal> MemoryBackend<J> {
         may_block: bool,
         declare: &dyn Fn() -> QueueDeclaration,
         tick: Option<(&str, Timestamp)>,
-    ) -> Result<Option<Lsn>> {
+    ) -> Result<Stored> {
         loop {
             let handle = if may_block {
                 self.queue_or_create(queue, declare)?
@@ -130,18 +139,18 @@ impl<J: Journal> MemoryBackend<J> {
                 match self.queues.try_read() {
                     Some(map) => match map.get(queue) {
                         Some(handle) => handle.clone(),
-                        None => return Ok(None),
+                        None => return Ok(Stored::WouldWait),
                     },
-                    None => return Ok(None),
+                    None => return Ok(Stored::WouldWait),
                 }
             };
             let Some(state) = lock_state(&handle, may_block) else {
-                return Ok(None);
+                return Ok(Stored::WouldWait);
             };
             // Deleted since it was looked up: made again (or found made again).
             if state.deleted {
                 if !may_block {
-                    return Ok(None);
+                    return Ok(Stored::WouldWait);
                 }
                 continue;
             }
@@ -157,7 +166,15 @@ impl<J: Journal> MemoryBackend<J> {
         jobs: &mut Vec<Job>,
         may_block: bool,
         tick: Option<(&str, Timestamp)>,
-    ) -> Result<Option<Lsn>> {
+    ) -> Result<Stored> {
+        // A cron tick is claimed with its job, in one step (and one event), under the queue's
+        // lock: the timers of every manager sharing the store may fire it.
+        let mut ticks = tick.map(|_| self.last_ticks.lock());
+        if let (Some((schedule, at)), Some(ticks)) = (tick, &ticks) {
+            if ticks.get(schedule).is_some_and(|last| *last >= at) {
+                return Ok(Stored::TickTaken);
+            }
+        }
         if let Some(job) = jobs.iter().find(|job| state.jobs.contains_key(&job.id)) {
             return Err(QueueError::DuplicateJob(format!(
                 "queue {queue:?} already holds a job with id {}: nothing was pushed",
@@ -175,14 +192,14 @@ impl<J: Journal> MemoryBackend<J> {
             } else {
                 match self.journal.try_record(&event)? {
                     Some(lsn) => lsn,
-                    None => return Ok(None),
+                    None => return Ok(Stored::WouldWait),
                 }
             }
         } else {
             0
         };
-        if let Some((schedule, at)) = tick {
-            self.last_ticks.lock().insert(Arc::from(schedule), at);
+        if let (Some((schedule, at)), Some(ticks)) = (tick, &mut ticks) {
+            ticks.insert(Arc::from(schedule), at);
         }
         let before = state.waiting_count;
         for job in jobs.drain(..) {
@@ -192,7 +209,7 @@ impl<J: Journal> MemoryBackend<J> {
         if became_waiting > 0 {
             handle.notify_fetchers(&state, became_waiting);
         }
-        Ok(Some(lsn))
+        Ok(Stored::At(lsn))
     }
 
     /// `Backend::release` of runs (id, attempt).
@@ -241,7 +258,10 @@ impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
-        Ok(self.store(queue, jobs, false, declare, None)?.is_some())
+        Ok(matches!(
+            self.store(queue, jobs, false, declare, None)?,
+            Stored::At(_)
+        ))
     }
 }
 
@@ -289,20 +309,13 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         tick: Timestamp,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
-        // One process, and one timer thread firing ticks: nothing can come between the check
-        // and the push. The tick is claimed with its job, in one step (and one event).
-        if self
-            .last_ticks
-            .lock()
-            .get(schedule)
-            .is_some_and(|last| *last >= tick)
-        {
-            return Ok(false);
+        match self.store(queue, jobs, true, declare, Some((schedule, tick)))? {
+            Stored::At(lsn) => {
+                self.journal.commit(lsn)?;
+                Ok(true)
+            }
+            Stored::TickTaken | Stored::WouldWait => Ok(false),
         }
-        if let Some(lsn) = self.store(queue, jobs, true, declare, Some((schedule, tick)))? {
-            self.journal.commit(lsn)?;
-        }
-        Ok(true)
     }
 
     fn push(
@@ -311,7 +324,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<()> {
-        if let Some(lsn) = self.store(queue, jobs, true, declare, None)? {
+        if let Stored::At(lsn) = self.store(queue, jobs, true, declare, None)? {
             self.journal.commit(lsn)?;
         }
         Ok(())
