@@ -186,6 +186,19 @@ def make_aqm(
     return make
 
 
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server (AOF, fsync always) that a test may kill and start again."""
+    if "redis" not in ENABLED_BACKENDS:
+        pytest.skip("the 'redis' backend is not enabled (ENABLED_BACKENDS in tests/conftest.py)")
+    server = RedisServer(
+        tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
 # -- worker processes -------------------------------------------------------------------------
 
 

@@ -164,16 +164,6 @@ def test_a_manager_without_handlers_acts_on_shared_state(
     assert worker.get_queue("shared").get_stats()["size"] == 0
 
 
-@pytest.fixture
-def restartable_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(
-        tmp_path / "redis", free_port(), "--appendonly", "yes", "--appendfsync", "always"
-    )
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_redis_killed_and_restarted(
     restartable_redis: RedisServer, manager_pool: ManagerPool
 ) -> None:

@@ -58,7 +58,7 @@ class _QueueDefaults(TypedDict, total=False):
 class ManagerOptions(_QueueDefaults, total=False):
     """``QueueManager(backend, **options)``: the store, and the defaults of every queue."""
 
-    #: The file backend's directory (the file backend is planned).
+    #: The file backend's directory.
     path: str | os.PathLike[str] | None
     #: The redis backend's server, ``redis://host:port/db`` (``rediss://`` for TLS).
     url: str | None
@@ -70,6 +70,8 @@ class ManagerOptions(_QueueDefaults, total=False):
     lease: Seconds | None
     #: The file backend's flush policy: ``"always"``, ``"everysec"`` or ``"never"``.
     fsync: str | None
+    #: Redis: a directory where pushes go while Redis cannot be reached (forwarded later).
+    spill_path: str | os.PathLike[str] | None
 
 
 class QueueOptions(_QueueDefaults, total=False):

@@ -8,6 +8,7 @@
 pub mod file;
 pub mod memory;
 pub mod redis;
+pub mod spill;
 pub mod store;
 
 use std::sync::atomic::AtomicBool;

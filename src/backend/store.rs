@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::file::{self, FileOptions, Fsync, DEFAULT_COMPACT_MIN_BYTES};
 use super::memory::MemoryBackend;
 use super::redis::{RedisBackend, RedisOptions};
+use super::spill::SpillingBackend;
 use super::Backend;
 use crate::error::{QueueError, Result};
 
@@ -26,13 +27,16 @@ pub struct StoreSettings<'a> {
     /// Seconds.
     pub lease: Option<f64>,
     pub fsync: Option<&'a str>,
+    /// Redis: the directory pushes go to while Redis cannot be reached.
+    pub spill_path: Option<&'a str>,
 }
 
 /// A checked choice of store; kept to open it again (a forked child opens its own).
 #[derive(Clone, Debug)]
 pub enum StoreConfig {
     Memory,
-    Redis(RedisOptions),
+    /// With the spill's directory, if any.
+    Redis(RedisOptions, Option<String>),
     File(FileOptions),
 }
 
@@ -67,6 +71,12 @@ impl StoreConfig {
             )));
         }
         let fsync = Fsync::parse(settings.fsync.unwrap_or(DEFAULT_FSYNC))?;
+        if settings.spill_path.is_some() && chosen != "redis" {
+            return Err(QueueError::config(format!(
+                "spill_path is a setting of the redis backend (where pushes go while Redis \
+                 cannot be reached), but the {chosen} backend was chosen"
+            )));
+        }
         let lease = settings.lease.unwrap_or(DEFAULT_LEASE);
         if !(lease.is_finite() && lease > 0.0) {
             return Err(QueueError::config(format!(
@@ -74,19 +84,22 @@ impl StoreConfig {
             )));
         }
         Ok(match chosen {
-            "redis" => StoreConfig::Redis(RedisOptions {
-                url: settings
-                    .url
-                    .ok_or_else(|| {
-                        QueueError::config(
-                            "backend=\"redis\" needs url=\"redis://host:port/db\" (or \
+            "redis" => StoreConfig::Redis(
+                RedisOptions {
+                    url: settings
+                        .url
+                        .ok_or_else(|| {
+                            QueueError::config(
+                                "backend=\"redis\" needs url=\"redis://host:port/db\" (or \
                              QueueManager.from_env() with REDIS_URL set)",
-                        )
-                    })?
-                    .to_string(),
-                prefix: settings.prefix.unwrap_or(DEFAULT_PREFIX).to_string(),
-                lease: Duration::from_secs_f64(lease.min(1e9)),
-            }),
+                            )
+                        })?
+                        .to_string(),
+                    prefix: settings.prefix.unwrap_or(DEFAULT_PREFIX).to_string(),
+                    lease: Duration::from_secs_f64(lease.min(1e9)),
+                },
+                settings.spill_path.map(str::to_string),
+            ),
             "file" => StoreConfig::File(FileOptions {
                 path: settings
                     .path
@@ -107,7 +120,7 @@ impl StoreConfig {
     pub fn name(&self) -> &'static str {
         match self {
             StoreConfig::Memory => "memory",
-            StoreConfig::Redis(_) => "redis",
+            StoreConfig::Redis(..) => "redis",
             StoreConfig::File(_) => "file",
         }
     }
@@ -117,7 +130,8 @@ impl StoreConfig {
     pub fn open(&self) -> Result<Arc<dyn Backend>> {
         Ok(match self {
             StoreConfig::Memory => Arc::new(MemoryBackend::new()),
-            StoreConfig::Redis(options) => Arc::new(RedisBackend::connect(options)?),
+            StoreConfig::Redis(options, None) => Arc::new(RedisBackend::connect(options)?),
+            StoreConfig::Redis(options, Some(spill)) => SpillingBackend::open(options, spill)?,
             StoreConfig::File(options) => Arc::new(file::FileStore::open(options)?),
         })
     }

@@ -163,3 +163,24 @@ fn upkeep(backend: Weak<FileBackend>, options: FileOptions, mut snapshot_bytes: 
         }
     }
 }
+
+/// A job as one byte string (the log's encoding, with its queue): how the Redis spill keeps
+/// the jobs it could not push.
+pub fn job_bytes(job: &crate::job::Job) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::Writer(&mut out).jobs_with_queues(std::slice::from_ref(job));
+    out
+}
+
+/// The job `job_bytes` wrote.
+pub fn job_from_bytes(bytes: &[u8]) -> Result<crate::job::Job> {
+    let mut reader = codec::Reader(bytes);
+    match reader.jobs_with_queues() {
+        Ok(mut jobs) if jobs.len() == 1 && reader.0.is_empty() => Ok(jobs.remove(0)),
+        Ok(_) => Err(QueueError::Backend("a spilled job holds no job".into())),
+        Err(error) => Err(QueueError::Backend(format!(
+            "a spilled job cannot be read: {}",
+            error.0
+        ))),
+    }
+}

@@ -52,7 +52,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (
         backend = None, *, path = None, url = None, prefix = None,
-        max_job_bytes = None, lease = None, fsync = None, concurrency = None,
+        max_job_bytes = None, lease = None, fsync = None, spill_path = None, concurrency = None,
         max_retries = None, timeout = None, retry_delay = None, backoff = None,
         ttl = None, keep_completed = None, keep_failed = None
     ))]
@@ -66,6 +66,7 @@ impl PyEngine {
         max_job_bytes: Option<&Bound<'_, PyAny>>,
         lease: Option<&Bound<'_, PyAny>>,
         fsync: Option<&str>,
+        spill_path: Option<std::path::PathBuf>,
         concurrency: Option<&Bound<'_, PyAny>>,
         max_retries: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
@@ -75,12 +76,10 @@ impl PyEngine {
         keep_completed: Option<&Bound<'_, PyAny>>,
         keep_failed: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let path = match &path {
-            Some(path) => Some(path.to_str().ok_or_else(|| {
-                config_error(format!("path must be valid text, got {}", path.display()))
-            })?),
-            None => None,
-        };
+        let (path, spill_path) = (
+            path_text("path", path.as_deref())?,
+            path_text("spill_path", spill_path.as_deref())?,
+        );
         let store = StoreConfig::choose(&StoreSettings {
             backend,
             url,
@@ -88,6 +87,7 @@ impl PyEngine {
             prefix,
             lease: seconds(lease, "lease", Kind::Setting)?,
             fsync,
+            spill_path,
         })?;
         let defaults = QueueArgs {
             concurrency,
@@ -529,5 +529,15 @@ impl Drop for PyEngine {
         if Python::try_attach(|py| gil::detach(py, &mut shut_down)).is_none() {
             shut_down();
         }
+    }
+}
+
+/// A directory setting as text (the store's settings are text).
+fn path_text<'a>(name: &str, path: Option<&'a std::path::Path>) -> PyResult<Option<&'a str>> {
+    match path {
+        Some(path) => path.to_str().map(Some).ok_or_else(|| {
+            config_error(format!("{name} must be valid text, got {}", path.display()))
+        }),
+        None => Ok(None),
     }
 }

@@ -1,0 +1,146 @@
+"""The Redis spill (``spill_path=``): pushes made while Redis cannot be reached go to a local
+file store and are forwarded to Redis once it is back, each exactly once — also when the process
+is killed while it forwards them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ENABLED_BACKENDS, ManagerPool
+from helpers import WAIT, Recorder
+from redis_servers import RedisServer
+from rnode_queue import BackendError, ConfigError, QueueManager
+
+pytestmark = pytest.mark.skipif(
+    "redis" not in ENABLED_BACKENDS or "file" not in ENABLED_BACKENDS,
+    reason="the spill needs the 'redis' and 'file' backends",
+)
+
+
+def test_pushes_made_while_redis_is_down_arrive_once_it_is_back(
+    restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
+) -> None:
+    kwargs = {
+        "backend": "redis",
+        "url": restartable_redis.url,
+        "prefix": "spill",
+        "spill_path": str(tmp_path / "spill"),
+    }
+    qm = manager_pool.open(**kwargs)
+    before = qm.push("work", "before")
+    restartable_redis.kill()
+
+    ids = [
+        qm.push("work", {"n": n}, priority="high" if n % 7 == 0 else "normal") for n in range(200)
+    ]
+    spilled = qm.get_job(ids[5])
+    assert spilled is not None and spilled.status == "waiting" and spilled.data == {"n": 5}
+
+    restartable_redis.start()
+    recorder = Recorder()
+    qm.get_queue("work").process(recorder.record)
+    assert recorder.wait_count(201, timeout=30), f"{len(recorder.snapshot())} of 201 ran"
+    assert qm.join("work", timeout=WAIT)
+    ran = [entry["job"].id for entry in recorder.snapshot()]
+    assert sorted(ran) == sorted([before, *ids]), "every job ran, once"
+    for job_id in ids:
+        job = qm.get_job(job_id)
+        assert job is not None and job.status == "completed"
+    assert not any((tmp_path / "spill").glob("*.damaged*"))
+
+
+SPILLER = textwrap.dedent(
+    """
+    import json, sys
+    from rnode_queue import QueueManager
+
+    qm = QueueManager(**json.loads(sys.argv[1]))  # Redis is up when the manager opens
+    print("ready", flush=True)
+    sys.stdin.readline()  # the test stops Redis
+    ids = []
+    for start in range(0, int(sys.argv[2]), 5000):
+        ids += qm.push_batch("work", [{"data": {"n": n}} for n in range(start, start + 5000)])
+    with open(sys.argv[3], "w") as out:
+        json.dump(ids, out)
+    print("spilled", flush=True)
+    sys.stdin.read()  # forwards until killed
+    """
+)
+
+
+def test_a_process_killed_while_forwarding_loses_and_doubles_nothing(
+    restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
+) -> None:
+    total = 50_000
+    kwargs = {
+        "backend": "redis",
+        "url": restartable_redis.url,
+        "prefix": "spill-kill",
+        "spill_path": str(tmp_path / "spill"),
+    }
+    plain = {key: value for key, value in kwargs.items() if key != "spill_path"}
+    observer = manager_pool.open(**plain)
+    observer.create_queue("work")
+
+    script = tmp_path / "spiller.py"
+    script.write_text(SPILLER)
+    ids_file = tmp_path / "ids.json"
+    child = subprocess.Popen(
+        [sys.executable, str(script), json.dumps(kwargs), str(total), str(ids_file)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready", child.stderr and child.stderr.read()
+        restartable_redis.kill()
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "spilled", child.stderr and child.stderr.read()
+        restartable_redis.start()
+        deadline = time.monotonic() + 60
+        forwarded = 0
+        while forwarded == 0:
+            assert time.monotonic() < deadline, "the spill was never forwarded"
+            with contextlib.suppress(BackendError):  # Redis may still be starting
+                forwarded = observer.get_stats().queue_sizes.get("work", 0)
+            time.sleep(0.002)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    at_kill = observer.get_stats().queue_sizes.get("work", 0)
+    assert at_kill < total, "the kill came after the forwarding ended: nothing was tested"
+
+    # The spill is opened again: what the dead process had not forwarded (or had forwarded
+    # without marking it done) goes now, once.
+    resumed = manager_pool.open(**kwargs)
+    deadline = time.monotonic() + 60
+    while observer.get_stats().queue_sizes.get("work", 0) < total:
+        assert time.monotonic() < deadline, observer.get_stats().queue_sizes
+        time.sleep(0.05)
+    ids = json.loads(ids_file.read_text())
+    assert len(set(ids)) == total
+    recorder = Recorder()
+    resumed.create_queue("work", concurrency=8)
+    resumed.get_queue("work").process(recorder.record)
+    assert resumed.join("work", timeout=60)
+    ran = [entry["job"].id for entry in recorder.snapshot()]
+    assert len(ran) == total and set(ran) == set(ids), "every spilled job arrived once"
+
+
+def test_spill_path_belongs_to_the_redis_backend(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="spill_path"):
+        QueueManager(backend="memory", spill_path=str(tmp_path / "spill"))
