@@ -199,3 +199,69 @@ def test_a_second_manager_in_one_process_shares_the_store(
     started = time.monotonic()
     assert two.get_stats().queue_sizes["q"] == 1
     assert time.monotonic() - started < WAIT
+
+
+FILE_APP = textwrap.dedent(
+    """
+    import os
+    from rnode_queue import QueueManager
+
+    qm = QueueManager(backend="file", path=os.environ["QUEUE_PATH"])
+    thumbnails = qm.create_queue("thumbnails", concurrency=4)
+
+    @thumbnails.process
+    def make_thumbnail(job):
+        return {"thumbnail": job.data["image"] + ".thumb.png"}
+    """
+)
+
+FILE_WEB = textwrap.dedent(
+    """
+    import os
+    from rnode_queue import QueueManager
+
+    qm = QueueManager(backend="file", path=os.environ["QUEUE_PATH"])  # pushes only
+    ids = qm.push_batch("thumbnails", [{"data": {"image": f"photo-{n}.jpg"}} for n in range(3)])
+    for job_id in ids:
+        job = qm.wait_for(job_id, timeout=30)  # run by the worker process
+        print(job.data["image"], "->", job.result["thumbnail"])
+    qm.close()
+    """
+)
+
+
+def test_the_worker_command_serves_a_file_store(tmp_path: Path) -> None:
+    """`rnode-queue worker app:qm` on a file store runs what another process pushes."""
+    (tmp_path / "app.py").write_text(FILE_APP)
+    (tmp_path / "web.py").write_text(FILE_WEB)
+    env = {**os.environ, "QUEUE_PATH": str(tmp_path / "queue-data"), "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "rnode_queue", "worker", "app:qm", "--shutdown-timeout", "5"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert worker.stdout is not None
+        banner = worker.stdout.readline()
+        assert "rnode-queue worker: app:qm on file" in banner, banner
+        web = subprocess.run(
+            [sys.executable, "web.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert web.returncode == 0, web.stderr[-2000:]
+        assert web.stdout.count(".thumb.png") == 3, web.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    assert code == 0, worker.stderr.read() if worker.stderr else ""

@@ -112,6 +112,28 @@ def test_schedules_survive_a_restart(durable_kwargs: dict[str, Any], manager_poo
     assert sorted(s["id"] for s in second.list_schedules()) == ids
 
 
+def test_settings_and_schedules_come_back_and_fire_after_a_restart(
+    durable_kwargs: dict[str, Any], manager_pool: Any
+) -> None:
+    kwargs = durable(durable_kwargs)
+    first = manager_pool.open(**kwargs)
+    first.create_queue("reports", timeout=20, max_retries=0, concurrency=2)
+    first.schedule("ticks", {"k": 1}, "* * * * * *", name="every-second")
+    first.push("later", "due", delay=1.0)
+    assert first.close(timeout=5)
+
+    second = manager_pool.open(**kwargs)
+    job = second.get_job(second.push("reports", {"after": "restart"}))
+    assert job is not None and (job.timeout, job.max_attempts) == (20.0, 1)
+    ticks, later = Recorder(), Recorder()
+    # Nothing declared again: the stored schedule fires, the delayed job comes due.
+    second.get_queue("ticks").process(ticks.record)
+    second.get_queue("later").process(later.record)
+    assert ticks.wait_count(2, timeout=WAIT), "the stored schedule did not fire"
+    assert later.wait_count(1, timeout=WAIT), "the delayed job did not run"
+    second.unschedule("every-second")
+
+
 CRASHING_WORKER = textwrap.dedent(
     """
     import json, os, sys

@@ -1,5 +1,4 @@
-"""rnode-queue: a job queue for Python with a Rust engine (memory and Redis backends; a file
-backend is planned).
+"""rnode-queue: a job queue for Python with a Rust engine (memory, Redis and file backends).
 
 >>> from rnode_queue import QueueManager
 >>> with QueueManager() as qm:

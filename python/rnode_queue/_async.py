@@ -76,7 +76,7 @@ class AsyncQueueManager:
 
     @property
     def backend(self) -> str:
-        """``"memory"`` or ``"redis"`` (``"file"`` is planned)."""
+        """``"memory"``, ``"redis"`` or ``"file"``."""
         return self._engine.backend
 
     @property

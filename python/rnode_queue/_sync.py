@@ -170,9 +170,10 @@ def _utc(when: datetime) -> datetime:
 class QueueManager:
     """Owns the queues, their workers and schedules (the engine runs in Rust).
 
-    ``backend`` is ``"memory"`` (the default) or ``"redis"`` (``url=``, ``prefix=``,
-    ``lease=``: jobs shared by every process using that Redis); a ``url`` alone selects redis.
-    ``"file"`` (``path=``) is planned and raises :class:`BackendError` in this version. The
+    ``backend`` is ``"memory"`` (the default), ``"redis"`` (``url=``, ``prefix=``, ``lease=``,
+    ``spill_path=``: jobs shared by every process using that Redis; a ``url`` alone selects
+    redis) or ``"file"`` (``path=``, ``fsync=``: a durable log in a local directory, shared by
+    the processes of this host that open it; a ``path`` alone selects file). The
     queue keyword arguments are the defaults of every queue that is not configured with
     :meth:`create_queue`. Durations are seconds (floats allowed) or timedeltas.
     Use as a context manager, or call :meth:`close`; managers still open at interpreter exit
@@ -204,7 +205,7 @@ class QueueManager:
 
     @property
     def backend(self) -> str:
-        """``"memory"`` or ``"redis"`` (``"file"`` is planned)."""
+        """``"memory"``, ``"redis"`` or ``"file"``."""
         return self._engine.backend
 
     @property
