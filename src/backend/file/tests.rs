@@ -438,7 +438,7 @@ fn compaction_keeps_the_log_proportional_to_what_is_live() {
     };
     backend.declare_queue(&queue(), &retention, true).unwrap();
     let mut peak = 0;
-    for round in 0..200 {
+    for round in 0..2000 {
         let mut jobs: Vec<Job> = (0..500)
             .map(|n| {
                 let data: Payload =
@@ -456,13 +456,13 @@ fn compaction_keeps_the_log_proportional_to_what_is_live() {
         }
         peak = peak.max(dir_bytes(&dir.0));
     }
-    assert_eq!(backend.counts("q").unwrap().completed, 100_000);
-    // 100,000 jobs went through (about 10 MB of log); what stays is bounded by the
+    assert_eq!(backend.counts("q").unwrap().completed, 1_000_000);
+    // A million jobs went through (about 100 MB of log); what stays is bounded by the
     // threshold and the segments' preallocation (4 MiB each), not by the traffic.
     assert!(peak < 16 << 20, "{peak} bytes on disk");
     backend.close();
     let again = reopen(&dir.0);
-    assert_eq!(again.counts("q").unwrap().completed, 100_000);
+    assert_eq!(again.counts("q").unwrap().completed, 1_000_000);
     assert_eq!(
         again
             .list_jobs("q", Some(JobState::Completed), usize::MAX)
