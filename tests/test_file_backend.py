@@ -104,29 +104,48 @@ def test_when_the_holder_is_sigkilled_another_process_takes_over(
 
 PUSHER = textwrap.dedent(
     """
-    import json, sys
-    from rnode_queue import QueueManager
+    import asyncio, json, sys
+    from rnode_queue import AsyncQueueManager, QueueManager
 
-    qm = QueueManager(**json.loads(sys.argv[1]))
-    n = 0
-    while True:
-        job_id = qm.push("acked", {"n": n})
-        print(job_id, flush=True)  # printed only once the push returned
-        n += 1
+    options = json.loads(sys.argv[1])
+    if sys.argv[2] == "sync":
+        qm = QueueManager(**options)
+        n = 0
+        while True:
+            job_id = qm.push("acked", {"n": n})
+            print(job_id, flush=True)  # printed only once the push returned
+            n += 1
+
+    async def pusher(aqm, start):  # 16 of them: their pushes share syncs
+        n = start
+        while True:
+            job_id = await aqm.push("acked", {"n": n})
+            print(job_id, flush=True)
+            n += 16
+
+    async def main():
+        aqm = AsyncQueueManager(**options)
+        await asyncio.gather(*(pusher(aqm, start) for start in range(16)))
+
+    asyncio.run(main())
     """
 )
 
 
-@pytest.mark.parametrize("holder", [True, False], ids=["holder", "client"])
+@pytest.mark.parametrize(
+    ("holder", "api"),
+    [(True, "sync"), (False, "sync"), (True, "async")],
+    ids=["holder", "client", "holder-async"],
+)
 def test_every_push_acknowledged_with_fsync_always_survives_sigkill(
-    file_kwargs: dict[str, Any], manager_pool: ManagerPool, tmp_path: Path, holder: bool
+    file_kwargs: dict[str, Any], manager_pool: ManagerPool, tmp_path: Path, holder: bool, api: str
 ) -> None:
     kwargs = {**file_kwargs, "fsync": "always"}
     other: QueueManager | None = None if holder else QueueManager(**kwargs)
     script = tmp_path / "pusher.py"
     script.write_text(PUSHER)
     proc = subprocess.Popen(
-        [sys.executable, str(script), json.dumps(kwargs)],
+        [sys.executable, str(script), json.dumps(kwargs), api],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -135,7 +154,7 @@ def test_every_push_acknowledged_with_fsync_always_survives_sigkill(
     printed: list[str] = []
     for line in proc.stdout:
         printed.append(line.strip())
-        if len(printed) == 300:
+        if len(printed) == 2000:
             break
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=10)

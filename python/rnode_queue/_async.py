@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._core import DEFAULT_CLOSE_TIMEOUT
+from ._core import DEFAULT_CLOSE_TIMEOUT, QueueError
 from ._options import (
     JOB_KEYS,
     MANAGER_KEYS,
@@ -40,14 +41,53 @@ __all__ = ["AsyncQueue", "AsyncQueueManager"]
 _WAIT_SLICE = 0.5
 
 
+class _GroupCommit:
+    """Makes pushes stored in place durable: one ``commit`` (one sync of the log, in a worker
+    thread) for every push waiting when it starts, however many coroutines made them."""
+
+    def __init__(self, commit: Callable[[int], None]) -> None:
+        self._commit = commit
+        self._durable = 0
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def wait(self, ticket: int) -> None:
+        if ticket <= self._durable:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.append((ticket, future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._run())
+        await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            ticket = max(t for t, _ in batch)
+            try:
+                await asyncio.to_thread(self._commit, ticket)
+            except Exception as error:  # every push of the batch reports it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self._durable = max(self._durable, ticket)
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
 class AsyncQueueManager:
     """:class:`QueueManager` for asyncio applications: the same methods, as coroutines.
 
     ``get_queue``, ``process`` and the properties are plain calls that never wait for the
     network (on redis, a queue first seen by them is declared in the background). On the
-    memory backend, calls that never block run directly on the event loop; blocking calls
-    (``wait_for``, ``join``, ``close``, and every call on the redis backend) run in
-    a worker thread. Async handlers run on the manager's own event loop thread, not on the
+    memory backend, calls that never block run directly on the event loop; on a file store
+    this process holds, pushes are stored on the loop too, and the coroutines that push at the
+    same time share one sync of the log (with ``fsync="always"``) in a worker thread; other
+    blocking calls (``wait_for``, ``join``, ``close``, and every call on the redis backend) run
+    in a worker thread. Async handlers run on the manager's own event loop thread, not on the
     caller's loop.
     """
 
@@ -56,6 +96,11 @@ class AsyncQueueManager:
         self._sync = QueueManager(backend, **options)
         self._engine = self._sync._engine
         self._direct = self._engine.backend == "memory"
+        # A file store held here takes pushes in place; their syncs are shared (see
+        # `_GroupCommit`), so pushing coroutines need no thread each.
+        self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] | None = (
+            weakref.WeakKeyDictionary() if self._engine.backend == "file" else None
+        )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
@@ -142,11 +187,40 @@ class AsyncQueueManager:
     async def push(self, queue: str, data: Any, **options: Unpack[PushOptions]) -> str:
         """Add a job to ``queue``; returns its id (see :meth:`QueueManager.push`)."""
         check_keys("AsyncQueueManager.push", options, PUSH_KEYS)
+        if self._commits is not None:
+            ids = await self._push_in_place(queue, [{"data": data, "options": options}])
+            if ids is not None:
+                return ids[0]
         return await self._call(self._engine.push, queue, data, **options)
 
     async def push_batch(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
         """Add many jobs at once, all or nothing (see :meth:`QueueManager.push_batch`)."""
+        if self._commits is not None:
+            ids = await self._push_in_place(queue, items)
+            if ids is not None:
+                return ids
         return await self._call(self._engine.push_batch, queue, items)
+
+    async def _push_in_place(
+        self, queue: str, items: Sequence[Mapping[str, Any]]
+    ) -> list[str] | None:
+        """Stores the jobs on the loop and waits for their shared sync; ``None`` where that
+        cannot be done (the caller then pushes in a thread, which also raises any error with
+        the public method's message: nothing was stored)."""
+        assert self._commits is not None
+        try:
+            pushed = self._engine.push_uncommitted(queue, items)
+        except QueueError:
+            return None
+        if pushed is None:
+            return None
+        ids, ticket = pushed
+        loop = asyncio.get_running_loop()
+        commits = self._commits.get(loop)
+        if commits is None:  # one per event loop: its futures belong to it
+            commits = self._commits[loop] = _GroupCommit(self._engine.commit)
+        await commits.wait(ticket)
+        return ids
 
     async def schedule_at(
         self, queue: str, data: Any, when: datetime, **options: Unpack[JobOptions]

@@ -253,11 +253,30 @@ pub trait Backend: Send + Sync + 'static {
 /// `Backend::push` without waiting: for a caller that holds the Python GIL, which pushes in
 /// place when nothing is contended and lets go of Python only otherwise.
 pub trait NonBlockingPush {
-    /// `Ok(false)`, with nothing changed, where the push would have to wait for a lock.
+    /// `Ok(false)`, with nothing changed, where the push would have to wait for a lock (or
+    /// for the disk, before it may count as acknowledged).
     fn try_push(
         &self,
         queue: &Arc<str>,
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool>;
+
+    /// `try_push`, leaving the wait for the disk to the caller: `Some(ticket)` once stored; the
+    /// push counts as acknowledged after `commit(ticket)`. An asynchronous caller stores many
+    /// pushes this way and waits for one commit (one sync) for all of them.
+    fn try_push_uncommitted(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<Option<u64>> {
+        Ok(self.try_push(queue, jobs, declare)?.then_some(0))
+    }
+
+    /// Returns once the pushes stored with tickets up to `ticket` are durable.
+    fn commit(&self, ticket: u64) -> Result<()> {
+        let _ = ticket;
+        Ok(())
+    }
 }

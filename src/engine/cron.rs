@@ -372,7 +372,7 @@ impl Engine {
         let pushed = self.push_jobs(
             &record.queue,
             &[(record.data.clone(), options)],
-            true,
+            super::jobs::PushMode::Wait,
             Some((id, tick)),
         );
         let mut schedules = self.schedules.lock();

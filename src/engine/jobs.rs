@@ -6,6 +6,17 @@ use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Pay
 use super::timers::TimerKey;
 use super::{Engine, Pushed};
 
+/// How a push may proceed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum PushMode {
+    /// Waits for locks and the store as long as needed.
+    Wait,
+    /// Never waits (the caller holds the Python GIL): `WouldBlock` instead.
+    InPlace,
+    /// `InPlace`, leaving the wait for the disk to a later `commit`.
+    Uncommitted,
+}
+
 impl Engine {
     /// Validates and stores new jobs, all or none. With `may_block` false nothing waits for a
     /// lock: the caller gets `WouldBlock` and tries again where waiting is allowed.
@@ -15,7 +26,27 @@ impl Engine {
         specs: &[(Payload, JobOptions)],
         may_block: bool,
     ) -> Result<Pushed> {
-        self.push_jobs(queue, specs, may_block, None)
+        let mode = if may_block {
+            PushMode::Wait
+        } else {
+            PushMode::InPlace
+        };
+        self.push_jobs(queue, specs, mode, None)
+    }
+
+    /// `push` in place, made durable later: `Uncommitted(ids, ticket)` once stored, and the
+    /// push counts as acknowledged only after `commit(ticket)` (which may wait for the disk).
+    /// `WouldBlock` where that cannot be done without waiting: push with `push` then.
+    pub fn push_uncommitted(&self, queue: &str, specs: &[(Payload, JobOptions)]) -> Result<Pushed> {
+        self.push_jobs(queue, specs, PushMode::Uncommitted, None)
+    }
+
+    /// Makes the jobs of an uncommitted push as durable as the store promises a push.
+    pub fn commit(&self, ticket: u64) -> Result<()> {
+        match self.backend.nonblocking() {
+            Some(store) => store.commit(ticket),
+            None => Ok(()),
+        }
     }
 
     /// `push`; with a cron tick, only if no process has pushed that tick yet.
@@ -23,10 +54,11 @@ impl Engine {
         &self,
         queue: &str,
         specs: &[(Payload, JobOptions)],
-        may_block: bool,
+        mode: PushMode,
         tick: Option<(&str, Timestamp)>,
     ) -> Result<Pushed> {
         self.check_open()?;
+        let may_block = mode == PushMode::Wait;
         if !may_block && self.backend.nonblocking().is_none() {
             // Every push to this store may wait (a round trip): the caller lets go of Python
             // first.
@@ -86,8 +118,14 @@ impl Engine {
                 self.backend.push(&entry.name, &mut jobs, &declare)?;
                 Pushed::Done(ids)
             }
-            None => match self.backend.nonblocking() {
-                Some(store) if store.try_push(&entry.name, &mut jobs, &declare)? => {
+            None => match (self.backend.nonblocking(), mode) {
+                (Some(store), PushMode::Uncommitted) => {
+                    match store.try_push_uncommitted(&entry.name, &mut jobs, &declare)? {
+                        Some(ticket) => Pushed::Uncommitted(ids, ticket),
+                        None => return Ok(Pushed::WouldBlock),
+                    }
+                }
+                (Some(store), _) if store.try_push(&entry.name, &mut jobs, &declare)? => {
                     Pushed::Done(ids)
                 }
                 _ => return Ok(Pushed::WouldBlock),

@@ -104,6 +104,8 @@ pub struct Engine {
 /// Why a push did not happen yet.
 pub enum Pushed {
     Done(Vec<JobId>),
+    /// Stored, not yet durable (`push_uncommitted`): acknowledged after `commit(ticket)`.
+    Uncommitted(Vec<JobId>, u64),
     /// Only with `may_block = false`: it would have had to wait for a lock. Nothing changed.
     WouldBlock,
 }

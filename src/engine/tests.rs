@@ -74,7 +74,7 @@ fn push(engine: &Engine, queue: &str, data: &str, options: JobOptions) -> JobId 
     let spec = (Payload::from(data.as_bytes()), options);
     match engine.push(queue, &[spec], true).unwrap() {
         Pushed::Done(ids) => ids[0],
-        Pushed::WouldBlock => unreachable!(),
+        Pushed::WouldBlock | Pushed::Uncommitted(..) => unreachable!(),
     }
 }
 

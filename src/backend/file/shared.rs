@@ -69,6 +69,14 @@ impl FileStore {
         }
     }
 
+    /// The store held here, if the role can be read without waiting.
+    fn held_in_place(&self) -> Option<Arc<FileBackend>> {
+        match &**self.role.try_read()? {
+            Role::Holder { store, .. } => Some(store.clone()),
+            Role::Client(_) => None,
+        }
+    }
+
     /// Runs `local` on the store held here, or `remote` through the holder; when the holder
     /// went away, finds the new one (maybe this process) and tries again.
     fn call<T>(
@@ -158,15 +166,29 @@ impl NonBlockingPush for FileStore {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
-        let Some(role) = self.role.try_read() else {
-            return Ok(false);
-        };
-        match &**role {
-            Role::Holder { store, .. } => match store.nonblocking() {
-                Some(store) => store.try_push(queue, jobs, declare),
-                None => Ok(false),
-            },
-            Role::Client(_) => Ok(false),
+        match self.held_in_place() {
+            Some(store) => store.try_push(queue, jobs, declare),
+            None => Ok(false),
+        }
+    }
+
+    fn try_push_uncommitted(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<Option<u64>> {
+        match self.held_in_place() {
+            Some(store) => store.try_push_uncommitted(queue, jobs, declare),
+            None => Ok(None),
+        }
+    }
+
+    fn commit(&self, ticket: u64) -> Result<()> {
+        // Tickets come from the store this process holds (a holder stays one until it closes).
+        match self.holder() {
+            Some(store) => NonBlockingPush::commit(&*store, ticket),
+            None => Ok(()),
         }
     }
 }

@@ -161,10 +161,30 @@ impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
+        // A push that must wait for the disk before it returns cannot be done in place.
+        if !self.journal.commits_at_once() {
+            return Ok(false);
+        }
         Ok(matches!(
             self.store(queue, jobs, false, declare, None)?,
             Stored::At(_)
         ))
+    }
+
+    fn try_push_uncommitted(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<Option<u64>> {
+        match self.store(queue, jobs, false, declare, None)? {
+            Stored::At(lsn) => Ok(Some(lsn)),
+            Stored::WouldWait | Stored::TickTaken => Ok(None),
+        }
+    }
+
+    fn commit(&self, ticket: u64) -> Result<()> {
+        self.journal.commit(ticket)
     }
 }
 
@@ -234,7 +254,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
     }
 
     fn nonblocking(&self) -> Option<&dyn NonBlockingPush> {
-        self.journal.commits_at_once().then_some(self)
+        Some(self)
     }
 
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {

@@ -270,6 +270,22 @@ impl PyEngine {
         self.push_many(py, &queue, items)
     }
 
+    /// `push_batch` stored in place (never waiting) and made durable by `commit(ticket)`:
+    /// `(ids, ticket)`, or `None` where the store cannot do that without waiting.
+    fn push_uncommitted<'py>(
+        &self,
+        py: Python<'py>,
+        queue: QueueName,
+        items: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, u64)>> {
+        self.push_many_uncommitted(py, &queue, items)
+    }
+
+    /// Returns once the pushes stored with tickets up to `ticket` are durable (without the GIL).
+    fn commit(&self, py: Python<'_>, ticket: u64) -> PyResult<()> {
+        Ok(gil::detach(py, || self.engine().commit(ticket))?)
+    }
+
     /// Declares a cron schedule (5 fields, 6 with seconds, or a macro; UTC); returns its id.
     /// Idempotent.
     #[pyo3(signature = (

@@ -23,7 +23,31 @@ impl PyEngine {
         }
         match gil::detach(py, || self.engine().push(queue, specs, true))? {
             Pushed::Done(ids) => Ok(ids),
-            Pushed::WouldBlock => unreachable!("a blocking push always completes"),
+            Pushed::WouldBlock | Pushed::Uncommitted(..) => {
+                unreachable!("a blocking push always completes")
+            }
+        }
+    }
+
+    /// The items of `push_batch`, stored in place and made durable by a later `commit`: the
+    /// ids and the ticket, or `None` where that cannot be done without waiting.
+    pub(super) fn push_many_uncommitted<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        items: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, u64)>> {
+        let specs = Self::batch_specs(queue, items)?;
+        if specs.is_empty() {
+            return Ok(Some((PyList::empty(py), 0)));
+        }
+        match self.engine().push_uncommitted(queue, &specs)? {
+            Pushed::Uncommitted(ids, ticket) => {
+                let ids = PyList::new(py, ids.iter().map(|id| Self::id_text(py, *id)))?;
+                Ok(Some((ids, ticket)))
+            }
+            Pushed::Done(_) => unreachable!("an uncommitted push is committed by its caller"),
+            Pushed::WouldBlock => Ok(None),
         }
     }
 
@@ -57,12 +81,8 @@ impl PyEngine {
         Ok(Self::id_text(py, ids[0]).unbind())
     }
 
-    pub(super) fn push_many<'py>(
-        &self,
-        py: Python<'py>,
-        queue: &str,
-        items: &Bound<'_, PyAny>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    /// The items of `push_batch` as jobs to push (none: the queue name is still checked).
+    fn batch_specs(queue: &str, items: &Bound<'_, PyAny>) -> PyResult<Vec<(Payload, JobOptions)>> {
         let mut specs = Vec::with_capacity(items.len().unwrap_or(0));
         if let Ok(list) = items.cast::<PyList>() {
             for (index, item) in list.iter().enumerate() {
@@ -75,6 +95,18 @@ impl PyEngine {
         }
         if specs.is_empty() {
             crate::job::validate_queue_name(queue)?;
+        }
+        Ok(specs)
+    }
+
+    pub(super) fn push_many<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        items: &Bound<'_, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let specs = Self::batch_specs(queue, items)?;
+        if specs.is_empty() {
             return Ok(PyList::empty(py));
         }
         let ids = self.push_specs(py, queue, &specs)?;
