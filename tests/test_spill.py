@@ -141,6 +141,27 @@ def test_a_process_killed_while_forwarding_loses_and_doubles_nothing(
     assert len(ran) == total and set(ran) == set(ids), "every spilled job arrived once"
 
 
+def test_a_manager_opened_while_redis_is_down_spills_until_it_is_back(
+    restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
+) -> None:
+    restartable_redis.kill()
+    qm = manager_pool.open(
+        backend="redis",
+        url=restartable_redis.url,
+        prefix="spill-start",
+        spill_path=str(tmp_path / "spill"),
+    )
+    ids = [qm.push("work", n) for n in range(20)]
+    job = qm.get_job(ids[0])
+    assert job is not None and job.status == "waiting" and job.data == 0
+    recorder = Recorder()
+    qm.get_queue("work").process(recorder.record)
+
+    restartable_redis.start()
+    assert recorder.wait_count(20, timeout=30), f"{len(recorder.snapshot())} of 20 ran"
+    assert sorted(e["job"].id for e in recorder.snapshot()) == sorted(ids)
+
+
 def test_spill_path_belongs_to_the_redis_backend(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="spill_path"):
         QueueManager(backend="memory", spill_path=str(tmp_path / "spill"))

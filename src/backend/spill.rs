@@ -22,7 +22,7 @@ use super::{
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobOptions, JobState, Payload, Timestamp};
-use crate::sync::{Condvar, Mutex};
+use crate::sync::{Condvar, Mutex, RwLock};
 
 /// Jobs forwarded per push to Redis.
 const FORWARD_BATCH: usize = 500;
@@ -30,7 +30,10 @@ const FORWARD_BATCH: usize = 500;
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct SpillingBackend {
-    redis: Arc<RedisBackend>,
+    /// `None` while Redis could not be reached since this process started (the forwarder
+    /// connects as soon as it can).
+    redis: RwLock<Option<Arc<RedisBackend>>>,
+    redis_options: RedisOptions,
     spill: Arc<FileStore>,
     path: String,
     /// Jobs in the spill not forwarded yet (as far as this process knows).
@@ -49,20 +52,28 @@ impl SpillingBackend {
             // A spilled push is acknowledged like one Redis took: on disk first.
             fsync: Fsync::Always,
             compact_min_bytes: file::DEFAULT_COMPACT_MIN_BYTES,
+            // Batches a dead forwarder had taken go again at once, while Redis still holds
+            // what it pushed of them (and says so): later, retention may have dropped those.
+            lost_run_grace: Duration::ZERO,
         })?;
-        let redis = RedisBackend::connect(redis)?;
-        let waiting = spill
-            .queue_names()?
-            .iter()
-            .map(|queue| {
-                spill
-                    .counts(queue)
-                    .map(|c| c.waiting + c.delayed + c.active)
-            })
-            .sum::<Result<u64>>()?;
+        let connected = match RedisBackend::connect(redis) {
+            Ok(connected) => Some(Arc::new(connected)),
+            // Down at start-up: pushes go to the spill until the forwarder gets through.
+            Err(error) if error.is_backend() => {
+                log::warn!(
+                    target: "rnode_queue",
+                    "Redis cannot be reached ({error}); pushes go to the spill {spill_path} \
+                     until it can; other calls fail until then"
+                );
+                None
+            }
+            Err(error) => return Err(error),
+        };
+        let waiting = spilled(&spill)?;
         let backend = Arc::new(SpillingBackend {
-            redis: Arc::new(redis),
-            spill: Arc::new(spill),
+            redis: RwLock::new(connected),
+            redis_options: redis.clone(),
+            spill,
             path: spill_path.to_string(),
             pending: AtomicU64::new(waiting),
             wake: Condvar::new(),
@@ -84,6 +95,34 @@ impl SpillingBackend {
             );
         }
         Ok(backend)
+    }
+
+    /// Redis, once it could be reached.
+    fn redis(&self) -> Result<Arc<RedisBackend>> {
+        self.redis.read().clone().ok_or_else(|| {
+            QueueError::Backend(format!(
+                "Redis at {} has not been reachable since this process started",
+                self.redis_options.url
+            ))
+        })
+    }
+
+    /// Connects to Redis if this process could not yet; false while it still cannot.
+    fn connect(&self) -> bool {
+        if self.redis.read().is_some() {
+            return true;
+        }
+        match RedisBackend::connect(&self.redis_options) {
+            Ok(connected) => {
+                log::info!(target: "rnode_queue", "Redis can be reached now");
+                *self.redis.write() = Some(Arc::new(connected));
+                true
+            }
+            Err(error) => {
+                log::debug!(target: "rnode_queue", "Redis still cannot be reached: {error}");
+                false
+            }
+        }
     }
 
     fn spill(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, why: &QueueError) -> Result<()> {
@@ -155,20 +194,22 @@ impl SpillingBackend {
                 }
             }
         }
-        let declaration = self
-            .redis
+        let Ok(redis) = self.redis() else {
+            return false;
+        };
+        let declaration = redis
             .stored_declarations(std::slice::from_ref(queue))
             .ok()
             .and_then(|mut found| found.pop().flatten())
             .or_else(|| self.declared.lock().get(queue).cloned());
         let declare = || declaration.clone().unwrap_or_else(default_declaration);
         let mut batch = originals.clone();
-        let pushed = match self.redis.push(queue, &mut batch, &declare) {
+        let pushed = match redis.push(queue, &mut batch, &declare) {
             Ok(()) => true,
             // Some were pushed before (a crash came between forwarding and marking them
             // done): one by one, those are found and skipped.
             Err(QueueError::DuplicateJob(_)) => originals.iter().all(|job| {
-                match self.redis.push(queue, &mut vec![job.clone()], &declare) {
+                match redis.push(queue, &mut vec![job.clone()], &declare) {
                     Ok(()) | Err(QueueError::DuplicateJob(_)) => true,
                     Err(error) => {
                         log::debug!(target: "rnode_queue", "forwarding the spill: {error}");
@@ -210,6 +251,19 @@ impl SpillingBackend {
         }
         true
     }
+}
+
+/// Jobs in the spill not forwarded yet, by whichever process shares it.
+fn spilled(spill: &FileStore) -> Result<u64> {
+    spill
+        .queue_names()?
+        .iter()
+        .map(|queue| match spill.counts(queue) {
+            Ok(c) => Ok(c.waiting + c.delayed + c.active),
+            Err(QueueError::UnknownQueue(_)) => Ok(0),
+            Err(error) => Err(error),
+        })
+        .sum()
 }
 
 /// The spill holds each job whole as the data of a job with its id, queue and priority (the
@@ -265,11 +319,19 @@ fn forward(backend: Weak<SpillingBackend>) {
         if backend.closed.load(Ordering::Acquire) {
             return;
         }
-        if backend.pending.load(Ordering::Acquire) > 0 {
-            if backend.forward_all() {
+        if backend.pending.load(Ordering::Acquire) > 0 || backend.redis.read().is_none() {
+            if backend.connect() && backend.forward_all() {
                 pause = Duration::from_millis(100);
             } else {
                 pause = (pause * 2).min(RETRY_MAX);
+            }
+        }
+        // The count is this process's view; another process sharing the spill may have
+        // forwarded (or spilled) jobs: it is taken from the spill again.
+        match spilled(&backend.spill) {
+            Ok(waiting) => backend.pending.store(waiting, Ordering::Release),
+            Err(error) => {
+                log::debug!(target: "rnode_queue", "the spill cannot be counted: {error}")
             }
         }
         let mut woken = backend.woken.lock();
@@ -287,7 +349,7 @@ fn forward(backend: Weak<SpillingBackend>) {
 
 impl Backend for SpillingBackend {
     fn shared(&self) -> bool {
-        self.redis.shared()
+        true
     }
 
     fn declare_queue(
@@ -299,7 +361,10 @@ impl Backend for SpillingBackend {
         self.declared
             .lock()
             .insert(queue.clone(), declaration.clone());
-        match self.redis.declare_queue(queue, declaration, replace) {
+        let declared = self
+            .redis()
+            .and_then(|redis| redis.declare_queue(queue, declaration, replace));
+        match declared {
             // Pushes to the queue can still be spilled; Redis gets the declaration with them.
             Err(error) if error.is_backend() => {
                 log::warn!(
@@ -316,7 +381,7 @@ impl Backend for SpillingBackend {
     }
 
     fn stored_declarations(&self, queues: &[Arc<str>]) -> Result<Vec<Option<QueueDeclaration>>> {
-        self.redis.stored_declarations(queues)
+        self.redis()?.stored_declarations(queues)
     }
 
     fn push(
@@ -329,7 +394,10 @@ impl Backend for SpillingBackend {
             let behind = QueueError::Backend("earlier pushes wait in the spill".into());
             return self.spill(queue, jobs, &behind);
         }
-        match self.redis.push(queue, jobs, declare) {
+        match self
+            .redis()
+            .and_then(|redis| redis.push(queue, jobs, declare))
+        {
             Err(error) if error.is_backend() => self.spill(queue, jobs, &error),
             other => other,
         }
@@ -344,45 +412,50 @@ impl Backend for SpillingBackend {
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<bool> {
         // Not spilled: a tick is claimed in Redis with its job (the engine tries it again).
-        self.redis.push_tick(queue, jobs, schedule, tick, declare)
+        self.redis()?
+            .push_tick(queue, jobs, schedule, tick, declare)
     }
 
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
-        self.redis.fetch(queue, request, cancel)
+        self.redis()?.fetch(queue, request, cancel)
     }
 
     fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
-        self.redis.settle(queue, acks)
+        self.redis()?.settle(queue, acks)
     }
 
     fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {
-        self.redis.release(queue, jobs)
+        self.redis()?.release(queue, jobs)
     }
 
     fn mark_started(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<()> {
-        self.redis.mark_started(queue, runs)
+        self.redis()?.mark_started(queue, runs)
     }
 
     fn note_started(&self, queue: &str, run: (JobId, u32)) {
-        self.redis.note_started(queue, run)
+        if let Ok(redis) = self.redis() {
+            redis.note_started(queue, run)
+        }
     }
 
     fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<Vec<JobId>> {
-        self.redis.hand_back(queue, runs)
+        self.redis()?.hand_back(queue, runs)
     }
 
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
-        self.redis.tick(queue, now)
+        self.redis()?.tick(queue, now)
     }
 
     fn wake(&self, queue: &str) {
-        self.redis.wake(queue)
+        if let Ok(redis) = self.redis() {
+            redis.wake(queue)
+        }
     }
 
     /// From Redis; a job still waiting in the spill (or any, while Redis cannot be reached)
     /// from the spill.
     fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        let from_redis = self.redis.get_job(id);
+        let from_redis = self.redis().and_then(|redis| redis.get_job(id));
         if let Ok(Some(job)) = from_redis {
             return Ok(Some(job));
         }
@@ -399,39 +472,39 @@ impl Backend for SpillingBackend {
     }
 
     fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
-        self.redis.list_jobs(queue, state, limit)
+        self.redis()?.list_jobs(queue, state, limit)
     }
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {
-        self.redis.retry_failed(id)
+        self.redis()?.retry_failed(id)
     }
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
-        self.redis.set_paused(queue, paused)
+        self.redis()?.set_paused(queue, paused)
     }
 
     fn clear(&self, queue: &str) -> Result<usize> {
-        self.redis.clear(queue)
+        self.redis()?.clear(queue)
     }
 
     fn delete(&self, queue: &str) -> Result<bool> {
-        self.redis.delete(queue)
+        self.redis()?.delete(queue)
     }
 
     fn counts(&self, queue: &str) -> Result<QueueCounts> {
-        self.redis.counts(queue)
+        self.redis()?.counts(queue)
     }
 
     fn counts_of(&self, queues: &[String]) -> Result<Vec<Option<QueueCounts>>> {
-        self.redis.counts_of(queues)
+        self.redis()?.counts_of(queues)
     }
 
     fn queue_names(&self) -> Result<Vec<String>> {
-        self.redis.queue_names()
+        self.redis()?.queue_names()
     }
 
     fn totals(&self) -> Result<Totals> {
-        self.redis.totals()
+        self.redis()?.totals()
     }
 
     fn is_idle(&self, queue: Option<&str>) -> Result<bool> {
@@ -439,29 +512,35 @@ impl Backend for SpillingBackend {
         if self.pending.load(Ordering::Acquire) > 0 {
             return Ok(false);
         }
-        self.redis.is_idle(queue)
+        self.redis()?.is_idle(queue)
     }
 
     fn save_schedule(&self, schedule: &ScheduleRecord) -> Result<()> {
-        self.redis.save_schedule(schedule)
+        self.redis()?.save_schedule(schedule)
     }
 
     fn remove_schedule(&self, id: &str) -> Result<bool> {
-        self.redis.remove_schedule(id)
+        self.redis()?.remove_schedule(id)
     }
 
     fn load_schedules(&self) -> Result<Vec<ScheduleRecord>> {
-        self.redis.load_schedules()
+        match self.redis.read().clone() {
+            Some(redis) => redis.load_schedules(),
+            // Loaded with the engine's next reload, once Redis can be reached.
+            None => Ok(Vec::new()),
+        }
     }
 
     fn has_schedule(&self, id: &str) -> Result<bool> {
-        self.redis.has_schedule(id)
+        self.redis()?.has_schedule(id)
     }
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.nudge();
-        self.redis.close();
+        if let Some(redis) = self.redis.read().clone() {
+            redis.close();
+        }
         self.spill.close();
     }
 }

@@ -112,6 +112,7 @@ impl StoreConfig {
                     .into(),
                 fsync,
                 compact_min_bytes: DEFAULT_COMPACT_MIN_BYTES,
+                lost_run_grace: file::DEFAULT_LOST_RUN_GRACE,
             }),
             _ => StoreConfig::Memory,
         })
@@ -132,7 +133,7 @@ impl StoreConfig {
             StoreConfig::Memory => Arc::new(MemoryBackend::new()),
             StoreConfig::Redis(options, None) => Arc::new(RedisBackend::connect(options)?),
             StoreConfig::Redis(options, Some(spill)) => SpillingBackend::open(options, spill)?,
-            StoreConfig::File(options) => Arc::new(file::FileStore::open(options)?),
+            StoreConfig::File(options) => file::FileStore::open(options)?,
         })
     }
 }

@@ -35,18 +35,22 @@ pub struct Client {
     address: SocketAddr,
     session: u128,
     pool: Mutex<Vec<UnixStream>>,
+    /// The idle connection `watch` waits on (shut by `close`).
+    watched: Mutex<Option<UnixStream>>,
     /// The holder's pid, for messages.
     pub holder: u32,
 }
 
 impl Client {
-    /// Connects to the holder of the store at `address`.
-    pub fn connect(address: SocketAddr) -> std::io::Result<Client> {
-        let session = u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes());
+    /// Connects to the holder of the store at `address`, for `session` (one per process and
+    /// store: the holder hands back the session's runs only once all its connections are
+    /// gone for a while).
+    pub fn connect(address: SocketAddr, session: u128) -> std::io::Result<Client> {
         let mut client = Client {
             address,
             session,
             pool: Mutex::default(),
+            watched: Mutex::default(),
             holder: 0,
         };
         let (stream, holder) = client.open_connection()?;
@@ -119,9 +123,46 @@ impl Client {
         }
     }
 
+    /// A connection that stays open and idle: it keeps the session alive, and `watch` on it
+    /// returns when the holder goes away.
+    pub fn watch_connection(&self) -> std::io::Result<UnixStream> {
+        let stream = self.open_connection()?.0;
+        *self.watched.lock() = Some(stream.try_clone()?);
+        Ok(stream)
+    }
+
+    /// Blocks until the holder closes `stream` (it went away, or closed the store).
+    pub fn watch(mut stream: UnixStream) {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        let mut byte = [0u8; 1];
+        // The holder never writes on it unasked: any return is its end.
+        let _ = stream.read(&mut byte);
+        super::fork::forget(stream.as_raw_fd());
+    }
+
+    /// Tells a new holder which runs this process still runs (taken from the one before).
+    pub fn resume(&self, runs: &[(Arc<str>, JobId, u32)]) -> CallResult<()> {
+        self.call(
+            method::RESUME,
+            |w| {
+                w.u32(runs.len() as u32);
+                for (queue, id, attempt) in runs {
+                    w.str(queue);
+                    w.id(*id);
+                    w.u32(*attempt);
+                }
+            },
+            |_| Ok(()),
+        )
+    }
+
     /// Ends the session: the holder hands back whatever this process still held.
     pub fn close(&self) {
         use std::os::fd::AsRawFd;
+        if let Some(watched) = self.watched.lock().take() {
+            let _ = watched.shutdown(std::net::Shutdown::Both);
+        }
         for stream in self.pool.lock().drain(..) {
             super::fork::forget(stream.as_raw_fd());
             let _ = stream.shutdown(std::net::Shutdown::Both);

@@ -15,7 +15,7 @@ use std::io::{BufWriter, Write};
 
 use super::segment::{self, Kind, END_PAYLOAD};
 use super::{codec, FileBackend};
-use crate::error::Result;
+use crate::error::{QueueError, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -28,6 +28,7 @@ pub enum Step {
 /// snapshot's size.
 pub(super) fn compact(backend: &FileBackend, stop_after: Option<Step>) -> Result<u64> {
     let log = backend.journal();
+    let _compaction = log.compaction();
     let dir = log.dir().to_path_buf();
     let mut number = 0;
     let events = backend.snapshot(|| {
@@ -68,6 +69,13 @@ pub(super) fn compact(backend: &FileBackend, stop_after: Option<Step>) -> Result
     };
     if stop_after == Some(Step::Written) {
         return Ok(size);
+    }
+    if log.is_closed() {
+        // Closed meanwhile: the directory may be another process's now.
+        let _ = std::fs::remove_file(&temporary);
+        return Err(QueueError::Backend(
+            "the store closed during a compaction".into(),
+        ));
     }
     std::fs::rename(&temporary, &path).map_err(|e| io("could not rename a snapshot", e))?;
     segment::sync_dir(&dir).map_err(|e| io("could not sync the directory", e))?;

@@ -18,6 +18,8 @@ mod fork;
 mod lock;
 mod open;
 mod protocol;
+#[cfg(test)]
+mod review_tests;
 mod segment;
 mod server;
 mod shared;
@@ -72,7 +74,13 @@ pub struct FileOptions {
     pub path: PathBuf,
     pub fsync: Fsync,
     pub compact_min_bytes: u64,
+    /// How long a process that takes the store over waits for the others to claim the runs
+    /// they took from the holder before it (see `shared.rs`), before running the rest again.
+    pub lost_run_grace: Duration,
 }
+
+/// `FileOptions::lost_run_grace` unless set.
+pub const DEFAULT_LOST_RUN_GRACE: Duration = Duration::from_secs(2);
 
 /// What opening a directory found.
 pub(crate) enum Opened {
@@ -97,7 +105,14 @@ pub(crate) fn open_held(
     };
     let listener = bind()
         .map_err(|e| writer::io_error(&options.path, "could not bind the store's socket", e))?;
-    Ok(Opened::Held(open_locked(options, lock)?, listener))
+    match open_locked(options, lock) {
+        Ok(store) => Ok(Opened::Held(store, listener)),
+        Err(error) => {
+            use std::os::fd::AsRawFd;
+            fork::forget(listener.as_raw_fd());
+            Err(error)
+        }
+    }
 }
 
 /// Opens the store in `options.path` in this process only (no socket for others): an error
@@ -106,14 +121,29 @@ pub fn open(options: &FileOptions) -> Result<Arc<FileBackend>> {
     std::fs::create_dir_all(&options.path).map_err(|e| {
         writer::io_error(&options.path, "could not create the store's directory", e)
     })?;
-    match lock::DirLock::acquire(&options.path)? {
-        lock::Acquired::Held(lock) => open_locked(options, lock),
-        lock::Acquired::Busy(message) => Err(QueueError::Backend(message)),
+    let store = match lock::DirLock::acquire(&options.path)? {
+        lock::Acquired::Held(lock) => open_locked(options, lock)?,
+        lock::Acquired::Busy(message) => return Err(QueueError::Backend(message)),
+    };
+    // No other process can be running them: the runs found active were lost.
+    let lost = store.recover_lost_runs(&store.active_runs())?;
+    log_lost(&options.path, lost);
+    Ok(store)
+}
+
+/// Logs runs found lost with the process that ran them.
+fn log_lost(path: &std::path::Path, lost: usize) {
+    if lost > 0 {
+        log::warn!(
+            target: "rnode_queue",
+            "file store {}: {lost} job(s) were running in a process that stopped; they run \
+             again (the lost run counts as an attempt) or failed, out of attempts",
+            path.display()
+        );
     }
 }
 
-/// Replays the log, hands back the runs its last process left running, and starts the upkeep
-/// thread (the `everysec` sync and compaction).
+/// Replays the log and starts the upkeep thread (the `everysec` sync and compaction).
 fn open_locked(options: &FileOptions, lock: lock::DirLock) -> Result<Arc<FileBackend>> {
     let (backend, snapshot_bytes) = open::open(options, lock)?;
     let backend = Arc::new(backend);

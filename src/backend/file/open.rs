@@ -17,7 +17,7 @@ use crate::backend::Backend;
 use crate::error::{QueueError, Result};
 
 /// Opens the store whose lock this process took; returns it with the size of the snapshot it
-/// started from.
+/// started from. Jobs found running are left so (see `recover_lost_runs`).
 pub(super) fn open(options: &FileOptions, lock: DirLock) -> Result<(FileBackend, u64)> {
     let dir = options.path.as_path();
     let files = list(dir)?;
@@ -162,15 +162,6 @@ pub(super) fn open(options: &FileOptions, lock: DirLock) -> Result<(FileBackend,
     let now = crate::job::now();
     for name in backend.queue_names()? {
         backend.tick(&name, now)?;
-    }
-    let lost = backend.recover_lost_runs()?;
-    if lost > 0 {
-        log::warn!(
-            target: "rnode_queue",
-            "file store {}: {lost} job(s) were running when its last process stopped; they \
-             run again (the lost run counts as an attempt) or failed, out of attempts",
-            dir.display()
-        );
     }
     Ok((backend, snapshot_bytes))
 }

@@ -43,6 +43,7 @@ pub mod method {
     pub const REMOVE_SCHEDULE: u8 = 22;
     pub const LOAD_SCHEDULES: u8 = 23;
     pub const HAS_SCHEDULE: u8 = 24;
+    pub const RESUME: u8 = 25;
 }
 
 /// The socket of the store in `dir`: one per directory (its canonical path), on this host.
@@ -63,10 +64,19 @@ pub fn write_frame(stream: &mut UnixStream, body: &[u8]) -> std::io::Result<()> 
 }
 
 pub fn read_frame(stream: &mut UnixStream, body: &mut Vec<u8>) -> std::io::Result<()> {
+    read_frame_within(stream, body, MAX_FRAME)
+}
+
+/// `read_frame`, refusing a frame longer than `max` before reading it.
+pub fn read_frame_within(
+    stream: &mut UnixStream,
+    body: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<()> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("a frame of {len} bytes"),
@@ -75,6 +85,30 @@ pub fn read_frame(stream: &mut UnixStream, body: &mut Vec<u8>) -> std::io::Resul
     body.clear();
     body.resize(len, 0);
     stream.read_exact(body)
+}
+
+/// Whether the peer of `stream` runs as this process's user: the socket's name is not secret
+/// (abstract sockets have no file permissions), so the holder serves only its own user.
+pub fn same_user(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut credentials = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `credentials` is a `ucred` of `len` bytes, as SO_PEERCRED fills.
+    let code = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: a plain syscall.
+    code == 0 && credentials.uid == unsafe { libc::geteuid() }
 }
 
 pub fn write_error(w: &mut Writer<'_>, error: &QueueError) {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::codec::{Reader, Writer};
 use super::protocol::{self, method};
@@ -18,11 +18,29 @@ use crate::error::{QueueError, Result};
 use crate::job::{JobId, JobState, Timestamp};
 use crate::sync::Mutex;
 
+/// How long a session without connections is kept before its runs are handed back: a process
+/// that reconnects meanwhile (its holder changed, say) keeps them.
+const SESSION_GRACE: Duration = Duration::from_secs(1);
+/// How often the server looks for ended sessions and orphaned runs.
+const REAP_EVERY: Duration = Duration::from_millis(100);
+
+type Runs = HashMap<JobId, (Arc<str>, u32)>;
+
 #[derive(Default)]
 struct Session {
     connections: usize,
     /// Runs taken through this session and not settled yet: (queue, attempt) by job.
-    runs: HashMap<JobId, (Arc<str>, u32)>,
+    runs: Runs,
+    /// When its last connection closed.
+    ended: Option<Instant>,
+}
+
+/// Runs found active when the store was opened: their process may still be running them (a
+/// client of the holder that went away), so they are handed back only if no process claims
+/// them (`RESUME`) within the grace period.
+struct Orphans {
+    due: Instant,
+    runs: Runs,
 }
 
 pub struct Server {
@@ -35,13 +53,27 @@ pub struct Server {
     /// Fetches in progress by queue, with the flag that ends them early (a client's `wake`).
     fetching: Mutex<HashMap<Arc<str>, Vec<Arc<AtomicBool>>>>,
     accepting: Mutex<Option<std::thread::JoinHandle<()>>>,
+    orphans: Mutex<Orphans>,
 }
 
 impl Server {
     /// Starts answering on `listener` (bound before the log was replayed: clients that came
-    /// meanwhile wait in its backlog).
-    pub fn start(listener: UnixListener, store: &Arc<FileBackend>) -> Result<Arc<Server>> {
+    /// meanwhile wait in its backlog). `orphans` are the runs found active at opening that this
+    /// process does not run itself; those nobody claims within `grace` run again.
+    pub fn start(
+        listener: UnixListener,
+        store: &Arc<FileBackend>,
+        orphans: Vec<(Arc<str>, JobId, u32)>,
+        grace: Duration,
+    ) -> Result<Arc<Server>> {
         let server = Arc::new(Server {
+            orphans: Mutex::new(Orphans {
+                due: Instant::now() + grace,
+                runs: orphans
+                    .into_iter()
+                    .map(|(queue, id, attempt)| (id, (queue, attempt)))
+                    .collect(),
+            }),
             store: Arc::downgrade(store),
             stopping: AtomicBool::new(false),
             connections: Mutex::default(),
@@ -56,7 +88,77 @@ impl Server {
             .spawn(move || accepting.accept(listener))
             .map_err(|e| QueueError::Backend(format!("could not start the store's server: {e}")))?;
         *server.accepting.lock() = Some(thread);
+        let reaping = Arc::downgrade(&server);
+        std::thread::Builder::new()
+            .name("rnq-file-reaper".into())
+            .spawn(move || reap(reaping))
+            .map_err(|e| QueueError::Backend(format!("could not start the store's server: {e}")))?;
         Ok(server)
+    }
+
+    /// Hands back the runs of sessions ended more than `SESSION_GRACE` ago, and the orphans
+    /// nobody claimed in time. Returns false once the server stopped.
+    fn reap_once(&self) -> bool {
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(store) = self.store.upgrade() else {
+            return false;
+        };
+        let mut lost: Vec<(Arc<str>, JobId, u32)> = Vec::new();
+        self.sessions.lock().retain(|_, session| {
+            let expired = session
+                .ended
+                .is_some_and(|ended| ended.elapsed() >= SESSION_GRACE);
+            if expired {
+                lost.extend(session.runs.drain().map(|(id, (q, a))| (q, id, a)));
+            }
+            !expired
+        });
+        let gone = !lost.is_empty();
+        {
+            let mut orphans = self.orphans.lock();
+            if !orphans.runs.is_empty() && Instant::now() >= orphans.due {
+                lost.extend(orphans.runs.drain().map(|(id, (q, a))| (q, id, a)));
+            }
+        }
+        if lost.is_empty() {
+            return true;
+        }
+        match store.recover_lost_runs(&lost) {
+            Ok(0) => {}
+            Ok(count) => log::warn!(
+                target: "rnode_queue",
+                "file store: {count} running job(s) of {} went away with their process; they \
+                 run again (the lost run counts as an attempt) or failed, out of attempts",
+                if gone { "a process that shared it" } else { "a process that held it" }
+            ),
+            Err(error) => log::error!(
+                target: "rnode_queue",
+                "file store: {} job(s) whose process went away could not be handed back \
+                 ({error}); they run again when the store is next opened",
+                lost.len()
+            ),
+        }
+        true
+    }
+
+    /// Runs this process (or a client, `RESUME`) still runs: not orphans.
+    pub fn adopt(&self, session: Option<u128>, runs: &[(Arc<str>, JobId, u32)]) {
+        {
+            let mut orphans = self.orphans.lock();
+            for (_, id, _) in runs {
+                orphans.runs.remove(id);
+            }
+        }
+        let Some(session) = session else {
+            return;
+        };
+        if let Some(entry) = self.sessions.lock().get_mut(&session) {
+            for (queue, id, attempt) in runs {
+                entry.runs.insert(*id, (queue.clone(), *attempt));
+            }
+        }
     }
 
     fn accept(self: Arc<Self>, listener: UnixListener) {
@@ -75,11 +177,16 @@ impl Server {
             }
             super::fork::close_in_child(&stream);
             let server = self.clone();
+            let fd = stream.as_raw_fd();
             let spawned = std::thread::Builder::new()
                 .name("rnq-file-client".into())
                 .spawn(move || server.serve(id, stream));
             if spawned.is_err() {
                 log::error!(target: "rnode_queue", "file store: a connection was refused (no thread)");
+                if let Some(copy) = self.connections.lock().remove(&id) {
+                    super::fork::forget(copy.as_raw_fd());
+                }
+                super::fork::forget(fd);
             }
         }
         super::fork::forget(listener.as_raw_fd());
@@ -127,7 +234,16 @@ impl Server {
             };
             reply.clear();
             let mut w = Writer(&mut reply);
-            let answered = self.answer(&store, session, &body, &mut w);
+            // A request that trips a bug fails alone: the connection and its session go on.
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.answer(&store, session, &body, &mut w)
+            }))
+            .unwrap_or_else(|_| {
+                log::error!(target: "rnode_queue", "file store: a request from another process failed (a bug)");
+                Err(QueueError::Backend(
+                    "the store's holder failed on this request".into(),
+                ))
+            });
             if let Err(error) = answered {
                 reply.clear();
                 let mut w = Writer(&mut reply);
@@ -151,59 +267,35 @@ impl Server {
     }
 
     fn hello(&self, stream: &mut UnixStream, body: &mut Vec<u8>) -> Option<u128> {
+        if !protocol::same_user(stream) {
+            log::warn!(target: "rnode_queue", "file store: a process of another user tried to connect; refused");
+            return None;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        protocol::read_frame(stream, body).ok()?;
+        protocol::read_frame_within(stream, body, 64).ok()?;
         let _ = stream.set_read_timeout(None);
         if body.len() != 24 || &body[..8] != protocol::HELLO {
             return None;
         }
         let session = u128::from_le_bytes(body[8..24].try_into().expect("16 bytes"));
-        self.sessions.lock().entry(session).or_default().connections += 1;
+        let mut sessions = self.sessions.lock();
+        let entry = sessions.entry(session).or_default();
+        entry.connections += 1;
+        entry.ended = None;
+        drop(sessions);
         let pid = std::process::id().to_le_bytes();
         protocol::write_frame(stream, &pid).ok()?;
         Some(session)
     }
 
-    /// A session without connections left ended: its unsettled runs are handed back.
+    /// A session without connections left ends: its unsettled runs are handed back after
+    /// `SESSION_GRACE`, unless it comes back. When the server stops, they stay as they are:
+    /// their process goes on with the store's next holder.
     fn end_connection(&self, session: u128) {
-        let runs = {
-            let mut sessions = self.sessions.lock();
-            let Some(entry) = sessions.get_mut(&session) else {
-                return;
-            };
+        if let Some(entry) = self.sessions.lock().get_mut(&session) {
             entry.connections -= 1;
-            if entry.connections > 0 {
-                return;
-            }
-            sessions
-                .remove(&session)
-                .map(|s| s.runs)
-                .unwrap_or_default()
-        };
-        let (Some(store), false) = (self.store.upgrade(), runs.is_empty()) else {
-            return;
-        };
-        let mut by_queue: HashMap<Arc<str>, Vec<(JobId, u32)>> = HashMap::new();
-        for (id, (queue, attempt)) in runs {
-            by_queue.entry(queue).or_default().push((id, attempt));
-        }
-        for (queue, runs) in by_queue {
-            match store.hand_back(&queue, &runs) {
-                Ok(lost) if !lost.is_empty() => log::warn!(
-                    target: "rnode_queue",
-                    "file store: a process that shared it went away with {} running job(s) of \
-                     queue {:?}; they run again (the lost run counts as an attempt)",
-                    lost.len(),
-                    &*queue
-                ),
-                Ok(_) => {}
-                Err(error) => log::error!(
-                    target: "rnode_queue",
-                    "file store: {} job(s) of queue {:?} that a departed process ran could not \
-                     be handed back ({error}); they run again when the store is next opened",
-                    runs.len(),
-                    &*queue
-                ),
+            if entry.connections == 0 && !self.stopping.load(Ordering::Acquire) {
+                entry.ended = Some(Instant::now());
             }
         }
     }
@@ -266,10 +358,11 @@ impl Server {
                     None
                 };
                 let count = r.count(1).map_err(bad)?;
-                let mut jobs = (0..count)
+                let jobs = (0..count)
                     .map(|_| r.job(&name))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(bad)?;
+                let mut jobs = new_jobs(jobs)?;
                 let declare = || declaration.clone();
                 match tick {
                     Some((schedule, at)) => {
@@ -281,10 +374,15 @@ impl Server {
             }
             method::FETCH => {
                 let name = queue(&mut r)?;
+                let (max, share) = (r.u32().map_err(bad)?, r.u32().map_err(bad)?);
+                let wait = r.f64().map_err(bad)?;
+                if !wait.is_finite() {
+                    return Err(QueueError::Backend(format!("a bad fetch wait {wait}")));
+                }
                 let request = FetchRequest {
-                    max: r.u32().map_err(bad)? as usize,
-                    share: r.u32().map_err(bad)? as usize,
-                    wait: Duration::from_secs_f64(r.f64().map_err(bad)?.clamp(0.0, 60.0)),
+                    max: max as usize,
+                    share: share as usize,
+                    wait: Duration::from_secs_f64(wait.clamp(0.0, 60.0)),
                     start_all: r.flag().map_err(bad)?,
                 };
                 let cancel = Arc::new(AtomicBool::new(self.stopping.load(Ordering::Acquire)));
@@ -393,11 +491,60 @@ impl Server {
                 w.u32(schedules.len() as u32);
                 schedules.iter().for_each(|s| w.schedule(s));
             }
+            method::RESUME => {
+                let count = r.count(20).map_err(bad)?;
+                let runs = (0..count)
+                    .map(|_| Ok((queue(&mut r)?, r.id().map_err(bad)?, r.u32().map_err(bad)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.adopt(Some(session), &runs);
+            }
             method::HAS_SCHEDULE => {
                 w.u8(u8::from(store.has_schedule(r.str().map_err(bad)?)?));
             }
             other => return Err(QueueError::Backend(format!("unknown request {other}"))),
         }
         Ok(())
+    }
+}
+
+/// Pushed jobs as a new push makes them, whatever the peer sent: waiting or delayed, never
+/// run, with a usable timeout and ids unique in the batch.
+fn new_jobs(mut jobs: Vec<crate::job::Job>) -> Result<Vec<crate::job::Job>> {
+    use crate::job::{JobState, MaybeTime};
+    let now = crate::job::now();
+    let mut ids = std::collections::HashSet::with_capacity(jobs.len());
+    for job in &mut jobs {
+        if !ids.insert(job.id) {
+            return Err(QueueError::DuplicateJob(format!(
+                "job id {} appears twice in one push: nothing was pushed",
+                job.id
+            )));
+        }
+        if !(job.timeout.is_finite() && job.timeout > 0.0) || job.max_attempts == 0 {
+            return Err(QueueError::InvalidJob(format!(
+                "job {} has a timeout of {} s and {} attempts",
+                job.id, job.timeout, job.max_attempts
+            )));
+        }
+        job.state = if job.due_at() > now && job.scheduled_at.get().is_some() {
+            JobState::Delayed
+        } else {
+            JobState::Waiting
+        };
+        job.attempts = 0;
+        job.seq = 0;
+        job.started_at = MaybeTime::NONE;
+        job.finished_at = MaybeTime::NONE;
+    }
+    Ok(jobs)
+}
+
+fn reap(server: Weak<Server>) {
+    loop {
+        std::thread::sleep(REAP_EVERY);
+        match server.upgrade() {
+            Some(server) if server.reap_once() => {}
+            _ => return,
+        }
     }
 }

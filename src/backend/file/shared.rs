@@ -4,9 +4,10 @@
 //! whoever did, and carries on with the call it was making.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::os::unix::net::{SocketAddr, UnixListener};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use super::client::{self, CallError, CallResult, Client};
@@ -18,7 +19,7 @@ use crate::backend::{
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Job, JobId, JobState, Timestamp};
-use crate::sync::RwLock;
+use crate::sync::{Mutex, RwLock};
 
 /// How long opening waits for a holder that has the lock but does not answer yet (it may have
 /// just died, or be taking the store over itself).
@@ -30,30 +31,43 @@ enum Role {
         server: Arc<Server>,
     },
     Client(Arc<Client>),
+    /// While the store is being opened (never seen by a call).
+    Opening,
 }
 
 pub struct FileStore {
     options: FileOptions,
     address: SocketAddr,
+    /// This process's session with whichever process holds the store (kept across holders).
+    session: u128,
     role: RwLock<Arc<Role>>,
     closed: AtomicBool,
+    /// Runs taken through a holder and not yet settled: told to the next holder, so that it
+    /// does not run them again (`RESUME`).
+    in_flight: Mutex<HashMap<JobId, (Arc<str>, u32)>>,
+    me: Weak<FileStore>,
 }
 
 impl FileStore {
-    pub fn open(options: &FileOptions) -> Result<FileStore> {
+    pub fn open(options: &FileOptions) -> Result<Arc<FileStore>> {
         std::fs::create_dir_all(&options.path).map_err(|e| {
             super::writer::io_error(&options.path, "could not create the store's directory", e)
         })?;
         let address = protocol::address(&options.path).map_err(|e| {
             super::writer::io_error(&options.path, "could not name the store's socket", e)
         })?;
-        let role = find_role(options, &address)?;
-        Ok(FileStore {
+        let store = Arc::new_cyclic(|me| FileStore {
             options: options.clone(),
             address,
-            role: RwLock::new(Arc::new(role)),
+            session: u128::from_le_bytes(*uuid::Uuid::new_v4().as_bytes()),
+            role: RwLock::new(Arc::new(Role::Opening)),
             closed: AtomicBool::new(false),
-        })
+            in_flight: Mutex::default(),
+            me: me.clone(),
+        });
+        let role = store.find_role()?;
+        *store.role.write() = Arc::new(role);
+        Ok(store)
     }
 
     /// Whether this process holds the store (others are its clients).
@@ -65,7 +79,7 @@ impl FileStore {
     fn holder(&self) -> Option<Arc<FileBackend>> {
         match &**self.role.read() {
             Role::Holder { store, .. } => Some(store.clone()),
-            Role::Client(_) => None,
+            _ => None,
         }
     }
 
@@ -73,7 +87,7 @@ impl FileStore {
     fn held_in_place(&self) -> Option<Arc<FileBackend>> {
         match &**self.role.try_read()? {
             Role::Holder { store, .. } => Some(store.clone()),
-            Role::Client(_) => None,
+            _ => None,
         }
     }
 
@@ -90,13 +104,14 @@ impl FileStore {
             let client = match &*role {
                 Role::Holder { store, .. } => return local(store),
                 Role::Client(client) => client.clone(),
+                Role::Opening => return Err(QueueError::Backend("the store is opening".into())),
             };
             match remote(&client) {
                 Ok(value) => return Ok(value),
                 Err(CallError::Failed(error)) => return Err(error),
                 Err(CallError::Gone(error)) => {
                     tries += 1;
-                    if tries > 3 || self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    if tries > 3 || self.closed.load(Ordering::Acquire) {
                         return Err(client::gone(&error, client.holder));
                     }
                     role = self.replace_holder(&role)?;
@@ -108,8 +123,8 @@ impl FileStore {
     /// The holder that `seen` named went away: finds the new one, unless another call did.
     fn replace_holder(&self, seen: &Arc<Role>) -> Result<Arc<Role>> {
         let mut role = self.role.write();
-        if Arc::ptr_eq(&role, seen) {
-            let found = Arc::new(find_role(&self.options, &self.address)?);
+        if Arc::ptr_eq(&role, seen) && !self.closed.load(Ordering::Acquire) {
+            let found = Arc::new(self.find_role()?);
             if let Role::Holder { .. } = &*found {
                 log::warn!(
                     target: "rnode_queue",
@@ -123,31 +138,101 @@ impl FileStore {
         }
         Ok(role.clone())
     }
-}
 
-/// Holds the store if no process does, else connects to the one that does.
-fn find_role(options: &FileOptions, address: &SocketAddr) -> Result<Role> {
-    let deadline = Instant::now() + FIND_HOLDER_FOR;
-    let mut pause = Duration::from_millis(2);
-    loop {
-        match super::open_held(options, || bind(address))? {
-            super::Opened::Held(store, listener) => {
-                let server = Server::start(listener, &store)?;
-                return Ok(Role::Holder { store, server });
+    /// Holds the store if no process does, else connects to the one that does; either way
+    /// the runs this process took from an earlier holder stay its own.
+    fn find_role(&self) -> Result<Role> {
+        let mine: Vec<(Arc<str>, JobId, u32)> = self
+            .in_flight
+            .lock()
+            .iter()
+            .map(|(id, (queue, attempt))| (queue.clone(), *id, *attempt))
+            .collect();
+        let deadline = Instant::now() + FIND_HOLDER_FOR;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match super::open_held(&self.options, || bind(&self.address))? {
+                super::Opened::Held(store, listener) => {
+                    let mut orphans: Vec<_> = store
+                        .active_runs()
+                        .into_iter()
+                        .filter(|(_, id, _)| !mine.iter().any(|(_, own, _)| own == id))
+                        .collect();
+                    let grace = self.options.lost_run_grace;
+                    if grace.is_zero() {
+                        let lost = store.recover_lost_runs(&orphans)?;
+                        super::log_lost(&self.options.path, lost);
+                        orphans.clear();
+                    }
+                    let server = Server::start(listener, &store, orphans, grace)?;
+                    return Ok(Role::Holder { store, server });
+                }
+                super::Opened::Busy(busy) => match self.connect(&mine) {
+                    Ok(client) => return Ok(Role::Client(client)),
+                    Err(error) if Instant::now() >= deadline => {
+                        return Err(QueueError::Backend(format!(
+                            "{busy}, which does not answer on the store's socket ({error})"
+                        )))
+                    }
+                    // Between its lock and its socket, or gone and its lock not yet let go.
+                    Err(_) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(100));
+                    }
+                },
             }
-            super::Opened::Busy(busy) => match Client::connect(address.clone()) {
-                Ok(client) => return Ok(Role::Client(Arc::new(client))),
-                Err(error) if Instant::now() >= deadline => {
-                    return Err(QueueError::Backend(format!(
-                        "{busy}, which does not answer on the store's socket ({error})"
-                    )))
+        }
+    }
+
+    /// A client of the holder, told of the runs this process still runs, with a thread that
+    /// notices at once when the holder goes away.
+    fn connect(&self, mine: &[(Arc<str>, JobId, u32)]) -> std::io::Result<Arc<Client>> {
+        let client = Arc::new(Client::connect(self.address.clone(), self.session)?);
+        if !mine.is_empty() {
+            client
+                .resume(mine)
+                .map_err(|_| std::io::Error::other("the holder did not take the runs back"))?;
+        }
+        let watched = client.watch_connection()?;
+        let me = self.me.clone();
+        let seen = Arc::downgrade(&client);
+        let spawned = std::thread::Builder::new()
+            .name("rnq-file-watch".into())
+            .spawn(move || {
+                Client::watch(watched);
+                // The holder is gone: find the next one now, so that a process busy with a
+                // long job is not taken for dead.
+                let (Some(store), Some(client)) = (me.upgrade(), seen.upgrade()) else {
+                    return;
+                };
+                let role = store.role.read().clone();
+                if matches!(&*role, Role::Client(c) if Arc::ptr_eq(c, &client)) {
+                    if let Err(error) = store.replace_holder(&role) {
+                        log::error!(target: "rnode_queue", "file store: {error}");
+                    }
                 }
-                // Between its lock and its socket, or gone and its lock not yet let go.
-                Err(_) => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(100));
-                }
-            },
+            });
+        spawned.map_err(|e| std::io::Error::other(format!("no thread: {e}")))?;
+        Ok(client)
+    }
+
+    fn track(&self, queue: &str, jobs: &[Job]) {
+        if jobs.is_empty() {
+            return;
+        }
+        let queue: Arc<str> = Arc::from(queue);
+        let mut in_flight = self.in_flight.lock();
+        for job in jobs {
+            in_flight.insert(job.id, (queue.clone(), job.attempts));
+        }
+    }
+
+    fn untrack(&self, ids: impl IntoIterator<Item = JobId>) {
+        let mut in_flight = self.in_flight.lock();
+        if !in_flight.is_empty() {
+            for id in ids {
+                in_flight.remove(&id);
+            }
         }
     }
 }
@@ -229,7 +314,11 @@ impl Backend for FileStore {
         }
         let resent = Cell::new(false);
         self.call(
-            |s| s.push(queue, &mut jobs.clone(), declare).map(|()| true),
+            |s| match s.push(queue, &mut jobs.clone(), declare) {
+                // Sent again after taking the store over: the log had it.
+                Err(QueueError::DuplicateJob(_)) if resent.get() => Ok(true),
+                other => other.map(|()| true),
+            },
             |c| match c.push(queue, jobs, &declare(), None) {
                 // Sent again after its holder went away: it had landed the first time.
                 Err(CallError::Failed(QueueError::DuplicateJob(_))) if resent.get() => Ok(true),
@@ -271,7 +360,11 @@ impl Backend for FileStore {
     fn fetch(&self, queue: &str, request: FetchRequest, cancel: &AtomicBool) -> Result<Vec<Job>> {
         self.call(
             |s| s.fetch(queue, request, cancel),
-            |c| c.fetch(queue, request),
+            |c| {
+                let jobs = c.fetch(queue, request)?;
+                self.track(queue, &jobs);
+                Ok(jobs)
+            },
         )
     }
 
@@ -279,10 +372,13 @@ impl Backend for FileStore {
         if let Some(store) = self.holder() {
             return store.settle(queue, acks);
         }
-        self.call(
+        let ids: Vec<JobId> = acks.iter().map(|ack| ack.id).collect();
+        let next = self.call(
             |s| s.settle(queue, acks.clone()),
             |c| c.settle(queue, &acks),
-        )
+        )?;
+        self.untrack(ids);
+        Ok(next)
     }
 
     fn release(&self, queue: &str, jobs: &[Job]) -> Result<()> {
@@ -290,11 +386,15 @@ impl Backend for FileStore {
         self.call(
             |s| s.release_runs(queue, &runs),
             |c| c.release(queue, &runs),
-        )
+        )?;
+        self.untrack(runs.iter().map(|(id, _)| *id));
+        Ok(())
     }
 
     fn hand_back(&self, queue: &str, runs: &[(JobId, u32)]) -> Result<Vec<JobId>> {
-        self.call(|s| s.hand_back(queue, runs), |c| c.hand_back(queue, runs))
+        let lost = self.call(|s| s.hand_back(queue, runs), |c| c.hand_back(queue, runs))?;
+        self.untrack(runs.iter().map(|(id, _)| *id));
+        Ok(lost)
     }
 
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
@@ -389,6 +489,7 @@ impl Backend for FileStore {
                 store.close();
             }
             Role::Client(client) => client.close(),
+            Role::Opening => {}
         }
     }
 }

@@ -16,10 +16,10 @@ use crate::error::QueueError;
 use crate::job::{Job, JobId, JobOptions, JobState, Payload, Priority};
 
 /// A directory of its own, removed when dropped.
-struct TempDir(PathBuf);
+pub(super) struct TempDir(pub(super) PathBuf);
 
 impl TempDir {
-    fn new() -> TempDir {
+    pub(super) fn new() -> TempDir {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "rnq-file-test-{}-{}",
@@ -38,24 +38,25 @@ impl Drop for TempDir {
     }
 }
 
-fn options(path: &Path) -> FileOptions {
+pub(super) fn options(path: &Path) -> FileOptions {
     FileOptions {
         path: path.to_path_buf(),
         fsync: Fsync::Never,
         compact_min_bytes: u64::MAX,
+        lost_run_grace: Duration::ZERO,
     }
 }
 
-fn reopen(path: &Path) -> Arc<FileBackend> {
+pub(super) fn reopen(path: &Path) -> Arc<FileBackend> {
     open(&options(path)).unwrap()
 }
 
 /// Stops the store as a killed process would (its writes are in the page cache).
-fn crash(backend: Arc<FileBackend>) {
+pub(super) fn crash(backend: Arc<FileBackend>) {
     backend.journal().abandon();
 }
 
-fn declaration() -> QueueDeclaration {
+pub(super) fn declaration() -> QueueDeclaration {
     QueueDeclaration {
         retention: Retention {
             ttl: 3600.0,
@@ -66,11 +67,11 @@ fn declaration() -> QueueDeclaration {
     }
 }
 
-fn queue() -> Arc<str> {
+pub(super) fn queue() -> Arc<str> {
     Arc::from("q")
 }
 
-fn push(backend: &FileBackend, n: u32, options: JobOptions) -> JobId {
+pub(super) fn push(backend: &FileBackend, n: u32, options: JobOptions) -> JobId {
     let data: Payload = Arc::from(format!("{{\"n\":{n}}}").into_bytes());
     let mut jobs = vec![Job::new(queue(), data, options, 3, 300.0)];
     let id = jobs[0].id;
@@ -90,7 +91,7 @@ fn fetch(backend: &FileBackend, max: usize) -> Vec<Job> {
         .unwrap()
 }
 
-fn complete(job: &Job, result: Option<&str>) -> Ack {
+pub(super) fn complete(job: &Job, result: Option<&str>) -> Ack {
     Ack {
         id: job.id,
         attempt: job.attempts,

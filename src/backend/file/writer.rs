@@ -39,15 +39,22 @@ impl Segment {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        reserve(&file, capacity)?;
-        let map = MmapRaw::map_raw(&file)?;
-        let header = segment::header(Kind::Log, number);
-        // SAFETY: the mapping is `capacity` bytes long, and nothing else writes this file.
-        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), HEADER_LEN) };
-        map.flush_range(0, HEADER_LEN)?;
-        file.sync_all()?;
-        segment::sync_dir(dir)?;
-        Ok(Segment { number, map })
+        let made = (|| {
+            reserve(&file, capacity)?;
+            let map = MmapRaw::map_raw(&file)?;
+            let header = segment::header(Kind::Log, number);
+            // SAFETY: the mapping is `capacity` bytes long, and nothing else writes this file.
+            unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), HEADER_LEN) };
+            map.flush_range(0, HEADER_LEN)?;
+            file.sync_all()?;
+            segment::sync_dir(dir)?;
+            Ok(Segment { number, map })
+        })();
+        if made.is_err() {
+            // A full disk, say: the next try (once there is room) makes the file again.
+            let _ = std::fs::remove_file(&path);
+        }
+        made
     }
 
     /// Writes a frame of `payload` at `at`.
@@ -110,6 +117,14 @@ pub struct FileLog {
     sync: Mutex<SyncState>,
     synced_changed: Condvar,
     closed: AtomicBool,
+    /// A sync failed: what it covered may not be on disk, and no later sync can tell, so the
+    /// log takes nothing more (the store must be opened again).
+    failed: AtomicBool,
+    /// Held by a compaction; closing waits for it before letting go of the directory.
+    compacting: Mutex<()>,
+    /// Tests: the next sync fails, as a disk error would make it.
+    #[cfg(test)]
+    pub(super) fail_next_sync: AtomicBool,
     /// The directory's lock: held while this log is open (see `lock.rs`).
     lock: Mutex<Option<super::lock::DirLock>>,
 }
@@ -147,6 +162,10 @@ impl FileLog {
             }),
             synced_changed: Condvar::new(),
             closed: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            compacting: Mutex::new(()),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
             lock: Mutex::new(Some(lock)),
         })
     }
@@ -161,10 +180,11 @@ impl FileLog {
             payload.clear();
             codec::encode(event, &mut payload);
             let mut tail = self.tail.lock();
-            if self.closed.load(Ordering::Acquire) {
+            self.check_writable()?;
+            if payload.len() > u32::MAX as usize - FRAME_OVERHEAD {
                 return Err(QueueError::Backend(format!(
-                    "the file store {} is closed",
-                    self.dir.display()
+                    "a change of {} bytes is too large for the log",
+                    payload.len()
                 )));
             }
             let needed = FRAME_OVERHEAD + payload.len();
@@ -214,10 +234,33 @@ impl FileLog {
         Ok(number)
     }
 
+    fn check_writable(&self) -> Result<()> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(QueueError::Backend(format!(
+                "the file store {} could not sync its log to disk earlier and takes no more \
+                 changes: open it again (its log is replayed)",
+                self.dir.display()
+            )));
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Backend(format!(
+                "the file store {} is closed",
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Held while a compaction runs (see `compacting`).
+    pub(super) fn compaction(&self) -> crate::sync::MutexGuard<'_, ()> {
+        self.compacting.lock()
+    }
+
     /// Starts a new segment at once (a compaction's cut): everything recorded so far is in
     /// segments numbered below the one returned.
     pub(super) fn cut(&self) -> Result<u64> {
         let mut tail = self.tail.lock();
+        self.check_writable()?;
         let number = self.roll(&mut tail, 0, false)?;
         tail.since_snapshot = 0;
         Ok(number)
@@ -250,6 +293,13 @@ impl FileLog {
             }
             state = self.synced_changed.wait(state);
         }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(QueueError::Backend(format!(
+                "the file store {} could not sync its log to disk: changes since the last \
+                 sync may not be durable",
+                self.dir.display()
+            )));
+        }
         state.syncing = true;
         drop(state);
         let (target, work) = {
@@ -263,8 +313,13 @@ impl FileLog {
             tail.synced_offset = tail.offset;
             (tail.lsn, work)
         };
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            self.failed.store(true, Ordering::Release);
+        }
         let result = work
             .iter()
+            .filter(|_| !self.failed.load(Ordering::Acquire))
             .filter(|range| range.to > range.from)
             .try_for_each(|range| {
                 range
@@ -272,10 +327,17 @@ impl FileLog {
                     .map
                     .flush_range(range.from, range.to - range.from)
             });
+        let result = match result {
+            Ok(()) if self.failed.load(Ordering::Acquire) => {
+                Err(std::io::Error::other("an earlier sync of the log failed"))
+            }
+            other => other,
+        };
         let mut state = self.sync.lock();
         state.syncing = false;
-        if result.is_ok() {
-            state.synced = state.synced.max(target);
+        match result {
+            Ok(()) => state.synced = state.synced.max(target),
+            Err(_) => self.failed.store(true, Ordering::Release),
         }
         self.synced_changed.notify_all();
         drop(state);
@@ -291,6 +353,9 @@ impl FileLog {
         if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
+        // A compaction under way finishes (or fails at its next step) first: it must not touch
+        // the directory once another process may hold it.
+        let _compaction = self.compacting.lock();
         let lsn = self.recorded();
         if let Err(error) = self.sync_to(lsn) {
             log::error!(target: "rnode_queue", "closing the file store: {error}");

@@ -122,6 +122,7 @@ impl<J: Journal> MemoryBackend<J> {
         }
         let handle = self.queue(queue)?;
         let mut state = handle.state.lock();
+        live(&state, queue)?;
         self.record(|| Event::Release {
             queue: Cow::Borrowed(queue),
             runs: Cow::Borrowed(runs),
@@ -152,6 +153,32 @@ impl<J: Journal> MemoryBackend<J> {
             .into_iter()
             .find(|(_, q)| q.state.lock().jobs.contains_key(&id))
     }
+}
+
+#[cfg(test)]
+impl<J: Journal> MemoryBackend<J> {
+    /// Holds a queue's lock on another thread until the returned sender is dropped: moves that
+    /// looked the queue up wait for it (tests of races).
+    pub(crate) fn hold_queue(&self, name: &str) -> std::sync::mpsc::Sender<()> {
+        let handle = self.queue(name).expect("the queue exists");
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let _state = handle.state.lock();
+            let _ = locked.send(());
+            let _ = released.recv();
+        });
+        is_locked.recv().expect("locked");
+        release
+    }
+}
+
+/// `UnknownQueue` for a queue deleted after its handle was looked up.
+fn live(state: &queue::QueueState, queue: &str) -> Result<()> {
+    if state.deleted {
+        return Err(QueueError::UnknownQueue(queue.to_string()));
+    }
+    Ok(())
 }
 
 impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
@@ -188,6 +215,18 @@ impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
     }
 }
 
+/// A push stored (it may run) whose record could not be made durable: neither pushed for sure
+/// nor not pushed.
+fn unknown_outcome(error: QueueError, ids: Vec<JobId>) -> QueueError {
+    QueueError::PushOutcomeUnknown {
+        message: format!(
+            "the jobs were stored but may not survive a crash of the machine ({error}); \
+             get_job tells whether each is there"
+        ),
+        ids,
+    }
+}
+
 impl<J: Journal> Backend for MemoryBackend<J> {
     fn declare_queue(
         &self,
@@ -195,10 +234,13 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         declaration: &QueueDeclaration,
         replace: bool,
     ) -> Result<QueueDeclaration> {
-        let handle = self.queue_or_create(queue, &|| declaration.clone())?;
         let lsn;
-        let stored = {
+        let stored = loop {
+            let handle = self.queue_or_create(queue, &|| declaration.clone())?;
             let mut state = handle.state.lock();
+            if state.deleted {
+                continue; // deleted since it was looked up: made again
+            }
             if replace && state.declaration != *declaration {
                 lsn = self.record(|| Event::Declare {
                     queue: Cow::Borrowed(queue),
@@ -208,7 +250,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
             } else {
                 lsn = 0;
             }
-            state.declaration.clone()
+            break state.declaration.clone();
         };
         self.journal.commit(lsn)?;
         Ok(stored)
@@ -247,8 +289,15 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         jobs: &mut Vec<Job>,
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<()> {
+        let ids: Vec<JobId> = if J::RECORDS {
+            jobs.iter().map(|job| job.id).collect()
+        } else {
+            Vec::new()
+        };
         if let Stored::At(lsn) = self.store(queue, jobs, true, declare, None)? {
-            self.journal.commit(lsn)?;
+            self.journal
+                .commit(lsn)
+                .map_err(|error| unknown_outcome(error, ids))?;
         }
         Ok(())
     }
@@ -262,6 +311,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let deadline = Instant::now() + request.wait;
         let mut state = handle.state.lock();
         loop {
+            live(&state, queue)?;
             if cancel.load(AtomicOrdering::Acquire) {
                 return Ok(Vec::new());
             }
@@ -313,6 +363,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let settled;
         {
             let mut state = handle.state.lock();
+            live(&state, queue)?;
             self.record(|| Event::Settle {
                 queue: Cow::Borrowed(queue),
                 acks: Cow::Borrowed(&acks),
@@ -342,13 +393,17 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let handle = self.queue(queue)?;
         let (lost, lsn) = {
             let mut state = handle.state.lock();
+            live(&state, queue)?;
             let at = now();
             let lsn = self.journal.record(&Event::Lost {
                 queue: Cow::Borrowed(queue),
                 at,
                 runs: Cow::Borrowed(runs),
             })?;
-            (state.lose(runs, at), lsn)
+            let lost = state.lose(runs, at);
+            // Those that wait again are for the workers blocked on this queue.
+            handle.notify_fetchers(&state, usize::MAX);
+            (lost, lsn)
         };
         self.journal.commit(lsn)?;
         Ok(lost)
@@ -390,6 +445,9 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let lsn;
         {
             let mut state = handle.state.lock();
+            if state.deleted {
+                return Ok(false);
+            }
             if !state
                 .jobs
                 .get(&id)
@@ -413,6 +471,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let lsn;
         {
             let mut state = handle.state.lock();
+            live(&state, queue)?;
             lsn = self.record(|| Event::Paused {
                 queue: Cow::Borrowed(queue),
                 paused,
@@ -429,6 +488,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
         let handle = self.queue(queue)?;
         let (removed, lsn) = {
             let mut state = handle.state.lock();
+            live(&state, queue)?;
             let lsn = self.record(|| Event::Clear {
                 queue: Cow::Borrowed(queue),
             })?;
@@ -439,23 +499,24 @@ impl<J: Journal> Backend for MemoryBackend<J> {
     }
 
     fn delete(&self, queue: &str) -> Result<bool> {
-        let (removed, lsn) = {
+        let lsn = {
             let mut queues = self.queues.write();
-            if !queues.contains_key(queue) {
+            let Some(handle) = queues.get(queue).cloned() else {
                 return Ok(false);
-            }
+            };
+            // Marked under its own lock before the event: a move that looked the queue up
+            // before the delete finds it gone, and neither happens nor is recorded after it.
+            let mut state = handle.state.lock();
             let lsn = self.record(|| Event::Delete {
                 queue: Cow::Borrowed(queue),
             })?;
-            (queues.remove(queue), lsn)
-        };
-        if let Some(handle) = &removed {
-            // A push that found the queue before it went sees this and looks again.
-            handle.state.lock().deleted = true;
+            state.deleted = true;
+            queues.remove(queue);
             handle.ready.notify_all();
-        }
+            lsn
+        };
         self.journal.commit(lsn)?;
-        Ok(removed.is_some())
+        Ok(true)
     }
 
     fn counts(&self, queue: &str) -> Result<QueueCounts> {

@@ -2,11 +2,15 @@
 //! them, recording nothing. Events that no longer fit (a job that moved on) are skipped, as the
 //! live moves skip them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Event, Journal, MemoryBackend, MemoryQueue, QueueDeclaration};
 use crate::error::Result;
 use crate::job::JobId;
+
+/// About how large one event of a snapshot gets.
+const SNAPSHOT_EVENT_BYTES: usize = 4 << 20;
 
 impl<J: Journal> MemoryBackend<J> {
     /// Applies one event read back from the journal.
@@ -112,27 +116,42 @@ impl<J: Journal> MemoryBackend<J> {
             .clone()
     }
 
-    /// After a replay: the runs found active were lost with the process that ran them. They
-    /// wait again (the run counted) or fail, out of attempts; recorded, so that a later replay
-    /// agrees. Returns how many there were.
-    pub fn recover_lost_runs(&self) -> Result<usize> {
+    /// The runs active now: (queue, id, attempt).
+    pub fn active_runs(&self) -> Vec<(Arc<str>, JobId, u32)> {
         let queues: Vec<(Arc<str>, Arc<MemoryQueue>)> = self
             .queues
             .read()
             .iter()
             .map(|(name, q)| (name.clone(), q.clone()))
             .collect();
-        let mut lost = 0;
+        let mut runs = Vec::new();
         for (name, handle) in queues {
-            let runs: Vec<(JobId, u32)> = {
-                let state = handle.state.lock();
+            let state = handle.state.lock();
+            runs.extend(
                 state
                     .active
                     .keys()
-                    .filter_map(|id| state.jobs.get(id).map(|job| (job.id, job.attempts)))
-                    .collect()
-            };
-            lost += crate::backend::Backend::hand_back(self, &name, &runs)?.len();
+                    .filter_map(|id| state.jobs.get(id))
+                    .map(|job| (name.clone(), job.id, job.attempts)),
+            );
+        }
+        runs
+    }
+
+    /// Runs lost with the process that ran them: waiting again (the run counted) or failed,
+    /// out of attempts; recorded, so that a later replay agrees. Returns how many there were.
+    pub fn recover_lost_runs(&self, runs: &[(Arc<str>, JobId, u32)]) -> Result<usize> {
+        let mut by_queue: HashMap<&Arc<str>, Vec<(JobId, u32)>> = HashMap::new();
+        for (queue, id, attempt) in runs {
+            by_queue.entry(queue).or_default().push((*id, *attempt));
+        }
+        let mut lost = 0;
+        for (queue, runs) in by_queue {
+            match crate::backend::Backend::hand_back(self, queue, &runs) {
+                Ok(ids) => lost += ids.len(),
+                Err(crate::error::QueueError::UnknownQueue(_)) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(lost)
     }
@@ -172,11 +191,31 @@ impl<J: Journal> MemoryBackend<J> {
                     paused: true,
                 });
             }
-            let jobs = state.in_place_order();
-            for chunk in jobs.chunks(1024) {
+            // In events of a few MiB each, however large the jobs.
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for job in state.in_place_order() {
+                bytes += job.encoded_len()
+                    + job.extras().map_or(0, |e| {
+                        e.result.as_ref().map_or(0, |r| r.len())
+                            + e.error.as_ref().map_or(0, String::len)
+                            + e.traceback.as_ref().map_or(0, String::len)
+                    })
+                    + 128;
+                chunk.push(job);
+                if bytes >= SNAPSHOT_EVENT_BYTES {
+                    events.push(Event::Push {
+                        queue: queue(),
+                        jobs: Cow::Owned(std::mem::take(&mut chunk)),
+                        tick: None,
+                    });
+                    bytes = 0;
+                }
+            }
+            if !chunk.is_empty() {
                 events.push(Event::Push {
                     queue: queue(),
-                    jobs: Cow::Owned(chunk.to_vec()),
+                    jobs: Cow::Owned(chunk),
                     tick: None,
                 });
             }
