@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from ._core import DEFAULT_CLOSE_TIMEOUT, QueueError
+from ._core import DEFAULT_CLOSE_TIMEOUT, QueueClosedError, QueueError
 from ._options import (
     JOB_KEYS,
     MANAGER_KEYS,
@@ -42,40 +43,93 @@ _WAIT_SLICE = 0.5
 
 
 class _GroupCommit:
-    """Makes pushes stored in place durable: one ``commit`` (one sync of the log, in a worker
-    thread) for every push waiting when it starts, however many coroutines made them."""
+    """Makes pushes stored in place durable: one commit (one sync of the log) for every push
+    waiting when it starts, however many coroutines made them. The commit runs on an engine
+    thread that never takes the GIL and reports through a pipe the event loop watches."""
 
-    def __init__(self, commit: Callable[[int], None]) -> None:
-        self._commit = commit
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self._loop = loop
         self._durable = 0
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._in_flight: list[tuple[int, asyncio.Future[None]]] | None = None
+        self._starting = False
+        self._target = 0
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        loop.add_reader(self._read, self._done)
+        # A loop dropped without closing the manager still gets its descriptors back.
+        self._close_fds = weakref.finalize(self, _close_fds, self._read, self._write)
 
     async def wait(self, ticket: int) -> None:
         if ticket <= self._durable:
             return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        future: asyncio.Future[None] = self._loop.create_future()
         self._waiting.append((ticket, future))
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run())
+        if self._in_flight is None and not self._starting:
+            # After the coroutines ready now have run: their pushes share this commit.
+            self._starting = True
+            self._loop.call_soon(self._start)
         await future
 
-    async def _run(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            ticket = max(t for t, _ in batch)
-            try:
-                await asyncio.to_thread(self._commit, ticket)
-            except Exception as error:  # every push of the batch reports it
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            self._durable = max(self._durable, ticket)
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+    def _start(self) -> None:
+        self._starting = False
+        if self._in_flight is not None or not self._waiting:
+            return
+        batch, self._waiting = self._waiting, []
+        self._target = max(ticket for ticket, _ in batch)
+        self._in_flight = batch
+        try:
+            self._engine.commit_in_background(self._target, os.dup(self._write))
+        except Exception as error:
+            self._in_flight = None
+            _settle(batch, error)
+
+    def _done(self) -> None:
+        try:
+            outcome = os.read(self._read, 1)
+        except BlockingIOError:
+            return
+        batch, self._in_flight = self._in_flight or [], None
+        error: BaseException | None = None
+        if outcome != b"\0":
+            try:  # the log refuses at once now, saying why
+                self._engine.commit(self._target)
+                error = QueueError("the pushes could not be made durable")
+            except Exception as failure:
+                error = failure
+        else:
+            self._durable = max(self._durable, self._target)
+        _settle(batch, error)
+        if self._waiting and not self._starting:
+            self._starting = True
+            self._loop.call_soon(self._start)
+
+    async def close(self) -> None:
+        """After the store closed (its log synced): lets the commit in flight report, then
+        lets go of the pipe."""
+        for _ in range(1000):
+            if self._in_flight is None and not self._waiting:
+                break
+            await asyncio.sleep(0.001)
+        self._loop.remove_reader(self._read)
+        self._close_fds()
+        _settle([*(self._in_flight or []), *self._waiting], QueueClosedError("closed"))
+        self._in_flight, self._waiting = None, []
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _settle(batch: list[tuple[int, asyncio.Future[None]]], error: BaseException | None) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 class AsyncQueueManager:
@@ -218,7 +272,7 @@ class AsyncQueueManager:
         loop = asyncio.get_running_loop()
         commits = self._commits.get(loop)
         if commits is None:  # one per event loop: its futures belong to it
-            commits = self._commits[loop] = _GroupCommit(self._engine.commit)
+            commits = self._commits[loop] = _GroupCommit(self._engine, loop)
         await commits.wait(ticket)
         return ids
 
@@ -291,7 +345,12 @@ class AsyncQueueManager:
     async def close(self, timeout: Seconds = DEFAULT_CLOSE_TIMEOUT) -> bool:
         """Stop taking jobs and wait up to ``timeout`` s for running ones; True if all finished."""
         self._engine.check_close_timeout(timeout)  # a bad timeout changes nothing
-        return await asyncio.to_thread(self._sync.close, timeout)
+        finished = await asyncio.to_thread(self._sync.close, timeout)
+        if self._commits is not None:
+            commits = self._commits.pop(asyncio.get_running_loop(), None)
+            if commits is not None:
+                await commits.close()
+        return finished
 
     async def __aenter__(self) -> Self:
         return self

@@ -6,6 +6,9 @@ use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Pay
 use super::timers::TimerKey;
 use super::{Engine, Pushed};
 
+/// A commit for the commit thread: the ticket, and who hears how it went.
+pub(super) type Commit = (u64, Box<dyn FnOnce(Result<()>) + Send>);
+
 /// How a push may proceed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum PushMode {
@@ -47,6 +50,39 @@ impl Engine {
             Some(store) => store.commit(ticket),
             None => Ok(()),
         }
+    }
+
+    /// `commit` on the engine's commit thread, which hands the outcome to `done`: an event
+    /// loop waits for the disk without giving a thread of its own to each wait.
+    pub fn commit_in_background(
+        &self,
+        ticket: u64,
+        done: impl FnOnce(Result<()>) + Send + 'static,
+    ) -> Result<()> {
+        self.check_open()?;
+        let mut committer = self.committer.lock();
+        if committer.is_none() {
+            let (send, receive) = std::sync::mpsc::channel::<Commit>();
+            let engine = self.this.clone();
+            std::thread::Builder::new()
+                .name("rnq-commit".into())
+                .spawn(move || {
+                    // Ends when the engine (and so the sender) is dropped.
+                    for (ticket, done) in receive {
+                        let outcome = match engine.upgrade() {
+                            Some(engine) => engine.commit(ticket),
+                            None => Err(QueueError::Closed),
+                        };
+                        done(outcome);
+                    }
+                })
+                .map_err(|e| QueueError::Backend(format!("could not start a thread: {e}")))?;
+            *committer = Some(send);
+        }
+        let sender = committer.as_ref().expect("just made");
+        sender
+            .send((ticket, Box::new(done)))
+            .map_err(|_| QueueError::Closed)
     }
 
     /// `push`; with a cron tick, only if no process has pushed that tick yet.

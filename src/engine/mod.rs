@@ -99,6 +99,8 @@ pub struct Engine {
     /// The deadline (engine clock) the watchdog is set for; `u64::MAX`: not set.
     watchdog_at: AtomicU64,
     this: Weak<Engine>,
+    /// Feeds the thread that runs `commit_in_background` (made on first use).
+    committer: Mutex<Option<std::sync::mpsc::Sender<jobs::Commit>>>,
 }
 
 /// Why a push did not happen yet.
@@ -127,6 +129,7 @@ impl Engine {
             closed: AtomicBool::new(false),
             epoch: Instant::now(),
             this: this.clone(),
+            committer: Mutex::new(None),
         });
         let host: Weak<dyn timers::TimerHost> = Arc::downgrade(&engine) as _;
         engine.timers.start(host);

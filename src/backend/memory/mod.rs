@@ -205,6 +205,8 @@ impl<J: Journal> NonBlockingPush for MemoryBackend<J> {
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<Option<u64>> {
         match self.store(queue, jobs, false, declare, None)? {
+            // Nothing to wait for: ticket 0 is always committed.
+            Stored::At(_) if self.journal.commits_at_once() => Ok(Some(0)),
             Stored::At(lsn) => Ok(Some(lsn)),
             Stored::WouldWait | Stored::TickTaken => Ok(None),
         }

@@ -286,6 +286,21 @@ impl PyEngine {
         Ok(gil::detach(py, || self.engine().commit(ticket))?)
     }
 
+    /// `commit` in the background: once done, one byte is written to `fd` (which this call
+    /// owns and closes): 0 if the pushes are durable, 1 if not (`commit` then says why). The
+    /// thread never takes the GIL: an event loop watching the pipe resolves its waiters.
+    fn commit_in_background(&self, ticket: u64, fd: i32) -> PyResult<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: the caller hands over a descriptor of its own (a dup of a pipe's write end).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(self.engine().commit_in_background(ticket, move |outcome| {
+            let byte = [u8::from(outcome.is_err())];
+            // A reader gone meanwhile (the manager closed) is no error worth a word.
+            // SAFETY: a one-byte write from a live buffer to a descriptor owned here.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), byte.as_ptr().cast(), 1) };
+        })?)
+    }
+
     /// Declares a cron schedule (5 fields, 6 with seconds, or a macro; UTC); returns its id.
     /// Idempotent.
     #[pyo3(signature = (
