@@ -202,14 +202,13 @@ impl SpillingBackend {
             .ok()
             .and_then(|mut found| found.pop().flatten())
             .or_else(|| self.declared.lock().get(queue).cloned());
-        let declare = || declaration.clone().unwrap_or_else(default_declaration);
-        let mut batch = originals.clone();
-        let pushed = match redis.push(queue, &mut batch, &declare) {
+        let declaration = declaration.unwrap_or_else(default_declaration);
+        let pushed = match redis.push_forwarded(queue, &originals, &declaration) {
             Ok(()) => true,
             // Some were pushed before (a crash came between forwarding and marking them
             // done): one by one, those are found and skipped.
             Err(QueueError::DuplicateJob(_)) => originals.iter().all(|job| {
-                match redis.push(queue, &mut vec![job.clone()], &declare) {
+                match redis.push_forwarded(queue, std::slice::from_ref(job), &declaration) {
                     Ok(()) | Err(QueueError::DuplicateJob(_)) => true,
                     Err(error) => {
                         log::debug!(target: "rnode_queue", "forwarding the spill: {error}");

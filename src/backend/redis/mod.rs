@@ -79,6 +79,20 @@ pub struct RedisOptions {
 }
 
 impl RedisBackend {
+    /// `push` of jobs forwarded from a spill: refused (`DuplicateJob`) if any was forwarded
+    /// before, even one retention has dropped since (ids are remembered for a week).
+    pub fn push_forwarded(
+        &self,
+        queue: &Arc<str>,
+        jobs: &[Job],
+        declaration: &QueueDeclaration,
+    ) -> Result<()> {
+        let handle = self.shared.queue(queue);
+        self.shared.store(&handle, jobs, None, declaration, true)?;
+        self.shared.remember_pushed(&handle.name, jobs);
+        Ok(())
+    }
+
     pub fn connect(options: &RedisOptions) -> Result<Self> {
         if options.prefix.is_empty() || options.prefix.contains(['{', '}']) {
             return Err(QueueError::config(format!(
@@ -184,7 +198,7 @@ impl Backend for RedisBackend {
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<()> {
         let handle = self.shared.queue(queue);
-        self.shared.store(&handle, jobs, None, &declare())?;
+        self.shared.store(&handle, jobs, None, &declare(), false)?;
         self.shared.remember_pushed(&handle.name, jobs);
         jobs.clear();
         Ok(())
@@ -201,7 +215,7 @@ impl Backend for RedisBackend {
         let handle = self.shared.queue(queue);
         let stored = self
             .shared
-            .store(&handle, jobs, Some((schedule, tick)), &declare())?;
+            .store(&handle, jobs, Some((schedule, tick)), &declare(), false)?;
         jobs.clear();
         Ok(stored)
     }

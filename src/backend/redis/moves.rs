@@ -166,6 +166,7 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
         declaration: &QueueDeclaration,
+        forwarded: bool,
     ) -> Result<bool> {
         // A cron tick's push is tried again by the engine until the next tick (the timer thread
         // must not wait long here).
@@ -177,7 +178,7 @@ impl Shared {
         let give_up = Instant::now() + retry_for;
         let mut unanswered = 0;
         loop {
-            let outcome = match self.store_once(queue, jobs, tick, declaration) {
+            let outcome = match self.store_once(queue, jobs, tick, declaration, forwarded) {
                 Ok(1) => Ok(true),
                 Ok(2) => {
                     // The queue was created again (deleted meanwhile): its name is listed after
@@ -235,6 +236,7 @@ impl Shared {
         jobs: &[Job],
         tick: Option<(&str, Timestamp)>,
         declaration: &QueueDeclaration,
+        forwarded: bool,
     ) -> Result<i64> {
         let retention = declaration.retention;
         let add_args = |cmd: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
@@ -246,7 +248,8 @@ impl Shared {
             cmd.arg((retention.ttl * 1000.0).round() as i64)
                 .arg(retention.keep_completed)
                 .arg(retention.keep_failed)
-                .arg(&*declaration.settings);
+                .arg(&*declaration.settings)
+                .arg(if forwarded { "1" } else { "0" });
             for job in chunk {
                 let delayed = if job.state == JobState::Delayed {
                     "1"

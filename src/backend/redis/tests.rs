@@ -499,3 +499,39 @@ fn released_jobs_keep_their_place_and_attempt() {
     assert_eq!(data, [b"1", b"2", b"3"]);
     assert!(again.iter().all(|j| j.attempts == 1));
 }
+
+#[test]
+fn jobs_forwarded_from_a_spill_are_refused_again_after_retention_dropped_them() {
+    let Some(server) = server() else { return };
+    let redis = backend(&server, Duration::from_secs(30));
+    let queue: Arc<str> = Arc::from("forwarded");
+    redis.declare_queue(&queue, &declaration(), true).unwrap();
+    let batch: Vec<Job> = (0..5).map(|n| job(&queue, n, Priority::Normal)).collect();
+    redis
+        .push_forwarded(&queue, &batch, &declaration())
+        .unwrap();
+    // They run, and retention (2 completed kept) drops most of them.
+    let taken = redis
+        .fetch(&queue, request(10), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(taken.len(), 5);
+    redis
+        .settle(&queue, taken.iter().map(completed).collect())
+        .unwrap();
+    let dropped = batch
+        .iter()
+        .filter(|job| redis.get_job(job.id).unwrap().is_none())
+        .count();
+    assert!(dropped >= 3, "retention dropped {dropped} of 5");
+    // Forwarded again (its process died before marking the batch done): refused, all or none.
+    let again = redis.push_forwarded(&queue, &batch, &declaration());
+    assert!(matches!(again, Err(QueueError::DuplicateJob(_))), "{again:?}");
+    assert!(matches!(
+        redis.push_forwarded(&queue, &batch[..1], &declaration()),
+        Err(QueueError::DuplicateJob(_))
+    ));
+    assert_eq!(redis.counts(&queue).unwrap().waiting, 0);
+    // An ordinary push is not remembered: its ids cost nothing once dropped.
+    let mut plain = vec![job(&queue, 9, Priority::Normal)];
+    redis.push(&queue, &mut plain, &declaration).unwrap();
+}

@@ -81,7 +81,7 @@ elseif op == 'clear' or op == 'delete' then
   end
   del_jobs(removed)
   if op == 'delete' and #removed < 1000 then
-    redis.call('DEL', leases, meta, wake, base .. 'ticks')
+    redis.call('DEL', leases, meta, wake, base .. 'ticks', base .. 'forwarded')
   end
   return #removed
 elseif op == 'retry' then

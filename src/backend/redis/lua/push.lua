@@ -3,11 +3,16 @@
 -- settings given, in the same step, and the caller lists its name); 0, storing nothing, when
 -- the cron tick given was claimed before (by any process); -2 when one of the ids is already
 -- stored here (a job is never overwritten; a push tried again after an unanswered first try
--- finds its own jobs).
+-- finds its own jobs). Jobs forwarded from a spill ('1') are also remembered by id for a week,
+-- so that a batch forwarded again (its process died before marking it done) is refused even
+-- once retention has dropped the jobs themselves.
 -- ARGV: count, schedule_id ('' = none), tick, ttl_ms, keep_completed, keep_failed, settings,
---   then per job: id, delayed ('1'/'0'), due_ms, priority, max_attempts, body, due ('' = none)
+--   forwarded ('1'/'0'), then per job: id, delayed ('1'/'0'), due_ms, priority, max_attempts,
+--   body, due ('' = none)
 local count = tonumber(ARGV[1])
-local first = 8
+local forwarded = ARGV[8] == '1'
+local first = 9
+local FORWARDED_FOR_MS = 7 * 86400000
 local created = redis.call('EXISTS', meta) == 0
 if ARGV[2] ~= '' and not created then
   local last = redis.call('HGET', base .. 'ticks', ARGV[2])
@@ -19,6 +24,19 @@ for i = first, first - 1 + 7 * count, 7 do
   if redis.call('EXISTS', job_key(ARGV[i])) == 1 then
     return -2
   end
+  if forwarded and redis.call('ZSCORE', base .. 'forwarded', ARGV[i]) then
+    return -2
+  end
+end
+if forwarded then
+  local now_ms = server_ms()
+  redis.call('ZREMRANGEBYSCORE', base .. 'forwarded', '-inf', now_ms - FORWARDED_FOR_MS)
+  local ids = {}
+  for i = first, first - 1 + 7 * count, 7 do
+    ids[#ids + 1] = now_ms
+    ids[#ids + 1] = ARGV[i]
+  end
+  sliced('ZADD', base .. 'forwarded', ids)
 end
 if created then
   redis.call('HSET', meta, 'ttl', ARGV[4], 'kc', ARGV[5], 'kf', ARGV[6], 'cfg', ARGV[7])
