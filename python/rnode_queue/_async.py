@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import os
 import time
@@ -44,17 +45,23 @@ _WAIT_SLICE = 0.5
 
 class _GroupCommit:
     """Makes pushes stored in place durable: one commit (one sync of the log) for every push
-    waiting when it starts, however many coroutines made them. The commit runs on an engine
-    thread that never takes the GIL and reports through a pipe the event loop watches."""
+    waiting when it starts, however many coroutines made them. Commits run in order on an
+    engine thread that never takes the GIL and reports each through a pipe the event loop
+    watches; two may be under way, so that the loop wakes the pushers of one while the next
+    syncs."""
+
+    _IN_FLIGHT = 2
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self._engine = engine
         self._loop = loop
         self._durable = 0
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
-        self._in_flight: list[tuple[int, asyncio.Future[None]]] | None = None
+        # Commits under way, oldest first: (ticket, the pushes it covers).
+        self._in_flight: collections.deque[tuple[int, list[tuple[int, asyncio.Future[None]]]]] = (
+            collections.deque()
+        )
         self._starting = False
-        self._target = 0
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._read, self._done)
         # A loop dropped without closing the manager still gets its descriptors back.
@@ -65,56 +72,62 @@ class _GroupCommit:
             return
         future: asyncio.Future[None] = self._loop.create_future()
         self._waiting.append((ticket, future))
-        if self._in_flight is None and not self._starting:
+        self._schedule()
+        await future
+
+    def _schedule(self) -> None:
+        if self._waiting and len(self._in_flight) < self._IN_FLIGHT and not self._starting:
             # After the coroutines ready now have run: their pushes share this commit.
             self._starting = True
             self._loop.call_soon(self._start)
-        await future
 
     def _start(self) -> None:
         self._starting = False
-        if self._in_flight is not None or not self._waiting:
+        if not self._waiting or len(self._in_flight) >= self._IN_FLIGHT:
             return
         batch, self._waiting = self._waiting, []
-        self._target = max(ticket for ticket, _ in batch)
-        self._in_flight = batch
+        ticket = max(t for t, _ in batch)
         try:
-            self._engine.commit_in_background(self._target, os.dup(self._write))
+            self._engine.commit_in_background(ticket, os.dup(self._write))
         except Exception as error:
-            self._in_flight = None
             _settle(batch, error)
+            return
+        self._in_flight.append((ticket, batch))
 
     def _done(self) -> None:
         try:
-            outcome = os.read(self._read, 1)
+            outcomes = os.read(self._read, self._IN_FLIGHT)
         except BlockingIOError:
             return
-        batch, self._in_flight = self._in_flight or [], None
-        error: BaseException | None = None
-        if outcome != b"\0":
-            try:  # the log refuses at once now, saying why
-                self._engine.commit(self._target)
-                error = QueueError("the pushes could not be made durable")
-            except Exception as failure:
-                error = failure
-        else:
-            self._durable = max(self._durable, self._target)
-        _settle(batch, error)
-        if self._waiting and not self._starting:
-            self._starting = True
-            self._loop.call_soon(self._start)
+        for outcome in outcomes:
+            if not self._in_flight:
+                break
+            ticket, batch = self._in_flight.popleft()
+            error: BaseException | None = None
+            if outcome != 0:
+                try:  # the log refuses at once now, saying why
+                    self._engine.commit(ticket)
+                    error = QueueError("the pushes could not be made durable")
+                except Exception as failure:
+                    error = failure
+            else:
+                self._durable = max(self._durable, ticket)
+            _settle(batch, error)
+        self._schedule()
 
     async def close(self) -> None:
-        """After the store closed (its log synced): lets the commit in flight report, then
+        """After the store closed (its log synced): lets the commits under way report, then
         lets go of the pipe."""
         for _ in range(1000):
-            if self._in_flight is None and not self._waiting:
+            if not self._in_flight and not self._waiting:
                 break
             await asyncio.sleep(0.001)
         self._loop.remove_reader(self._read)
         self._close_fds()
-        _settle([*(self._in_flight or []), *self._waiting], QueueClosedError("closed"))
-        self._in_flight, self._waiting = None, []
+        pending = [push for _, batch in self._in_flight for push in batch] + self._waiting
+        _settle(pending, QueueClosedError("the queue manager is closed"))
+        self._in_flight.clear()
+        self._waiting = []
 
 
 def _close_fds(*fds: int) -> None:
