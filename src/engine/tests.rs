@@ -468,28 +468,33 @@ fn a_schedule_whose_job_is_too_large_is_refused_when_declared() {
 fn pushes_racing_deletes_of_their_queue_never_fail() {
     let engine = engine();
     let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let pushers: Vec<_> = (0..2)
-        .map(|_| {
-            let (engine, stop) = (engine.clone(), stop.clone());
+        .map(|n| {
+            let (engine, stop, counts) = (engine.clone(), stop.clone(), counts.clone());
             std::thread::spawn(move || {
-                let mut pushed = 0;
                 while !stop.load(Ordering::SeqCst) {
                     let spec = (Payload::from(&b"1"[..]), JobOptions::default());
                     // Before: a push could find the engine knowing a queue the backend had
                     // deleted, and every later push failed with "does not exist".
                     engine.push("churn", &[spec], true).expect("push");
-                    pushed += 1;
+                    counts[n].fetch_add(1, Ordering::SeqCst);
                 }
-                pushed
             })
         })
         .collect();
-    for _ in 0..300 {
+    // Deletes go on until both pushers have pushed many times meanwhile (on a busy machine a
+    // thread may start late).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut deletes = 0;
+    while deletes < 300 || counts.iter().any(|c| c.load(Ordering::SeqCst) < 50) {
+        assert!(Instant::now() < deadline, "the pushers made no progress");
         engine.delete_queue("churn").unwrap();
+        deletes += 1;
     }
     stop.store(true, Ordering::SeqCst);
     for pusher in pushers {
-        assert!(pusher.join().unwrap() > 0);
+        pusher.join().expect("a push failed");
     }
     // The queue works afterwards: a handler runs what is pushed.
     let handler: Arc<Handler> = Arc::new(|_job: &Job| RunOutcome::Success(None));
