@@ -1,5 +1,6 @@
 """File only: several processes on one store directory (the holder serves the others), kill -9
-of either, pushes acknowledged with ``fsync="always"`` surviving SIGKILL, and a damaged log.
+of the holder (a client's is in test_persistence.py), pushes acknowledged with ``fsync="always"``
+surviving SIGKILL, a damaged log, and the worker command.
 
 A store is held by the first process that opens it; the others reach it through the holder, and
 one of them takes it over when the holder dies.
@@ -51,29 +52,6 @@ def test_two_worker_processes_run_3000_jobs_exactly_once(
     assert all(worker.done() for worker in workers), "both processes ran jobs"
     stats = producer.get_queue("bulk").get_stats()
     assert stats["completed"] == 3000 and stats["size"] == 0 and stats["processing"] == 0
-
-
-def test_a_job_of_a_sigkilled_client_process_runs_again(
-    file_kwargs: dict[str, Any],
-    manager_pool: ManagerPool,
-    worker_script: Path,
-    workers: list[WorkerProcess],
-) -> None:
-    holder = manager_pool.open(**file_kwargs)  # opened first: this process holds the store
-    doomed = WorkerProcess(worker_script, file_kwargs, "sigkill", "hang")
-    workers.append(doomed)
-    job_id = holder.push("sigkill", {"n": 1})
-    doomed.wait_for(lambda events: any(e.get("id") == job_id for e in events))
-    running = holder.get_job(job_id)
-    assert running is not None and running.status == "active"
-    doomed.kill()
-
-    recorder = Recorder()
-    holder.get_queue("sigkill").process(recorder.record)
-    job = holder.wait_for(job_id, timeout=WAIT)
-    assert job is not None and job.status == "completed"
-    assert job.attempts == 2, "the lost run counts as an attempt"
-    assert [e["job"].attempts for e in recorder.snapshot()] == [2]
 
 
 def test_when_the_holder_is_sigkilled_another_process_takes_over(

@@ -25,6 +25,7 @@ from helpers import (
     assert_aware_utc,
     wait_equal,
 )
+from processes import WorkerProcess
 from rnode_queue import BackendError, Job, QueueError, QueueManager
 
 
@@ -215,6 +216,31 @@ def test_cron_runs_once_per_tick_across_managers(
     for entry in recorder.snapshot():
         lag = entry["wall"] - entry["job"].scheduled_at.timestamp()
         assert lag < LATE_BOUND
+
+
+def test_a_job_of_a_sigkilled_worker_process_runs_again_in_another(
+    durable_kwargs: dict[str, Any],
+    manager_pool: Any,
+    worker_script: Path,
+    workers: list[WorkerProcess],
+) -> None:
+    kwargs = durable(durable_kwargs)
+    # Opened first: on file this process holds the store, and the worker is its client.
+    qm = manager_pool.open(**kwargs)
+    doomed = WorkerProcess(worker_script, kwargs, "sigkill", "hang")
+    workers.append(doomed)
+    job_id = qm.push("sigkill", {"n": 1})
+    doomed.wait_for(lambda events: any(e.get("id") == job_id for e in events))
+    running = qm.get_job(job_id)
+    assert running is not None and running.status == "active"
+    doomed.kill()
+
+    recorder = Recorder()
+    qm.get_queue("sigkill").process(recorder.record)
+    job = qm.wait_for(job_id, timeout=WAIT)
+    assert job is not None and job.status == "completed"
+    assert job.attempts == 2, "the lost run counts as an attempt"
+    assert [e["job"].attempts for e in recorder.snapshot()] == [2]
 
 
 # -- redis only ---------------------------------------------------------------------------------

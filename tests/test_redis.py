@@ -36,30 +36,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_a_job_of_a_sigkilled_worker_runs_again_in_another_process(
-    redis_kwargs: dict[str, Any],
-    manager_pool: ManagerPool,
-    worker_script: Path,
-    workers: list[WorkerProcess],
-) -> None:
-    kwargs = {**redis_kwargs, "lease": 0.5}
-    doomed = WorkerProcess(worker_script, kwargs, "sigkill", "hang")
-    workers.append(doomed)
-    qm = manager_pool.open(**kwargs)
-    job_id = qm.push("sigkill", {"n": 1})
-    doomed.wait_for(lambda events: any(e.get("id") == job_id for e in events))
-    running = qm.get_job(job_id)
-    assert running is not None and running.status == "active"
-    doomed.kill()
-
-    recorder = Recorder()
-    qm.get_queue("sigkill").process(recorder.record)
-    job = qm.wait_for(job_id, timeout=WAIT)
-    assert job is not None and job.status == "completed"
-    assert job.attempts == 2, "the lost run counts as an attempt"
-    assert [e["job"].attempts for e in recorder.snapshot()] == [2]
-
-
 def test_a_job_longer_than_the_lease_runs_once(
     redis_kwargs: dict[str, Any], manager_pool: ManagerPool
 ) -> None:

@@ -141,15 +141,18 @@ impl<J: Journal> MemoryBackend<J> {
             .fetch_add(settled.retried, AtomicOrdering::Relaxed);
     }
 
-    /// The queue holding job `id`, with its state locked.
-    fn queue_holding(&self, id: JobId) -> Option<(Arc<str>, Arc<MemoryQueue>)> {
-        let queues: Vec<(Arc<str>, Arc<MemoryQueue>)> = self
-            .queues
+    /// Every queue with its name, the map's lock let go (each is then locked on its own).
+    fn named_queues(&self) -> Vec<(Arc<str>, Arc<MemoryQueue>)> {
+        self.queues
             .read()
             .iter()
             .map(|(name, q)| (name.clone(), q.clone()))
-            .collect();
-        queues
+            .collect()
+    }
+
+    /// The queue holding job `id`.
+    fn queue_holding(&self, id: JobId) -> Option<(Arc<str>, Arc<MemoryQueue>)> {
+        self.named_queues()
             .into_iter()
             .find(|(_, q)| q.state.lock().jobs.contains_key(&id))
     }

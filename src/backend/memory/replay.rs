@@ -118,14 +118,8 @@ impl<J: Journal> MemoryBackend<J> {
 
     /// The runs active now: (queue, id, attempt).
     pub fn active_runs(&self) -> Vec<(Arc<str>, JobId, u32)> {
-        let queues: Vec<(Arc<str>, Arc<MemoryQueue>)> = self
-            .queues
-            .read()
-            .iter()
-            .map(|(name, q)| (name.clone(), q.clone()))
-            .collect();
         let mut runs = Vec::new();
-        for (name, handle) in queues {
+        for (name, handle) in self.named_queues() {
             let state = handle.state.lock();
             runs.extend(
                 state
