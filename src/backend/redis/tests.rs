@@ -525,7 +525,10 @@ fn jobs_forwarded_from_a_spill_are_refused_again_after_retention_dropped_them() 
     assert!(dropped >= 3, "retention dropped {dropped} of 5");
     // Forwarded again (its process died before marking the batch done): refused, all or none.
     let again = redis.push_forwarded(&queue, &batch, &declaration());
-    assert!(matches!(again, Err(QueueError::DuplicateJob(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(QueueError::DuplicateJob(_))),
+        "{again:?}"
+    );
     assert!(matches!(
         redis.push_forwarded(&queue, &batch[..1], &declaration()),
         Err(QueueError::DuplicateJob(_))
