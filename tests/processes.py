@@ -8,6 +8,8 @@ write the script and kill what a test left running.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -109,3 +111,31 @@ class WorkerProcess:
         self.proc.kill()  # SIGKILL
         self.proc.wait(timeout=10)
         self._reader.join(timeout=10)
+
+
+def run_app(app: Path, module: str, env: dict[str, str], backend: str) -> str:
+    """Runs ``rnode-queue worker MODULE`` in ``app`` and, beside it, ``web.py`` (which pushes
+    and waits for the results); returns web.py's output once the worker stopped cleanly on
+    SIGTERM."""
+    env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "rnode_queue", "worker", module, "--shutdown-timeout", "5"]
+    worker = subprocess.Popen(
+        command, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert worker.stdout is not None
+        banner = worker.stdout.readline()
+        assert f"rnode-queue worker: {module} on {backend}" in banner, banner
+        web = subprocess.run(
+            [sys.executable, "web.py"], cwd=app, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert web.returncode == 0, web.stderr[-2000:]
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            code = worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            raise
+    assert code == 0, worker.stderr.read() if worker.stderr else ""
+    return web.stdout

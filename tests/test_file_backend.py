@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import ENABLED_BACKENDS, ManagerPool
 from helpers import WAIT, Recorder
-from processes import WorkerProcess
+from processes import WorkerProcess, run_app
 from rnode_queue import QueueManager
 
 pytestmark = pytest.mark.skipif(
@@ -231,34 +231,5 @@ def test_the_worker_command_serves_a_file_store(tmp_path: Path) -> None:
     """`rnode-queue worker app:qm` on a file store runs what another process pushes."""
     (tmp_path / "app.py").write_text(FILE_APP)
     (tmp_path / "web.py").write_text(FILE_WEB)
-    env = {**os.environ, "QUEUE_PATH": str(tmp_path / "queue-data"), "PYTHONUNBUFFERED": "1"}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "rnode_queue", "worker", "app:qm", "--shutdown-timeout", "5"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert worker.stdout is not None
-        banner = worker.stdout.readline()
-        assert "rnode-queue worker: app:qm on file" in banner, banner
-        web = subprocess.run(
-            [sys.executable, "web.py"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert web.returncode == 0, web.stderr[-2000:]
-        assert web.stdout.count(".thumb.png") == 3, web.stdout
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            raise
-    assert code == 0, worker.stderr.read() if worker.stderr else ""
+    output = run_app(tmp_path, "app:qm", {"QUEUE_PATH": str(tmp_path / "queue-data")}, "file")
+    assert output.count(".thumb.png") == 3, output

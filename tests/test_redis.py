@@ -12,7 +12,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from conftest import ENABLED_BACKENDS, ManagerPool
 from helpers import WAIT, Recorder, wait_until
-from processes import WorkerProcess
+from processes import WorkerProcess, run_app
 from redis_servers import RedisCluster, RedisServer, executable, free_port, unavailable
 from rnode_queue import BackendError, Job, QueueManager
 
@@ -232,38 +231,10 @@ def test_the_redis_example_runs_with_the_worker_command(
 ) -> None:
     """examples/redis_app: `rnode-queue worker worker:qm` consumes what `web.py` pushes."""
     app = Path(__file__).resolve().parent.parent / "examples" / "redis_app"
-    env = {
-        **os.environ,
-        "REDIS_URL": redis_kwargs["url"],
-        "REDIS_PREFIX": redis_kwargs["prefix"],
-        "PYTHONUNBUFFERED": "1",
-    }
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "rnode_queue", "worker", "worker:qm", "--shutdown-timeout", "5"],
-        cwd=app,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert worker.stdout is not None
-        banner = worker.stdout.readline()
-        assert "rnode-queue worker: worker:qm on redis" in banner, banner
-        web = subprocess.run(
-            [sys.executable, "web.py"], cwd=app, env=env, capture_output=True, text=True, timeout=60
-        )
-        assert web.returncode == 0, web.stderr[-2000:]
-        assert "avatar.jpg -> avatar.jpg.thumb.png" in web.stdout
-        assert web.stdout.count(".thumb.png") == 4
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            code = worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            raise
-    assert code == 0, worker.stderr.read() if worker.stderr else ""
+    env = {"REDIS_URL": redis_kwargs["url"], "REDIS_PREFIX": redis_kwargs["prefix"]}
+    output = run_app(app, "worker:qm", env, "redis")
+    assert "avatar.jpg -> avatar.jpg.thumb.png" in output
+    assert output.count(".thumb.png") == 4
 
 
 TLS_CLIENT = textwrap.dedent(
