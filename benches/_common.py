@@ -127,6 +127,19 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
+def push_latency_us(push: Any, m: int, warmup: int) -> tuple[float, float]:
+    """p50 and p99, in microseconds, of ``push(i)`` timed one by one (after ``warmup`` untimed)."""
+    for i in range(warmup):
+        push(-1 - i)
+    samples = []
+    for i in range(m):
+        started = time.perf_counter_ns()
+        push(i)
+        samples.append(time.perf_counter_ns() - started)
+    samples.sort()
+    return percentile(samples, 50) / 1000.0, percentile(samples, 99) / 1000.0
+
+
 # --------------------------------------------------------------------------- formatting
 
 

@@ -76,18 +76,10 @@ def rnode_latency(workdir: str, fsync: str, m: int) -> tuple[float, float]:
     path = tempfile.mkdtemp(dir=workdir)
     qm = manager(path, fsync)
     try:
-        for i in range(200):
-            qm.push("latency", {"warmup": i})
-        samples = []
-        for i in range(m):
-            started = time.perf_counter_ns()
-            qm.push("latency", {"i": i})
-            samples.append(time.perf_counter_ns() - started)
+        return C.push_latency_us(lambda i: qm.push("latency", {"i": i}), m, warmup=200)
     finally:
         qm.close(timeout=10)
         shutil.rmtree(path, ignore_errors=True)
-    samples.sort()
-    return C.percentile(samples, 50) / 1000.0, C.percentile(samples, 99) / 1000.0
 
 
 def concurrent(push_one: Callable[[int], None], n: int, threads: int = PUSHERS) -> float:

@@ -159,18 +159,11 @@ def push_latency(url: str, m: int) -> tuple[float, float]:
     prefix = f"rnqbench-{uuid.uuid4().hex}"
     qm = manager(url, prefix)
     try:
-        for i in range(100):
-            qm.push("latency", {"warmup": i})
-        samples = []
-        for i in range(m):
-            started = time.perf_counter_ns()
-            qm.push("latency", {"i": i})
-            samples.append(time.perf_counter_ns() - started)
+        latency = C.push_latency_us(lambda i: qm.push("latency", {"i": i}), m, warmup=100)
         qm.delete_queue("latency")
+        return latency
     finally:
         qm.close(timeout=10)
-    samples.sort()
-    return C.percentile(samples, 50) / 1000.0, C.percentile(samples, 99) / 1000.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,30 +27,6 @@ from rnode_queue import QueueManager
 pytestmark = pytest.mark.skipif(
     "file" not in ENABLED_BACKENDS, reason="the 'file' backend is not enabled"
 )
-
-
-def test_two_worker_processes_run_3000_jobs_exactly_once(
-    file_kwargs: dict[str, Any],
-    manager_pool: ManagerPool,
-    worker_script: Path,
-    workers: list[WorkerProcess],
-) -> None:
-    # The first worker holds the store; the second and this process reach it through the first.
-    for _ in range(2):
-        workers.append(WorkerProcess(worker_script, file_kwargs, "bulk", "record", concurrency=4))
-    producer = manager_pool.open(**file_kwargs)
-    ids: list[str] = []
-    for chunk in range(3):
-        ids += producer.push_batch("bulk", [{"data": {"n": chunk * 1000 + i}} for i in range(1000)])
-    assert producer.join("bulk", timeout=60)
-    for worker in workers:
-        worker.stop()
-    runs = Counter(e["id"] for worker in workers for e in worker.done())
-    assert set(runs) == set(ids), "no job lost"
-    assert max(runs.values()) == 1, f"ran twice: {[i for i, n in runs.items() if n > 1][:5]}"
-    assert all(worker.done() for worker in workers), "both processes ran jobs"
-    stats = producer.get_queue("bulk").get_stats()
-    assert stats["completed"] == 3000 and stats["size"] == 0 and stats["processing"] == 0
 
 
 def test_when_the_holder_is_sigkilled_another_process_takes_over(

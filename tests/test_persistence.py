@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -241,6 +242,41 @@ def test_a_job_of_a_sigkilled_worker_process_runs_again_in_another(
     assert job is not None and job.status == "completed"
     assert job.attempts == 2, "the lost run counts as an attempt"
     assert [e["job"].attempts for e in recorder.snapshot()] == [2]
+
+
+def test_two_worker_processes_run_3000_jobs_exactly_once(
+    durable_kwargs: dict[str, Any],
+    manager_pool: Any,
+    worker_script: Path,
+    workers: list[WorkerProcess],
+) -> None:
+    # On file the first worker holds the store; the second and this process reach it through it.
+    for _ in range(2):
+        workers.append(
+            WorkerProcess(worker_script, durable_kwargs, "bulk", "record", concurrency=4)
+        )
+    producer = manager_pool.open(**durable_kwargs)
+    ids: list[str] = []
+    priorities = ["low", "normal", "high", "critical"]
+    for chunk in range(3):
+        ids += producer.push_batch(
+            "bulk",
+            [
+                {"data": {"n": chunk * 1000 + i}, "options": {"priority": priorities[i % 4]}}
+                for i in range(1000)
+            ],
+        )
+    assert producer.join("bulk", timeout=60)
+    for worker in workers:
+        worker.stop()
+    runs = Counter(e["id"] for worker in workers for e in worker.done())
+    assert set(runs) == set(ids), "no job lost"
+    assert max(runs.values()) == 1, f"ran twice: {[i for i, n in runs.items() if n > 1][:5]}"
+    assert all(worker.done() for worker in workers), "both processes ran jobs"
+    stats = producer.get_queue("bulk").get_stats()
+    assert stats["completed"] == 3000 and stats["size"] == 0 and stats["processing"] == 0
+    if durable_kwargs["backend"] == "redis":  # file: totals count from the holder's opening
+        assert producer.get_stats().jobs_processed == 3000
 
 
 # -- redis only ---------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,36 +59,6 @@ def test_a_job_longer_than_the_lease_runs_once(
     assert job is not None and job.status == "completed" and job.result == "slow"
     assert job.attempts == 1
     assert [run[1] for run in runs] == [job_id]
-
-
-def test_two_worker_processes_run_3000_jobs_exactly_once(
-    redis_kwargs: dict[str, Any],
-    manager_pool: ManagerPool,
-    worker_script: Path,
-    workers: list[WorkerProcess],
-) -> None:
-    for _ in range(2):
-        workers.append(WorkerProcess(worker_script, redis_kwargs, "bulk", "record", concurrency=4))
-    producer = manager_pool.open(**redis_kwargs)
-    ids: list[str] = []
-    priorities = ["low", "normal", "high", "critical"]
-    for chunk in range(3):
-        ids += producer.push_batch(
-            "bulk",
-            [
-                {"data": {"n": chunk * 1000 + i}, "options": {"priority": priorities[i % 4]}}
-                for i in range(1000)
-            ],
-        )
-    assert producer.join("bulk", timeout=60)
-    for worker in workers:
-        worker.stop()
-    runs = Counter(e["id"] for worker in workers for e in worker.done())
-    assert set(runs) == set(ids), "no job lost"
-    assert max(runs.values()) == 1, f"ran twice: {[i for i, n in runs.items() if n > 1][:5]}"
-    stats = producer.get_queue("bulk").get_stats()
-    assert stats["completed"] == 3000 and stats["size"] == 0 and stats["processing"] == 0
-    assert producer.get_stats().jobs_processed == 3000
 
 
 def test_cron_declared_by_two_processes_runs_once_per_tick(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import os
 import time
@@ -45,23 +44,18 @@ _WAIT_SLICE = 0.5
 
 class _GroupCommit:
     """Makes pushes stored in place durable: one commit (one sync of the log) for every push
-    waiting when it starts, however many coroutines made them. Commits run in order on an
-    engine thread that never takes the GIL and reports each through a pipe the event loop
-    watches."""
-
-    # One commit under way at a time: the pushes that come meanwhile make the next one larger.
-    # (Two under way measured slower: smaller batches, more syncs.)
-    _IN_FLIGHT = 1
+    waiting when it starts, however many coroutines made them. The commit runs on an engine
+    thread that never takes the GIL and reports through a pipe the event loop watches. One
+    commit is under way at a time: the pushes that come meanwhile make the next one larger
+    (two under way measured slower: smaller batches, more syncs)."""
 
     def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
         self._engine = engine
         self._loop = loop
         self._durable = 0
         self._waiting: list[tuple[int, asyncio.Future[None]]] = []
-        # Commits under way, oldest first: (ticket, the pushes it covers).
-        self._in_flight: collections.deque[tuple[int, list[tuple[int, asyncio.Future[None]]]]] = (
-            collections.deque()
-        )
+        # The commit under way: its ticket and the pushes it covers.
+        self._in_flight: tuple[int, list[tuple[int, asyncio.Future[None]]]] | None = None
         self._starting = False
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._read, self._done)
@@ -77,14 +71,14 @@ class _GroupCommit:
         await future
 
     def _schedule(self) -> None:
-        if self._waiting and len(self._in_flight) < self._IN_FLIGHT and not self._starting:
+        if self._waiting and self._in_flight is None and not self._starting:
             # After the coroutines ready now have run: their pushes share this commit.
             self._starting = True
             self._loop.call_soon(self._start)
 
     def _start(self) -> None:
         self._starting = False
-        if not self._waiting or len(self._in_flight) >= self._IN_FLIGHT:
+        if not self._waiting or self._in_flight is not None:
             return
         batch, self._waiting = self._waiting, []
         ticket = max(t for t, _ in batch)
@@ -93,42 +87,40 @@ class _GroupCommit:
         except Exception as error:
             _settle(batch, error)
             return
-        self._in_flight.append((ticket, batch))
+        self._in_flight = (ticket, batch)
 
     def _done(self) -> None:
         try:
-            outcomes = os.read(self._read, self._IN_FLIGHT)
+            outcome = os.read(self._read, 1)
         except BlockingIOError:
             return
-        for outcome in outcomes:
-            if not self._in_flight:
-                break
-            ticket, batch = self._in_flight.popleft()
-            error: BaseException | None = None
-            if outcome != 0:
-                try:  # the log refuses at once now, saying why
-                    self._engine.commit(ticket)
-                    error = QueueError("the pushes could not be made durable")
-                except Exception as failure:
-                    error = failure
-            else:
-                self._durable = max(self._durable, ticket)
-            _settle(batch, error)
+        if self._in_flight is None:
+            return
+        (ticket, batch), self._in_flight = self._in_flight, None
+        error: BaseException | None = None
+        if outcome != b"\0":
+            try:  # the log refuses at once now, saying why
+                self._engine.commit(ticket)
+                error = QueueError("the pushes could not be made durable")
+            except Exception as failure:
+                error = failure
+        else:
+            self._durable = max(self._durable, ticket)
+        _settle(batch, error)
         self._schedule()
 
     async def close(self) -> None:
-        """After the store closed (its log synced): lets the commits under way report, then
+        """After the store closed (its log synced): lets the commit under way report, then
         lets go of the pipe."""
         for _ in range(1000):
-            if not self._in_flight and not self._waiting:
+            if self._in_flight is None and not self._waiting:
                 break
             await asyncio.sleep(0.001)
         self._loop.remove_reader(self._read)
         self._close_fds()
-        pending = [push for _, batch in self._in_flight for push in batch] + self._waiting
+        pending = (self._in_flight[1] if self._in_flight else []) + self._waiting
         _settle(pending, QueueClosedError("the queue manager is closed"))
-        self._in_flight.clear()
-        self._waiting = []
+        self._in_flight, self._waiting = None, []
 
 
 def _close_fds(*fds: int) -> None:

@@ -143,17 +143,14 @@ impl Server {
         true
     }
 
-    /// Runs this process (or a client, `RESUME`) still runs: not orphans.
-    pub fn adopt(&self, session: Option<u128>, runs: &[(Arc<str>, JobId, u32)]) {
+    /// Runs a client still runs (`RESUME`): its session's, not orphans.
+    pub fn adopt(&self, session: u128, runs: &[(Arc<str>, JobId, u32)]) {
         {
             let mut orphans = self.orphans.lock();
             for (_, id, _) in runs {
                 orphans.runs.remove(id);
             }
         }
-        let Some(session) = session else {
-            return;
-        };
         if let Some(entry) = self.sessions.lock().get_mut(&session) {
             for (queue, id, attempt) in runs {
                 entry.runs.insert(*id, (queue.clone(), *attempt));
@@ -496,7 +493,7 @@ impl Server {
                 let runs = (0..count)
                     .map(|_| Ok((queue(&mut r)?, r.id().map_err(bad)?, r.u32().map_err(bad)?)))
                     .collect::<Result<Vec<_>>>()?;
-                self.adopt(Some(session), &runs);
+                self.adopt(session, &runs);
             }
             method::HAS_SCHEDULE => {
                 w.u8(u8::from(store.has_schedule(r.str().map_err(bad)?)?));
