@@ -11,7 +11,11 @@ measured in the same run with the same N and the same payloads, as a ratio rnode
 3. single ``qm.push`` latency p50 / p99 / p99.9, ``time.perf_counter_ns`` around each push;
 4. RSS of 1,000,000 queued jobs with ~100-byte JSON payloads (queue paused, no handler),
    measured in a fresh child process per implementation so that memory freed by earlier
-   phases (and kept by the allocator) cannot hide the growth.
+   phases (and kept by the allocator) cannot hide the growth;
+5. the cost of the Prometheus counters: the push + drain of [1] (queue default concurrency)
+   with ``QueueManager()`` against ``QueueManager(metrics=False)``, alternated, best of
+   ``--metrics-rounds`` each; the target is a ratio on / off of at least 0.97 (within 3 %).
+   ``--metrics-only`` runs this figure alone.
 
 Baselines: ``queue.PriorityQueue`` drained by worker threads, ``asyncio.PriorityQueue``
 drained by asyncio tasks, and a ``heapq`` + direct call loop (the floor of any Python queue);
@@ -48,6 +52,7 @@ RSS_TARGET_BYTES_PER_JOB = 400  # 400 MB (10^6 bytes) for 1,000,000 jobs
 TARGET_E2E = 1_000_000.0
 TARGET_BATCH = 2_000_000.0
 TARGET_P99_US = 20.0
+TARGET_METRICS_RATIO = 0.97  # metrics on / off, push + drain: within 3 %
 
 
 def handler(job: Any) -> None:
@@ -92,7 +97,7 @@ class _EngineManager:
 
 
 class Rnode:
-    def __init__(self, factory: Callable[[], Any], label: str, version: str) -> None:
+    def __init__(self, factory: Callable[..., Any], label: str, version: str) -> None:
         self.factory = factory
         self.label = label
         self.version = version
@@ -117,7 +122,7 @@ def load_rnode() -> tuple[Rnode | None, str]:
     if core is not None and hasattr(core, "Engine"):
         engine_cls = core.Engine
         label = "rnode_queue._core.Engine() (no rnode_queue.QueueManager yet)"
-        return Rnode(lambda: _EngineManager(engine_cls()), label, version), ""
+        return Rnode(lambda **kw: _EngineManager(engine_cls(**kw)), label, version), ""
     return None, "rnode_queue has neither QueueManager nor _core.Engine"
 
 
@@ -238,10 +243,16 @@ def fill_only(kind: str, n: int, mode: str, batch_size: int) -> float:
 
 
 def run_rnode(
-    rn: Rnode, n: int, concurrency: int | None, mode: str, batch_size: int, timeout: float
+    rn: Rnode,
+    n: int,
+    concurrency: int | None,
+    mode: str,
+    batch_size: int,
+    timeout: float,
+    **options: Any,
 ) -> dict[str, Any]:
     gc.collect()
-    qm = rn.factory()
+    qm = rn.factory(**options)
     notes: list[str] = []
     try:
         if concurrency is None:
@@ -514,6 +525,95 @@ def throughput_section(
     return figures
 
 
+# --------------------------------------------------------------------------- metrics on / off
+
+
+def metrics_section(
+    report: C.Report, rn: Rnode, n: int, rounds: int, batch_size: int, timeout: float
+) -> list[str]:
+    """Figure [5]: push + drain with the engine's counters on and off; its summary row."""
+    report.section(
+        f"[5] Prometheus counters: push + drain of {n:,} jobs, metrics on vs off"
+        f" (alternated, best of {rounds})"
+    )
+    try:
+        rn.factory(metrics=False).close(timeout=10)
+    except Exception as exc:
+        print(f"  skipped: this build has no metrics=False ({type(exc).__name__}: {exc})")
+        return ["[5] metrics on / off", "n/a", f">= {TARGET_METRICS_RATIO:.2f}x", "n/a"]
+    runs: dict[str, list[float]] = {"on": [], "off": []}
+    for r in range(rounds):
+        # Alternated, and the order swapped each round, so that drift hits both alike.
+        for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            options = {} if mode == "on" else {"metrics": False}
+            run = run_rnode(rn, n, None, "push", batch_size, timeout, **options)
+            for note in run["notes"]:
+                report.problem(f"metrics {mode}, round {r + 1}: {note}")
+            runs[mode].append(rate(n, run["push_s"] + run["drain_s"]) or 0.0)
+    best = {mode: max(rates) for mode, rates in runs.items()}
+    ratio = C.ratio(best["on"], best["off"])
+    rows = [
+        [
+            f"QueueManager({'' if mode == 'on' else 'metrics=False'})",
+            C.fmt_num(best[mode]),
+            "  ".join(C.fmt_num(x) for x in runs[mode]),
+        ]
+        for mode in ("on", "off")
+    ]
+    C.Report.table(["manager", "best push+drain jobs/s", "every round"], rows)
+    ok, text = verdict(ratio, TARGET_METRICS_RATIO, True)
+    print(f"  ratio on / off {C.fmt_ratio(ratio)}; target >= {TARGET_METRICS_RATIO:.2f}x: {text}")
+    report.add(
+        {
+            "id": "metrics_overhead",
+            "title": "push + drain, metrics on vs off",
+            "n": n,
+            "unit": "jobs/s",
+            "rnode": {"metrics_on": best["on"], "metrics_off": best["off"], "ratio": ratio},
+            "rounds": runs,
+            "target": {"ratio_min": TARGET_METRICS_RATIO, "pass": ok},
+        }
+    )
+    return [
+        "[5] metrics on / off, push + drain",
+        f"{C.fmt_ratio(ratio)} ({C.fmt_num(best['on'])} / {C.fmt_num(best['off'])} jobs/s)",
+        f">= {TARGET_METRICS_RATIO:.2f}x",
+        text,
+    ]
+
+
+def finish(
+    report: C.Report,
+    summary: list[list[str]],
+    started: float,
+    interference: C.Interference,
+    json_path: str | None,
+) -> int:
+    """The summary table, the run's time and load, the problems; the exit status."""
+    report.section("summary (rnode-queue vs targets)")
+    C.Report.table(["figure", "rnode-queue", "target", "status"], summary)
+    elapsed = time.perf_counter() - started
+    print(f"\n  total time {elapsed:.1f} s, load average at the end {C.load_average()}")
+    report.info["elapsed_s"] = round(elapsed, 1)
+    other = interference.other_cpu()
+    if other is not None:
+        other_s, share = other
+        report.info["other_processes_cpu_s"] = round(other_s, 1)
+        print(
+            f"  CPU used by other processes during the run: {other_s:.1f} s ({share:.0%} of a core)"
+        )
+        if share > 0.10:
+            print("  !! the machine was not idle: every figure above is disturbed by that load")
+    if report.problems:
+        print(f"  {len(report.problems)} problem(s):")
+        for p in report.problems:
+            print(f"    - {p}")
+    if json_path:
+        report.write_json(json_path)
+        print(f"  figures written to {json_path}")
+    return 1 if report.problems else 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -531,6 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=None, help="qm.join timeout (s)")
     ap.add_argument("--baselines-only", action="store_true", help="skip rnode-queue")
+    ap.add_argument(
+        "--metrics-rounds", type=int, default=None, help="[5] runs of each (default 3; --quick 2)"
+    )
+    ap.add_argument("--metrics-only", action="store_true", help="run figure [5] alone")
     ap.add_argument("--rss-child", choices=["rnode", "heapq"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -566,6 +670,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     interference = C.Interference()
     summary: list[list[str]] = []
+    metrics_rounds = args.metrics_rounds or (2 if args.quick else 3)
+    if args.metrics_only:
+        if rn is None:
+            print("error: --metrics-only needs rnode-queue", file=sys.stderr)
+            return 2
+        summary.append(metrics_section(report, rn, n, metrics_rounds, args.batch_size, timeout))
+        return finish(report, summary, started, interference, args.json)
 
     conc_settings: list[tuple[str, int | None, int]] = [
         ("1", 1, 1),
@@ -794,29 +905,11 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
 
-    # -- summary ------------------------------------------------------------------------------
-    report.section("summary (rnode-queue vs targets)")
-    C.Report.table(["figure", "rnode-queue", "target", "status"], summary)
-    elapsed = time.perf_counter() - started
-    print(f"\n  total time {elapsed:.1f} s, load average at the end {C.load_average()}")
-    report.info["elapsed_s"] = round(elapsed, 1)
-    other = interference.other_cpu()
-    if other is not None:
-        other_s, share = other
-        report.info["other_processes_cpu_s"] = round(other_s, 1)
-        print(
-            f"  CPU used by other processes during the run: {other_s:.1f} s ({share:.0%} of a core)"
-        )
-        if share > 0.10:
-            print("  !! the machine was not idle: every figure above is disturbed by that load")
-    if report.problems:
-        print(f"  {len(report.problems)} problem(s):")
-        for p in report.problems:
-            print(f"    - {p}")
-    if args.json:
-        report.write_json(args.json)
-        print(f"  figures written to {args.json}")
-    return 1 if report.problems else 0
+    # -- 5: metrics on / off ------------------------------------------------------------------
+    if rn:
+        summary.append(metrics_section(report, rn, n, metrics_rounds, args.batch_size, timeout))
+
+    return finish(report, summary, started, interference, args.json)
 
 
 if __name__ == "__main__":

@@ -320,6 +320,11 @@ class AsyncQueueManager:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return await self._call(self._engine.retry_job, job_id)
 
+    async def get_workers(self) -> list[dict[str, Any]]:
+        """The live worker processes sharing this backend (see
+        :meth:`QueueManager.get_workers`)."""
+        return await self._call(self._engine.get_workers)
+
     async def wait_for(self, job_id: str, timeout: Seconds | None = None) -> Job | None:
         """Wait until the job completed or finally failed and return it; None on timeout.
 

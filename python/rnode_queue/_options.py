@@ -72,6 +72,8 @@ class ManagerOptions(_QueueDefaults, total=False):
     fsync: str | None
     #: Redis: a directory where pushes go while Redis cannot be reached (forwarded later).
     spill_path: str | os.PathLike[str] | None
+    #: Count pushes, runs and run times per queue for :mod:`rnode_queue.metrics` (default on).
+    metrics: bool | None
 
 
 class QueueOptions(_QueueDefaults, total=False):

@@ -246,6 +246,15 @@ pub trait Backend: Send + Sync + 'static {
         Ok(true)
     }
 
+    /// Lists a worker process in the store's registry of live workers (or refreshes it) until
+    /// `ttl` seconds from now. `info` is the engine's description (JSON; opaque here). The
+    /// registry is for operators (`rnode-queue workers`); leases are what recover jobs.
+    fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()>;
+    /// The descriptions of the worker processes whose last beat has not expired.
+    fn workers(&self) -> Result<Vec<Payload>>;
+    /// Takes a worker process off the registry (it closed).
+    fn leave(&self, worker: &str) -> Result<()>;
+
     /// The engine has stopped its workers: background upkeep (lease renewal) ends.
     fn close(&self) {}
 }

@@ -174,7 +174,15 @@ impl SpillingBackend {
                     }
                 };
                 if !self.forward_batch(&queue, &taken) {
-                    let _ = self.spill.release(&queue, &taken);
+                    if let Err(error) = self.spill.release(&queue, &taken) {
+                        // They stay taken in the spill until its next open: forwarded then.
+                        log::warn!(
+                            target: "rnode_queue",
+                            "{} spilled job(s) of queue {queue:?} could not be handed back to the \
+                             spill ({error}); they are forwarded after the next restart",
+                            taken.len()
+                        );
+                    }
                     return false;
                 }
             }
@@ -532,6 +540,18 @@ impl Backend for SpillingBackend {
 
     fn has_schedule(&self, id: &str) -> Result<bool> {
         self.redis()?.has_schedule(id)
+    }
+
+    fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()> {
+        self.redis()?.beat(worker, info, ttl)
+    }
+
+    fn workers(&self) -> Result<Vec<Payload>> {
+        self.redis()?.workers()
+    }
+
+    fn leave(&self, worker: &str) -> Result<()> {
+        self.redis()?.leave(worker)
     }
 
     fn close(&self) {

@@ -254,7 +254,9 @@ impl Engine {
                 .is_some_and(|entry| same_schedule(&entry.record, &record));
             if !known {
                 // One that does not parse was stored by a newer version: it stays stored.
-                let _ = self.install_schedule(record);
+                if let Err(error) = self.install_schedule(record) {
+                    log::debug!(target: "rnode_queue", "a stored schedule is skipped: {error}");
+                }
             }
         }
     }

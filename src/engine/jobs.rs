@@ -167,6 +167,11 @@ impl Engine {
                 _ => return Ok(Pushed::WouldBlock),
             },
         };
+        if let (Some(metrics), Pushed::Done(ids) | Pushed::Uncommitted(ids, _)) =
+            (&entry.metrics, &pushed)
+        {
+            metrics.pushed(ids.len());
+        }
         if let Some(due) = earliest_due {
             self.timers.arm(TimerKey::Queue(entry.name.clone()), due);
         }

@@ -11,7 +11,9 @@
 
 mod config;
 mod cron;
+mod heartbeat;
 mod jobs;
+mod metrics;
 mod pools;
 mod queues;
 mod settle;
@@ -38,8 +40,10 @@ use crate::sync::{Mutex, RwLock};
 
 pub use config::{BackoffChoice, QueueConfig, QueueSettings, MAX_CONCURRENCY};
 pub use cron::{new_schedule, schedule_id, CronSchedule, ScheduleInfo};
+pub use heartbeat::{WorkerInfo, HEARTBEAT_EVERY, HEARTBEAT_TTL};
+pub use metrics::{MetricsSnapshot, DURATION_BOUNDS};
 pub use shutdown::{CloseReport, DEFAULT_CLOSE_TIMEOUT};
-pub use stats::{EngineStats, QueueStats};
+pub use stats::{EngineStats, QueueReport, QueueStats};
 pub use workers::{Completion, Executor, RunOutcome, Session, MAX_BATCH};
 
 use cron::CronEntry;
@@ -59,6 +63,8 @@ pub struct EngineOptions {
     pub defaults: QueueConfig,
     /// The largest job (data, tags, metadata, queue name) and the largest result accepted.
     pub max_job_bytes: usize,
+    /// Counts pushes, runs and run times per queue (for Prometheus).
+    pub metrics: bool,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +72,7 @@ impl Default for EngineOptions {
         EngineOptions {
             defaults: QueueConfig::default(),
             max_job_bytes: 1 << 20,
+            metrics: true,
         }
     }
 }
@@ -75,6 +82,8 @@ struct QueueEntry {
     config: RwLock<Arc<QueueConfig>>,
     /// `create_queue` ran in this process: its settings win here over the stored ones.
     declared_here: AtomicBool,
+    /// This process's counters of the queue (`None`: counting is off).
+    metrics: Option<Arc<metrics::QueueMetrics>>,
 }
 
 pub struct Engine {
@@ -101,6 +110,15 @@ pub struct Engine {
     this: Weak<Engine>,
     /// Feeds the thread that runs `commit_in_background` (made on first use).
     committer: Mutex<Option<std::sync::mpsc::Sender<jobs::Commit>>>,
+    metrics: metrics::Metrics,
+    /// One INFO record per completed run (`set_job_logging`).
+    log_jobs: AtomicBool,
+    /// The backend failed a fetch and has not served one since: logged once, not per retry.
+    backend_down: AtomicBool,
+    /// A metrics report found the backend away (logged once per outage).
+    metrics_backend_down: AtomicBool,
+    /// This process's entry in the backend's list of worker processes, once it runs handlers.
+    heartbeat: heartbeat::Heartbeat,
 }
 
 /// Why a push did not happen yet.
@@ -115,6 +133,7 @@ pub enum Pushed {
 impl Engine {
     pub fn new(backend: Arc<dyn Backend>, options: EngineOptions) -> Result<Arc<Engine>> {
         options.defaults.validate()?;
+        let options_metrics = options.metrics;
         let engine = Arc::new_cyclic(|this| Engine {
             backend,
             watchdog_at: AtomicU64::new(u64::MAX),
@@ -130,6 +149,11 @@ impl Engine {
             epoch: Instant::now(),
             this: this.clone(),
             committer: Mutex::new(None),
+            metrics: metrics::Metrics::new(options_metrics),
+            log_jobs: AtomicBool::new(false),
+            backend_down: AtomicBool::new(false),
+            metrics_backend_down: AtomicBool::new(false),
+            heartbeat: heartbeat::Heartbeat::default(),
         });
         let host: Weak<dyn timers::TimerHost> = Arc::downgrade(&engine) as _;
         engine.timers.start(host);
@@ -163,6 +187,17 @@ impl Engine {
 
     pub fn max_job_bytes(&self) -> usize {
         self.options.max_job_bytes
+    }
+
+    /// Logs one INFO record per completed run (off by default: it costs a call into Python's
+    /// `logging` per job).
+    pub fn set_job_logging(&self, enabled: bool) {
+        self.log_jobs.store(enabled, Ordering::Relaxed);
+    }
+
+    /// This process's counters of every queue it used (empty when counting is off).
+    pub fn metrics(&self) -> Vec<(Arc<str>, MetricsSnapshot)> {
+        self.metrics.snapshot()
     }
 
     pub fn is_closed(&self) -> bool {

@@ -60,8 +60,11 @@ impl Engine {
             executor,
             slots,
             concurrency.is_some(),
+            entry.metrics.clone(),
         );
         pools.insert(entry.name.clone(), pool);
+        drop(pools);
+        self.start_heartbeat();
         Ok(())
     }
 
@@ -125,5 +128,9 @@ impl WorkerHost for Engine {
 
     fn backend_failed(&self, queue: &str, error: &QueueError) -> bool {
         Engine::backend_failed(self, queue, error)
+    }
+
+    fn backend_ok(&self) {
+        Engine::backend_ok(self)
     }
 }

@@ -43,6 +43,7 @@ impl Engine {
                     name: name.clone(),
                     config: RwLock::new(Arc::new(config)),
                     declared_here: AtomicBool::new(false),
+                    metrics: self.metrics.of(name),
                 })
             })
             .clone();

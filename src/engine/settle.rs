@@ -1,5 +1,6 @@
 //! What a finished run means for its job: completed, retried after the backoff, or failed.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,14 @@ use super::Engine;
 /// Error texts and tracebacks longer than this are cut (a handler's exception can carry
 /// megabytes; every attempt stores it).
 const MAX_ERROR_TEXT: usize = 64 * 1024;
+
+/// A traceback on the lines after a failure's log message.
+fn traceback_lines(traceback: &Option<String>) -> String {
+    match traceback {
+        Some(traceback) if !traceback.trim().is_empty() => format!("\n{}", traceback.trim_end()),
+        _ => String::new(),
+    }
+}
 
 /// Cuts `text` to at most `MAX_ERROR_TEXT` bytes (at a character boundary), saying so.
 fn bounded_text(mut text: String) -> String {
@@ -40,6 +49,9 @@ impl Engine {
         let config = self.config_of(queue);
         let at = now();
         let limit = self.options.max_job_bytes;
+        let log_jobs = self.log_jobs.load(Ordering::Relaxed);
+        // Completed, failed for good, retried.
+        let mut counts = (0, 0, 0);
         let acks: Vec<Ack> = runs
             .map(|(job, outcome)| {
                 let settlement = match outcome {
@@ -61,6 +73,48 @@ impl Engine {
                         Self::failure(&config, job, at, error, None)
                     }
                 };
+                match &settlement {
+                    Settlement::Completed { .. } => {
+                        counts.0 += 1;
+                        if log_jobs {
+                            log::info!(
+                                target: "rnode_queue",
+                                "job {} of queue {queue:?} completed (attempt {} of {})",
+                                job.id,
+                                job.attempts,
+                                job.max_attempts
+                            );
+                        }
+                    }
+                    Settlement::Failed { error, traceback } => {
+                        counts.1 += 1;
+                        log::error!(
+                            target: "rnode_queue",
+                            "job {} of queue {queue:?} failed for good after {} attempt(s): \
+                             {error}{}",
+                            job.id,
+                            job.attempts,
+                            traceback_lines(traceback)
+                        );
+                    }
+                    Settlement::Retry {
+                        due,
+                        error,
+                        traceback,
+                    } => {
+                        counts.2 += 1;
+                        log::warn!(
+                            target: "rnode_queue",
+                            "job {} of queue {queue:?} failed (attempt {} of {}), retrying in \
+                             {:.3} s: {error}{}",
+                            job.id,
+                            job.attempts,
+                            job.max_attempts,
+                            (due - at).max(0.0),
+                            traceback_lines(traceback)
+                        );
+                    }
+                }
                 Ack {
                     id: job.id,
                     attempt: job.attempts,
@@ -69,6 +123,9 @@ impl Engine {
                 }
             })
             .collect();
+        if let Some(metrics) = self.metrics.of(queue) {
+            metrics.settled(counts.0, counts.1, counts.2);
+        }
         let count = acks.len();
         let settled = self.backend.settle(queue, acks);
         self.finished.notify();
@@ -125,6 +182,15 @@ impl Engine {
         }
     }
 
+    /// A fetch succeeded: if the backend was lost, says that it is back.
+    pub fn backend_ok(&self) {
+        if self.backend_down.load(Ordering::Relaxed)
+            && self.backend_down.swap(false, Ordering::AcqRel)
+        {
+            log::info!(target: "rnode_queue", "the backend is reachable again: workers fetch jobs");
+        }
+    }
+
     /// A worker's fetch failed. Returns whether it should keep going (after a pause).
     pub fn backend_failed(&self, queue: &str, error: &QueueError) -> bool {
         if self.is_closed() {
@@ -133,10 +199,19 @@ impl Engine {
         let registered = || self.pools.lock().contains_key(queue);
         match error {
             QueueError::Backend(_) | QueueError::Indeterminate(_) => {
-                log::warn!(
-                    target: "rnode_queue",
-                    "workers of queue {queue:?} cannot fetch jobs ({error}); retrying in 0.5 s"
-                );
+                // Once when the backend goes away (every queue's workers notice), not per try.
+                if !self.backend_down.swap(true, Ordering::AcqRel) {
+                    log::warn!(
+                        target: "rnode_queue",
+                        "lost the backend: workers of queue {queue:?} cannot fetch jobs \
+                         ({error}); retrying every 0.5 s until it is back"
+                    );
+                } else {
+                    log::debug!(
+                        target: "rnode_queue",
+                        "workers of queue {queue:?} still cannot fetch jobs ({error})"
+                    );
+                }
                 // Back off instead of spinning while the backend is down.
                 std::thread::sleep(Duration::from_millis(500));
                 registered()

@@ -66,6 +66,7 @@ impl Engine {
                 .saturating_duration_since(Instant::now())
                 .max(TIMER_STOP_MIN),
         );
+        self.stop_heartbeat();
         // Only now: leases stay renewed while running jobs finish.
         self.backend.close();
         CloseReport {

@@ -1,9 +1,10 @@
 //! Stats: one queue's, and the manager's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::Engine;
+use super::{Engine, MetricsSnapshot};
 use crate::backend::{QueueCounts, Totals};
 use crate::error::{QueueError, Result};
 use crate::job::validate_queue_name;
@@ -29,7 +30,73 @@ pub struct EngineStats {
     pub queue_sizes: Vec<(String, u64)>,
 }
 
+/// One queue as Prometheus sees it: this process's counters, its handlers running now, and
+/// the store's counts (`None` when the store could not be reached).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueReport {
+    pub queue: String,
+    pub counters: MetricsSnapshot,
+    pub busy: u64,
+    pub counts: Option<QueueCounts>,
+}
+
 impl Engine {
+    /// Every queue of the store, and every queue this process counted: its counters (zero when
+    /// counting is off), its busy workers here, and its counts in the store (one call for all).
+    /// A store that cannot be reached leaves the counts out, logged: the counters still go out.
+    pub fn metrics_report(&self) -> Result<Vec<QueueReport>> {
+        self.check_open()?;
+        let mut reports: BTreeMap<String, QueueReport> = self
+            .metrics()
+            .into_iter()
+            .map(|(name, counters)| {
+                let report = QueueReport {
+                    queue: name.to_string(),
+                    counters,
+                    ..QueueReport::default()
+                };
+                (name.to_string(), report)
+            })
+            .collect();
+        for (name, pool) in self.pools.lock().iter() {
+            reports
+                .entry(name.to_string())
+                .or_insert_with(|| QueueReport {
+                    queue: name.to_string(),
+                    ..QueueReport::default()
+                })
+                .busy = pool.running() as u64;
+        }
+        let stored = self.backend.queue_names().and_then(|names| {
+            let counts = self.backend.counts_of(&names)?;
+            Ok(names.into_iter().zip(counts).collect::<Vec<_>>())
+        });
+        match stored {
+            Ok(stored) => {
+                if self.metrics_backend_down.swap(false, Ordering::AcqRel) {
+                    log::info!(target: "rnode_queue", "metrics: queue counts are back");
+                }
+                for (name, counts) in stored {
+                    let Some(counts) = counts else { continue };
+                    reports
+                        .entry(name.clone())
+                        .or_insert_with(|| QueueReport {
+                            queue: name,
+                            ..QueueReport::default()
+                        })
+                        .counts = Some(counts);
+                }
+            }
+            // Once per outage, not per scrape.
+            Err(error) if !self.metrics_backend_down.swap(true, Ordering::AcqRel) => log::warn!(
+                target: "rnode_queue",
+                "metrics: queue counts left out while the backend cannot be reached ({error})"
+            ),
+            Err(error) => log::debug!(target: "rnode_queue", "metrics: no queue counts: {error}"),
+        }
+        Ok(reports.into_values().collect())
+    }
+
     /// A queue's stats; a queue that does not exist (deleted, maybe while this ran) holds
     /// nothing.
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {

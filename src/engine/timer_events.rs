@@ -36,6 +36,7 @@ impl TimerHost for Engine {
                 self.timers.arm(TimerKey::Reload, now() + RELOAD_EVERY);
             }
             TimerKey::Declare(queue) => self.declare_in_background(queue),
+            TimerKey::Heartbeat => self.beat(),
             TimerKey::Settle(queue) => {
                 let pool = self.pools.lock().get(queue).cloned();
                 if let Some(wait) = pool.and_then(|p| p.settle_stalled(self, self.clock())) {

@@ -30,6 +30,8 @@ pub enum TimerKey {
     Reload,
     /// Declare a queue first used where waiting for the store was not allowed.
     Declare(Arc<str>),
+    /// Renew this worker process's entry in the backend's registry.
+    Heartbeat,
 }
 
 #[derive(PartialEq)]

@@ -4,7 +4,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::backoff::Backoff;
-use crate::engine::{QueueConfig, QueueStats, ScheduleInfo};
+use crate::engine::{
+    QueueConfig, QueueReport, QueueStats, ScheduleInfo, WorkerInfo, DURATION_BOUNDS,
+};
 use crate::py::convert::from_json;
 use crate::py::job::datetime;
 
@@ -54,5 +56,56 @@ pub fn schedule_dict<'py>(py: Python<'py>, info: &ScheduleInfo) -> PyResult<Boun
     dict.set_item("data", from_json(py, &record.data)?)?;
     dict.set_item("priority", record.priority.as_str())?;
     dict.set_item("next_run", datetime(py, info.next_run)?)?;
+    Ok(dict)
+}
+
+/// One queue's metrics (see `Engine::metrics_report`); the store's counts are None when it
+/// could not be reached.
+pub fn queue_report_dict<'py>(
+    py: Python<'py>,
+    report: &QueueReport,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    let counters = &report.counters;
+    dict.set_item("queue", &report.queue)?;
+    dict.set_item("pushed", counters.pushed)?;
+    dict.set_item("processed", counters.processed)?;
+    dict.set_item("failed", counters.failed)?;
+    dict.set_item("retried", counters.retried)?;
+    let bounds = DURATION_BOUNDS.iter().copied().chain([f64::INFINITY]);
+    let mut buckets: Vec<(f64, u64)> = bounds
+        .zip(counters.duration_buckets.iter().copied())
+        .collect();
+    if buckets.len() < DURATION_BOUNDS.len() + 1 {
+        // Counting is off: every bucket is empty.
+        buckets = DURATION_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .map(|b| (b, 0))
+            .collect();
+    }
+    dict.set_item("duration_buckets", buckets)?;
+    dict.set_item("duration_sum", counters.duration_sum.as_secs_f64())?;
+    dict.set_item("duration_count", counters.duration_count())?;
+    dict.set_item("busy", report.busy)?;
+    let counts = report.counts.as_ref();
+    dict.set_item("waiting", counts.map(|c| c.waiting))?;
+    dict.set_item("delayed", counts.map(|c| c.delayed))?;
+    dict.set_item("active", counts.map(|c| c.active))?;
+    dict.set_item("paused", counts.map(|c| c.paused))?;
+    Ok(dict)
+}
+
+pub fn worker_dict<'py>(py: Python<'py>, info: &WorkerInfo) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("id", &info.id)?;
+    dict.set_item("host", &info.host)?;
+    dict.set_item("pid", info.pid)?;
+    dict.set_item("queues", &info.queues)?;
+    dict.set_item("concurrency", info.concurrency.clone())?;
+    dict.set_item("running", info.running)?;
+    dict.set_item("started_at", datetime(py, Some(info.started_at))?)?;
+    dict.set_item("last_seen", datetime(py, Some(info.last_seen))?)?;
     Ok(dict)
 }

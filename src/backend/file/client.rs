@@ -9,7 +9,7 @@ use super::codec::{Decoded, Reader, Writer};
 use super::protocol::{self, method};
 use crate::backend::{Ack, FetchRequest, QueueCounts, QueueDeclaration, ScheduleRecord, Totals};
 use crate::error::QueueError;
-use crate::job::{Job, JobId, JobState, Timestamp};
+use crate::job::{Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::Mutex;
 
 /// How long a new connection waits for the holder to greet it (it may be replaying its log).
@@ -393,6 +393,33 @@ impl Client {
 
     pub fn has_schedule(&self, id: &str) -> CallResult<bool> {
         self.call(method::HAS_SCHEDULE, |w| w.str(id), |r| r.flag())
+    }
+
+    pub fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> CallResult<()> {
+        self.call(
+            method::BEAT,
+            |w| {
+                w.str(worker);
+                w.bytes(info);
+                w.f64(ttl);
+            },
+            |_| Ok(()),
+        )
+    }
+
+    pub fn workers(&self) -> CallResult<Vec<Payload>> {
+        self.call(
+            method::WORKERS,
+            |_| {},
+            |r| {
+                let count = r.count(4)?;
+                (0..count).map(|_| r.payload()).collect()
+            },
+        )
+    }
+
+    pub fn leave(&self, worker: &str) -> CallResult<()> {
+        self.call(method::LEAVE, |w| w.str(worker), |_| Ok(()))
     }
 }
 

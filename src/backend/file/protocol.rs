@@ -44,6 +44,9 @@ pub mod method {
     pub const LOAD_SCHEDULES: u8 = 23;
     pub const HAS_SCHEDULE: u8 = 24;
     pub const RESUME: u8 = 25;
+    pub const BEAT: u8 = 26;
+    pub const WORKERS: u8 = 27;
+    pub const LEAVE: u8 = 28;
 }
 
 /// The socket of the store in `dir`: one per directory (its canonical path), on this host.

@@ -498,6 +498,21 @@ impl Server {
             method::HAS_SCHEDULE => {
                 w.u8(u8::from(store.has_schedule(r.str().map_err(bad)?)?));
             }
+            method::BEAT => {
+                let worker = r.str().map_err(bad)?;
+                let info = r.payload().map_err(bad)?;
+                let ttl = r.f64().map_err(bad)?;
+                if !(ttl.is_finite() && ttl > 0.0) {
+                    return Err(QueueError::Backend(format!("a heartbeat lasting {ttl} s")));
+                }
+                store.beat(worker, &info, ttl)?;
+            }
+            method::WORKERS => {
+                let workers = store.workers()?;
+                w.u32(workers.len() as u32);
+                workers.iter().for_each(|info| w.bytes(info));
+            }
+            method::LEAVE => store.leave(r.str().map_err(bad)?)?,
             other => return Err(QueueError::Backend(format!("unknown request {other}"))),
         }
         Ok(())

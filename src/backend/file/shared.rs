@@ -18,7 +18,7 @@ use crate::backend::{
     Totals,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{Job, JobId, JobState, Timestamp};
+use crate::job::{Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::{Mutex, RwLock};
 
 /// How long opening waits for a holder that has the lock but does not answer yet (it may have
@@ -478,6 +478,18 @@ impl Backend for FileStore {
 
     fn has_schedule(&self, id: &str) -> Result<bool> {
         self.call(|s| s.has_schedule(id), |c| c.has_schedule(id))
+    }
+
+    fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()> {
+        self.call(|s| s.beat(worker, info, ttl), |c| c.beat(worker, info, ttl))
+    }
+
+    fn workers(&self) -> Result<Vec<Payload>> {
+        self.call(|s| s.workers(), |c| c.workers())
+    }
+
+    fn leave(&self, worker: &str) -> Result<()> {
+        self.call(|s| s.leave(worker), |c| c.leave(worker))
     }
 
     fn close(&self) {

@@ -26,7 +26,7 @@ use super::{
     Totals,
 };
 use crate::error::{QueueError, Result};
-use crate::job::{now, Job, JobId, JobState, Timestamp};
+use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
 
 pub use journal::{Event, Journal, Lsn, NoJournal};
 use push::Stored;
@@ -39,6 +39,9 @@ pub struct MemoryBackend<J: Journal = NoJournal> {
     retried: AtomicU64,
     schedules: Mutex<HashMap<Arc<str>, ScheduleRecord>>,
     last_ticks: Mutex<HashMap<Arc<str>, Timestamp>>,
+    /// Live worker processes: their description and when it expires. Not journaled: a worker
+    /// beats again within seconds.
+    workers: Mutex<HashMap<String, (Payload, Timestamp)>>,
     journal: J,
 }
 
@@ -64,6 +67,7 @@ impl<J: Journal> MemoryBackend<J> {
             retried: AtomicU64::new(0),
             schedules: Mutex::default(),
             last_ticks: Mutex::default(),
+            workers: Mutex::default(),
             journal,
         }
     }
@@ -366,7 +370,6 @@ impl<J: Journal> Backend for MemoryBackend<J> {
     fn settle(&self, queue: &str, acks: Vec<Ack>) -> Result<Option<Timestamp>> {
         let handle = self.queue(queue)?;
         let next_event;
-        let settled;
         {
             let mut state = handle.state.lock();
             live(&state, queue)?;
@@ -374,7 +377,9 @@ impl<J: Journal> Backend for MemoryBackend<J> {
                 queue: Cow::Borrowed(queue),
                 acks: Cow::Borrowed(&acks),
             })?;
-            settled = state.settle(acks);
+            let settled = state.settle(acks);
+            // Counted before the lock goes: whoever sees the queue idle sees these totals.
+            self.count_settled(&settled);
             let now = now();
             if state.promote_due(now) > 0 {
                 handle.notify_fetchers(&state, usize::MAX);
@@ -382,7 +387,6 @@ impl<J: Journal> Backend for MemoryBackend<J> {
             state.expire(now);
             next_event = state.next_event();
         }
-        self.count_settled(&settled);
         Ok(next_event)
     }
 
@@ -584,6 +588,26 @@ impl<J: Journal> Backend for MemoryBackend<J> {
 
     fn has_schedule(&self, id: &str) -> Result<bool> {
         Ok(self.schedules.lock().contains_key(id))
+    }
+
+    fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()> {
+        let expires = now() + ttl;
+        self.workers
+            .lock()
+            .insert(worker.to_string(), (info.clone(), expires));
+        Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<Payload>> {
+        let at = now();
+        let mut workers = self.workers.lock();
+        workers.retain(|_, (_, expires)| *expires > at);
+        Ok(workers.values().map(|(info, _)| info.clone()).collect())
+    }
+
+    fn leave(&self, worker: &str) -> Result<()> {
+        self.workers.lock().remove(worker);
+        Ok(())
     }
 
     fn close(&self) {

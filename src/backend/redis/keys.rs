@@ -13,7 +13,8 @@
 //! | `ticks` | hash | the last cron tick claimed, per schedule |
 //!
 //! Global keys: `queues` (set of names), `schedules` (hash), and the worker-process registry in
-//! its own slot, `{workers}:leases` (tokens by expiry) and `{workers}:queues:<token>`.
+//! its own slot, `{workers}:leases` (tokens by expiry) and `{workers}:queues:<token>`, with the
+//! heartbeats operators see: `{workers}:beats` (ids by expiry) and `{workers}:info` (hash).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -121,6 +122,8 @@ pub(super) struct GlobalKeys {
     /// The worker registry: its sorted set, its sweep lock, the prefix of its queue sets.
     pub workers: [String; 2],
     pub worker_queues: String,
+    /// The heartbeats of worker processes: their expiry (sorted set) and descriptions (hash).
+    pub beats: [String; 2],
     /// This process's own wake list (single-node mode), for the shared listener.
     pub own_wake: String,
 }
@@ -135,6 +138,10 @@ impl GlobalKeys {
                 format!("{prefix}:{{workers}}:sweeper"),
             ],
             worker_queues: format!("{prefix}:{{workers}}:queues:"),
+            beats: [
+                format!("{prefix}:{{workers}}:beats"),
+                format!("{prefix}:{{workers}}:info"),
+            ],
             own_wake: format!("{prefix}:{{workers}}:wake:{token}"),
         }
     }

@@ -68,6 +68,7 @@ impl Shared {
         let sweep_every = (self.lease / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut next_sweep = Instant::now();
         let mut next_renew = Instant::now() + renew_every;
+        let mut sweep_failing = false;
         loop {
             {
                 let until = next_sweep.min(next_renew);
@@ -92,7 +93,26 @@ impl Shared {
                 next_renew = now_instant + renew_every;
             }
             if now_instant >= next_sweep {
-                self.sweep(sweep_every);
+                // Logged once when sweeps start failing (Redis away), and when they work again.
+                match self.sweep(sweep_every) {
+                    Ok(()) if std::mem::take(&mut sweep_failing) => log::info!(
+                        target: "rnode_queue",
+                        "sweeps for the jobs of dead worker processes work again"
+                    ),
+                    Ok(()) => {}
+                    Err(error) if !sweep_failing => {
+                        sweep_failing = true;
+                        log::warn!(
+                            target: "rnode_queue",
+                            "the sweep for the jobs of dead worker processes failed ({error}); \
+                             trying again every {:.1} s",
+                            sweep_every.as_secs_f64()
+                        );
+                    }
+                    Err(error) => {
+                        log::debug!(target: "rnode_queue", "sweep failed again: {error}")
+                    }
+                }
                 next_sweep = now_instant + sweep_every;
             }
         }
@@ -203,25 +223,21 @@ impl Shared {
 
     /// Takes back the jobs of processes whose token expired (at most one sweep per interval
     /// across all processes).
-    fn sweep(&self, every: Duration) {
-        let reply: Value = match self.workers(
+    fn sweep(&self, every: Duration) -> Result<()> {
+        let reply: Value = self.workers(
             "expired",
             &[
                 self.token.clone(),
                 every.as_millis().max(1).to_string(),
                 SWEEP_TOKENS.to_string(),
             ],
-        ) {
-            Ok(reply) => reply,
-            Err(error) => {
-                log::debug!(target: "rnode_queue", "sweep skipped: {error}");
-                return;
-            }
+        )?;
+        let Value::Array(items) = reply else {
+            return Ok(());
         };
-        let Value::Array(items) = reply else { return };
         for pair in items.chunks_exact(2) {
             if *self.stopping.lock() {
-                return;
+                return Ok(());
             }
             let Some(token) = bytes_of(&pair[0]).map(|b| String::from_utf8_lossy(b).into_owned())
             else {
@@ -255,6 +271,7 @@ impl Shared {
                 ),
             }
         }
+        Ok(())
     }
 
     /// Sweeps every queue of one expired token. Returns how many jobs it had there, and

@@ -40,7 +40,7 @@ use self::scripts::{eval_cmd, Scripts};
 use self::wakeups::Wakeups;
 use super::{Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, ScheduleRecord, Totals};
 use crate::error::{QueueError, Result};
-use crate::job::{now, Job, JobId, JobState, Timestamp};
+use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
 
 /// How long closing waits for the lease thread.
@@ -497,6 +497,31 @@ impl Backend for RedisBackend {
     fn has_schedule(&self, id: &str) -> Result<bool> {
         let s = &self.shared;
         s.command(redis::Cmd::hexists(&s.keys.schedules, id))
+    }
+
+    fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()> {
+        let s = &self.shared;
+        let mut cmd = eval_cmd(&s.scripts.beats, &s.keys.beats);
+        let ttl_ms = (ttl * 1000.0).ceil().max(1.0) as u64;
+        cmd.arg("beat").arg(worker).arg(ttl_ms).arg(&**info);
+        let _: i64 = s.eval(&s.scripts.beats, cmd)?;
+        Ok(())
+    }
+
+    fn workers(&self) -> Result<Vec<Payload>> {
+        let s = &self.shared;
+        let mut cmd = eval_cmd(&s.scripts.beats, &s.keys.beats);
+        cmd.arg("list");
+        let infos: Vec<Option<Vec<u8>>> = s.eval(&s.scripts.beats, cmd)?;
+        Ok(infos.into_iter().flatten().map(Payload::from).collect())
+    }
+
+    fn leave(&self, worker: &str) -> Result<()> {
+        let s = &self.shared;
+        let mut cmd = eval_cmd(&s.scripts.beats, &s.keys.beats);
+        cmd.arg("leave").arg(worker);
+        let _: i64 = s.eval(&s.scripts.beats, cmd)?;
+        Ok(())
     }
 
     fn close(&self) {

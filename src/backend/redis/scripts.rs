@@ -23,6 +23,8 @@ pub(super) struct Scripts {
     pub admin: Script,
     /// The worker-process registry (its own keys, no queue prelude).
     pub workers: Script,
+    /// The heartbeats operators see (its own keys, no queue prelude).
+    pub beats: Script,
 }
 
 impl Scripts {
@@ -44,6 +46,7 @@ impl Scripts {
             list: queue_script(include_str!("lua/list.lua")),
             admin: queue_script(include_str!("lua/admin.lua")),
             workers: Script::new(&format!("{flags}{}", include_str!("lua/workers.lua"))),
+            beats: Script::new(&format!("{flags}{}", include_str!("lua/beats.lua"))),
         }
     }
 }
@@ -51,7 +54,7 @@ impl Scripts {
 impl Scripts {
     /// Every script, to load them all at connect: a server busy or paused later (`CLIENT PAUSE`)
     /// then never makes a push wait for a `SCRIPT LOAD` first.
-    pub fn all(&self) -> [&Script; 12] {
+    pub fn all(&self) -> [&Script; 13] {
         [
             &self.push,
             &self.fetch,
@@ -65,6 +68,7 @@ impl Scripts {
             &self.list,
             &self.admin,
             &self.workers,
+            &self.beats,
         ]
     }
 }

@@ -47,6 +47,9 @@ impl Pool {
                 }
                 return;
             }
+            if fetched.is_ok() {
+                host.backend_ok();
+            }
             match fetched {
                 Ok(jobs) if jobs.is_empty() => {}
                 Ok(jobs) => {
@@ -56,7 +59,8 @@ impl Pool {
                     let started = jobs
                         .into_iter()
                         .map(|job| {
-                            let completion = Completion::new(job.clone(), done.clone());
+                            let completion =
+                                Completion::new(job.clone(), done.clone(), self.metrics.clone());
                             (job, completion)
                         })
                         .collect();

@@ -4,6 +4,10 @@
 
 use std::any::Any;
 use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::super::metrics::QueueMetrics;
 
 use crate::job::{Job, Payload};
 
@@ -53,13 +57,22 @@ pub trait Session {
 pub struct Completion {
     job: Option<Job>,
     done: mpsc::Sender<(Job, RunOutcome)>,
+    /// Where the run's time is counted, from `started`.
+    metrics: Option<Arc<QueueMetrics>>,
+    started: Instant,
 }
 
 impl Completion {
-    pub(super) fn new(job: Job, done: mpsc::Sender<(Job, RunOutcome)>) -> Self {
+    pub(super) fn new(
+        job: Job,
+        done: mpsc::Sender<(Job, RunOutcome)>,
+        metrics: Option<Arc<QueueMetrics>>,
+    ) -> Self {
         Completion {
             job: Some(job),
             done,
+            metrics,
+            started: Instant::now(),
         }
     }
 
@@ -70,6 +83,10 @@ impl Completion {
     pub fn complete(&mut self, outcome: RunOutcome) -> bool {
         match self.job.take() {
             Some(job) => {
+                if let Some(metrics) = &self.metrics {
+                    let took = self.started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                    metrics.observe(took);
+                }
                 // The receiver is gone only once the pool has stopped waiting; nothing to do.
                 let _ = self.done.send((job, outcome));
                 true

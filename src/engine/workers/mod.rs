@@ -21,6 +21,7 @@ use crate::error::QueueError;
 use crate::job::{IdMap, Job, JobId};
 use crate::sync::{Condvar, Mutex};
 
+use super::metrics::QueueMetrics;
 use batch::{settle_finished, Slot};
 pub use executor::{Completion, Executor, RunOutcome, Session};
 
@@ -49,6 +50,8 @@ pub trait WorkerHost: Send + Sync + 'static {
     fn watch_deadline(&self, deadline: u64);
     /// A fetch failed: logs it and waits before the next try. False: stop.
     fn backend_failed(&self, queue: &str, error: &QueueError) -> bool;
+    /// A fetch succeeded (logs that the backend is back, after `backend_failed`).
+    fn backend_ok(&self);
 }
 
 /// A queue's workers.
@@ -76,6 +79,8 @@ pub struct Pool {
     /// Replacement workers not started because `concurrency` threads were already stuck: the
     /// next stuck thread to come back takes the place.
     owed: AtomicUsize,
+    /// Where run times are counted (`None`: counting is off).
+    metrics: Option<Arc<QueueMetrics>>,
 }
 
 impl Pool {
@@ -85,6 +90,7 @@ impl Pool {
         executor: Arc<dyn Executor>,
         concurrency: usize,
         pinned: bool,
+        metrics: Option<Arc<QueueMetrics>>,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             queue,
@@ -101,6 +107,7 @@ impl Pool {
             capacity: Condvar::new(),
             stuck: AtomicUsize::new(0),
             owed: AtomicUsize::new(0),
+            metrics,
         });
         if pool.executor.is_async() {
             let (done_tx, done_rx) = mpsc::channel();

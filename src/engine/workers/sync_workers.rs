@@ -59,6 +59,9 @@ impl Pool {
                         })
                     });
             });
+            if fetched.is_ok() {
+                host.backend_ok();
+            }
             let batch = match fetched {
                 Ok(Some(batch)) => batch,
                 Ok(None) => continue,
@@ -91,6 +94,11 @@ impl Pool {
                 }
                 let outcome = catch_unwind(AssertUnwindSafe(|| session.run(job)))
                     .unwrap_or_else(RunOutcome::from_panic);
+                // One clock read per job: the end of this one, the start of the next.
+                let ended = host.clock();
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe(ended.saturating_sub(now));
+                }
                 if !slot.end(run) {
                     // The watchdog settled this run and the finished ones before it, and
                     // started a replacement worker.
@@ -99,8 +107,7 @@ impl Pool {
                 }
                 slot.record(session, index, outcome);
                 ran += 1;
-                // One clock read per job: the end of this one, the start of the next.
-                now = host.clock();
+                now = ended;
             }
             if abandoned {
                 // Back from a run the watchdog gave up on (and replaced, unless too many were

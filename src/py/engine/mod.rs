@@ -21,7 +21,9 @@ use crate::py::errors::config_error;
 use crate::py::gil;
 use crate::py::job::{PyJob, PyStats};
 use crate::py::options::{limit, payload, PushArgs, QueueArgs};
-use crate::py::views::{queue_config_dict, queue_stats_dict, schedule_dict};
+use crate::py::views::{
+    queue_config_dict, queue_report_dict, queue_stats_dict, schedule_dict, worker_dict,
+};
 use crate::py::waits::{wait_interruptibly, wait_timeout};
 
 #[pyclass(frozen, name = "Engine", module = "rnode_queue._core")]
@@ -54,7 +56,7 @@ impl PyEngine {
         backend = None, *, path = None, url = None, prefix = None,
         max_job_bytes = None, lease = None, fsync = None, spill_path = None, concurrency = None,
         max_retries = None, timeout = None, retry_delay = None, backoff = None,
-        ttl = None, keep_completed = None, keep_failed = None
+        ttl = None, keep_completed = None, keep_failed = None, metrics = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -75,6 +77,7 @@ impl PyEngine {
         ttl: Option<&Bound<'_, PyAny>>,
         keep_completed: Option<&Bound<'_, PyAny>>,
         keep_failed: Option<&Bound<'_, PyAny>>,
+        metrics: Option<bool>,
     ) -> PyResult<Self> {
         let (path, spill_path) = (
             path_text("path", path.as_deref())?,
@@ -109,6 +112,7 @@ impl PyEngine {
         let options = EngineOptions {
             defaults,
             max_job_bytes,
+            metrics: metrics.unwrap_or(true),
         };
         options.defaults.validate()?;
         let engine = gil::detach(py, || Engine::new(store.open()?, options.clone()))?;
@@ -392,6 +396,31 @@ impl PyEngine {
             return Ok(false);
         };
         Ok(gil::detach(py, || self.engine().retry_job(id))?)
+    }
+
+    /// The live worker processes sharing the backend.
+    fn get_workers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let workers = gil::detach(py, || self.engine().workers())?;
+        let dicts = workers
+            .iter()
+            .map(|info| worker_dict(py, info))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
+    /// Per queue: this process's counters and run-time histogram, and the store's counts.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let reports = gil::detach(py, || self.engine().metrics_report())?;
+        let dicts = reports
+            .iter()
+            .map(|report| queue_report_dict(py, report))
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, dicts)
+    }
+
+    /// One INFO record per completed run, through the `rnode_queue` logger (off by default).
+    fn set_job_logging(&self, enabled: bool) {
+        self.engine().set_job_logging(enabled);
     }
 
     /// Stops starting jobs of `name`; running ones finish, waiting ones stay waiting.
