@@ -24,6 +24,8 @@ fn rnode_queue_core(module: &Bound<'_, PyModule>) -> PyResult<()> {
         "DEFAULT_CLOSE_TIMEOUT",
         engine::DEFAULT_CLOSE_TIMEOUT.as_secs_f64(),
     )?;
+    module.add("DEFAULT_REDIS_PREFIX", backend::store::DEFAULT_PREFIX)?;
+    module.add("MAX_CONCURRENCY", engine::MAX_CONCURRENCY)?;
     py::logging::install(module.py())?;
     py::errors::register(module)?;
     module.add_class::<py::engine::PyEngine>()?;

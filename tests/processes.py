@@ -123,9 +123,13 @@ def run_app(app: Path, module: str, env: dict[str, str], backend: str) -> str:
         command, cwd=app, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        assert worker.stdout is not None
-        banner = worker.stdout.readline()
-        assert f"rnode-queue worker: {module} on {backend}" in banner, banner
+        assert worker.stderr is not None
+        start: list[str] = []  # the worker's log lines up to "ready:"
+        while not (start and " ready: " in start[-1]):
+            line = worker.stderr.readline()
+            assert line, start
+            start.append(line)
+        assert any(f"backend: {backend}" in line for line in start), start
         web = subprocess.run(
             [sys.executable, "web.py"], cwd=app, env=env, capture_output=True, text=True, timeout=60
         )

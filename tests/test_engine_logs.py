@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from helpers import wait_until
 from redis_servers import RedisServer
-
 from rnode_queue import QueueManager
 
 
@@ -120,7 +119,7 @@ def test_completed_jobs_are_logged_only_when_asked(
     q.process(lambda job: None)
     silent = q.push(1)
     qm.wait_for(silent, timeout=20)
-    qm._engine.set_job_logging(True)
+    qm.set_job_logging(True)
     loud = q.push(2)
     qm.wait_for(loud, timeout=20)
     record = records.wait_for(lambda r: loud in r.getMessage())

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ENABLED_BACKENDS, ManagerPool
-from helpers import WAIT, Recorder
+from helpers import WAIT, Recorder, wait_until
 from redis_servers import RedisServer
 from rnode_queue import BackendError, ConfigError, QueueManager
 
@@ -160,6 +160,31 @@ def test_a_manager_opened_while_redis_is_down_spills_until_it_is_back(
     restartable_redis.start()
     assert recorder.wait_count(20, timeout=30), f"{len(recorder.snapshot())} of 20 ran"
     assert sorted(e["job"].id for e in recorder.snapshot()) == sorted(ids)
+
+
+def test_a_queue_forwarded_by_another_process_keeps_the_settings_it_was_spilled_with(
+    restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
+) -> None:
+    kwargs = {
+        "backend": "redis",
+        "url": restartable_redis.url,
+        "prefix": "spill-settings",
+        "spill_path": str(tmp_path / "spill"),
+    }
+    restartable_redis.kill()
+    spiller = manager_pool.open(**kwargs)
+    # Declared while Redis is away: only the spill hears of these settings.
+    spiller.create_queue("reports", keep_completed=7, ttl=120.0, max_retries=1)
+    ids = [spiller.push("reports", n) for n in range(3)]
+    spiller.close()
+
+    restartable_redis.start()
+    manager_pool.open(**kwargs)  # forwards the spill, and never declares the queue itself
+    reader = manager_pool.open(**{k: v for k, v in kwargs.items() if k != "spill_path"})
+    wait_until(lambda: all(reader.get_job(i) for i in ids), timeout=30, what="forwarded")
+    reader.get_queue("reports")  # reads the settings Redis now holds
+    config = reader._engine.queue_config("reports")
+    assert (config["keep_completed"], config["ttl"], config["max_retries"]) == (7, 120.0, 1)
 
 
 def test_spill_path_belongs_to_the_redis_backend(tmp_path: Path) -> None:

@@ -53,9 +53,11 @@ class _GroupCommit:
         self._engine = engine
         self._loop = loop
         self._durable = 0
-        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
+        # The pushes waiting for the next commit, and the highest ticket among them.
+        self._waiting: list[asyncio.Future[None]] = []
+        self._waiting_ticket = 0
         # The commit under way: its ticket and the pushes it covers.
-        self._in_flight: tuple[int, list[tuple[int, asyncio.Future[None]]]] | None = None
+        self._in_flight: tuple[int, list[asyncio.Future[None]]] | None = None
         self._starting = False
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         loop.add_reader(self._read, self._done)
@@ -66,8 +68,11 @@ class _GroupCommit:
         if ticket <= self._durable:
             return
         future: asyncio.Future[None] = self._loop.create_future()
-        self._waiting.append((ticket, future))
-        self._schedule()
+        self._waiting.append(future)
+        if ticket > self._waiting_ticket:
+            self._waiting_ticket = ticket
+        if self._in_flight is None and not self._starting:
+            self._schedule()
         await future
 
     def _schedule(self) -> None:
@@ -81,7 +86,7 @@ class _GroupCommit:
         if not self._waiting or self._in_flight is not None:
             return
         batch, self._waiting = self._waiting, []
-        ticket = max(t for t, _ in batch)
+        ticket = self._waiting_ticket
         try:
             self._engine.commit_in_background(ticket, os.dup(self._write))
         except Exception as error:
@@ -128,8 +133,8 @@ def _close_fds(*fds: int) -> None:
         os.close(fd)
 
 
-def _settle(batch: list[tuple[int, asyncio.Future[None]]], error: BaseException | None) -> None:
-    for _, future in batch:
+def _settle(batch: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in batch:
         if future.done():
             continue
         if error is None:
@@ -161,6 +166,7 @@ class AsyncQueueManager:
         self._commits: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupCommit] | None = (
             weakref.WeakKeyDictionary() if self._engine.backend == "file" else None
         )
+        self._last_commit: Callable[[], _GroupCommit | None] = lambda: None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
@@ -248,9 +254,12 @@ class AsyncQueueManager:
         """Add a job to ``queue``; returns its id (see :meth:`QueueManager.push`)."""
         check_keys("AsyncQueueManager.push", options, PUSH_KEYS)
         if self._commits is not None:
-            ids = await self._push_in_place(queue, [{"data": data, "options": options}])
-            if ids is not None:
-                return ids[0]
+            # Stored on the loop, made durable by a sync shared with the other pushes waiting.
+            pushed = self._engine.push_one_uncommitted(queue, data, options)
+            if pushed is not None:
+                job_id, ticket = pushed
+                await self._group_commit().wait(ticket)
+                return job_id
         return await self._call(self._engine.push, queue, data, **options)
 
     async def push_batch(self, queue: str, items: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -275,12 +284,21 @@ class AsyncQueueManager:
         if pushed is None:
             return None
         ids, ticket = pushed
-        loop = asyncio.get_running_loop()
-        commits = self._commits.get(loop)
-        if commits is None:  # one per event loop: its futures belong to it
-            commits = self._commits[loop] = _GroupCommit(self._engine, loop)
-        await commits.wait(ticket)
+        await self._group_commit().wait(ticket)
         return ids
+
+    def _group_commit(self) -> _GroupCommit:
+        """The running loop's group commit (one per event loop: its futures belong to it)."""
+        loop = asyncio.get_running_loop()
+        last = self._last_commit()
+        if last is not None and last._loop is loop:  # the usual case: one loop, no dict look-up
+            return last
+        assert self._commits is not None
+        commits = self._commits.get(loop)
+        if commits is None:
+            commits = self._commits[loop] = _GroupCommit(self._engine, loop)
+        self._last_commit = weakref.ref(commits)
+        return commits
 
     async def schedule_at(
         self, queue: str, data: Any, when: datetime, **options: Unpack[JobOptions]
@@ -319,6 +337,10 @@ class AsyncQueueManager:
     async def retry_job(self, job_id: str) -> bool:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return await self._call(self._engine.retry_job, job_id)
+
+    def set_job_logging(self, enabled: bool = True) -> None:
+        """Log one INFO line per completed run (see :meth:`QueueManager.set_job_logging`)."""
+        self._engine.set_job_logging(enabled)
 
     async def get_workers(self) -> list[dict[str, Any]]:
         """The live worker processes sharing this backend (see

@@ -21,6 +21,8 @@ from ._options import (
 
 __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_REDIS_PREFIX",
+    "MAX_CONCURRENCY",
     "BackendError",
     "Completion",
     "ConfigError",
@@ -40,6 +42,10 @@ __all__ = [
 
 __version__: str
 DEFAULT_CLOSE_TIMEOUT: float
+#: The redis backend's key prefix when none is given.
+DEFAULT_REDIS_PREFIX: str
+#: The most handlers one queue may run at once.
+MAX_CONCURRENCY: int
 
 class QueueError(Exception):
     """Base class of every error rnode-queue raises."""
@@ -162,6 +168,9 @@ class Engine:
     def push_uncommitted(
         self, queue: str, items: Sequence[Mapping[str, Any]]
     ) -> tuple[list[str], int] | None: ...
+    def push_one_uncommitted(
+        self, queue: str, data: Any, options: Mapping[str, Any]
+    ) -> tuple[str, int] | None: ...
     def commit(self, ticket: int) -> None: ...
     def commit_in_background(self, ticket: int, fd: int) -> None: ...
     def schedule(

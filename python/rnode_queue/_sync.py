@@ -13,7 +13,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, overload
 
 from ._asyncio_runner import AsyncioRunner, is_async_callable
 from ._core import DEFAULT_CLOSE_TIMEOUT, Engine, Job, QueueClosedError, QueueError, Stats
@@ -101,6 +101,40 @@ def env_config(
     return config
 
 
+# -- the hook of `rnode-queue worker` (rnode_queue._cli.overrides) --------------------------
+
+
+class WorkerHook(Protocol):
+    """What ``rnode-queue worker`` imposes on the managers its app creates while it imports."""
+
+    def manager_options(
+        self, backend: str | None, options: ManagerOptions
+    ) -> tuple[str | None, ManagerOptions]:
+        """The backend and options a new manager gets instead of the app's."""
+        ...
+
+    def manager_created(
+        self, manager: QueueManager, backend: str | None, options: ManagerOptions
+    ) -> None:
+        """Records a manager the app created (with the options it got)."""
+        ...
+
+    def handler_registered(
+        self,
+        manager: QueueManager,
+        queue: str,
+        handler: Handler,
+        concurrency: int | None,
+        later: bool,
+    ) -> bool:
+        """Records a handler; False when the worker starts it itself (or never)."""
+        ...
+
+
+#: Set by ``rnode-queue worker`` while it imports the app; None otherwise.
+_worker_hook: WorkerHook | None = None
+
+
 # -- the manager registry, closed at interpreter exit ---------------------------------------
 
 _live: weakref.WeakSet[QueueManager] = weakref.WeakSet()
@@ -182,6 +216,9 @@ class QueueManager:
 
     def __init__(self, backend: str | None = None, **options: Unpack[ManagerOptions]) -> None:
         check_keys(type(self).__name__, options, MANAGER_KEYS)
+        hook = _worker_hook
+        if hook is not None:
+            backend, options = hook.manager_options(backend, options)
         engine = Engine(backend, **options)
         self._engine = engine
         self._runner: AsyncioRunner | None = None
@@ -189,6 +226,8 @@ class QueueManager:
         self._shut = False
         _bind_fast(self, QueueManager, engine, _FAST_MANAGER)
         _live.add(self)
+        if hook is not None:
+            hook.manager_created(self, backend, options)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Self:
@@ -287,6 +326,11 @@ class QueueManager:
     ) -> None:
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        hook = _worker_hook
+        if hook is not None and not hook.handler_registered(
+            self, queue, handler, concurrency, later
+        ):
+            return
         submit = self._async_runner().submitter(handler) if is_async_callable(handler) else None
         self._engine.process(
             queue, handler, concurrency=concurrency, async_submit=submit, later=later
@@ -363,6 +407,19 @@ class QueueManager:
     def retry_job(self, job_id: str) -> bool:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return self._engine.retry_job(job_id)
+
+    def get_workers(self) -> list[dict[str, Any]]:
+        """The live worker processes sharing this backend (this one included, if it runs
+        handlers): dicts with ``id, host, pid, queues, concurrency, running, started_at,
+        last_seen`` (times as UTC datetimes). Each process that runs handlers keeps a heartbeat
+        in the backend every few seconds; one silent for 15 s is no longer listed.
+        """
+        return self._engine.get_workers()
+
+    def set_job_logging(self, enabled: bool = True) -> None:
+        """Log one INFO line per completed run to the ``rnode_queue`` logger (off by default;
+        failed runs are always logged)."""
+        self._engine.set_job_logging(enabled)
 
     def wait_for(self, job_id: str, timeout: Seconds | None = None) -> Job | None:
         """Block until the job completed or finally failed and return it; None on timeout.

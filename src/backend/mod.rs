@@ -27,6 +27,17 @@ pub struct Retention {
     pub keep_failed: usize,
 }
 
+/// The queues' default retention (the engine's `QueueConfig::default` takes it from here).
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            ttl: 86_400.0,
+            keep_completed: 10_000,
+            keep_failed: 100_000,
+        }
+    }
+}
+
 /// How one run of a job ended, as decided by the engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Settlement {

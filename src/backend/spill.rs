@@ -125,10 +125,19 @@ impl SpillingBackend {
         }
     }
 
-    fn spill(&self, queue: &Arc<str>, jobs: &mut Vec<Job>, why: &QueueError) -> Result<()> {
+    fn spill(
+        &self,
+        queue: &Arc<str>,
+        jobs: &mut Vec<Job>,
+        why: &QueueError,
+        declare: &dyn Fn() -> QueueDeclaration,
+    ) -> Result<()> {
         let count = jobs.len() as u64;
         let mut held: Vec<Job> = jobs.iter().map(held_in_spill).collect();
-        self.spill.push(queue, &mut held, &spill_declaration)?;
+        // The queue's declaration goes into the spill with its first jobs: Redis gets it with
+        // them should it hold none by then, whichever process forwards them.
+        let declare_in_spill = || spill_declaration(&declare());
+        self.spill.push(queue, &mut held, &declare_in_spill)?;
         if self.pending.fetch_add(count, Ordering::AcqRel) == 0 {
             log::warn!(
                 target: "rnode_queue",
@@ -205,12 +214,27 @@ impl SpillingBackend {
         let Ok(redis) = self.redis() else {
             return false;
         };
-        let declaration = redis
-            .stored_declarations(std::slice::from_ref(queue))
-            .ok()
-            .and_then(|mut found| found.pop().flatten())
-            .or_else(|| self.declared.lock().get(queue).cloned());
-        let declaration = declaration.unwrap_or_else(default_declaration);
+        let stored_in = |store: &dyn Backend| {
+            store
+                .stored_declarations(std::slice::from_ref(queue))
+                .ok()
+                .and_then(|mut found| found.pop().flatten())
+        };
+        let declaration = stored_in(&*redis)
+            .or_else(|| self.declared.lock().get(queue).cloned())
+            .or_else(|| stored_in(&*self.spill).and_then(|held| carried_declaration(&held)))
+            .unwrap_or_else(|| {
+                log::warn!(
+                    target: "rnode_queue",
+                    "the spill holds no settings for queue {:?}: it is created in Redis with the \
+                     default retention",
+                    &**queue
+                );
+                QueueDeclaration {
+                    retention: Retention::default(),
+                    settings: Payload::from(&b"{}"[..]),
+                }
+            });
         let pushed = match redis.push_forwarded(queue, &originals, &declaration) {
             Ok(()) => true,
             // Some were pushed before (a crash came between forwarding and marking them
@@ -292,29 +316,37 @@ fn held_in_spill(job: &Job) -> Job {
     held
 }
 
-/// Spilled jobs are forgotten as soon as they are forwarded.
-fn spill_declaration() -> QueueDeclaration {
+/// The spill's own declaration of a queue: spilled jobs are forgotten as soon as they are
+/// forwarded; its settings carry the queue's declaration for Redis.
+fn spill_declaration(queue: &QueueDeclaration) -> QueueDeclaration {
+    let carried = serde_json::json!({
+        "ttl": queue.retention.ttl,
+        "keep_completed": queue.retention.keep_completed,
+        "keep_failed": queue.retention.keep_failed,
+        "settings": String::from_utf8_lossy(&queue.settings),
+    });
     QueueDeclaration {
         retention: Retention {
             ttl: 0.0,
             keep_completed: 0,
             keep_failed: usize::MAX,
         },
-        settings: Payload::from(&b"{}"[..]),
+        settings: Payload::from(carried.to_string().into_bytes()),
     }
 }
 
-/// For a queue Redis holds no declaration of (it was deleted meanwhile): the engine's
-/// defaults come with its next declaration.
-fn default_declaration() -> QueueDeclaration {
-    QueueDeclaration {
+/// The queue's declaration that `spill_declaration` carried.
+fn carried_declaration(held: &QueueDeclaration) -> Option<QueueDeclaration> {
+    let carried: serde_json::Value = serde_json::from_slice(&held.settings).ok()?;
+    let count = |key: &str| carried.get(key)?.as_u64().map(|n| n as usize);
+    Some(QueueDeclaration {
         retention: Retention {
-            ttl: 86_400.0,
-            keep_completed: 1000,
-            keep_failed: 1000,
+            ttl: carried.get("ttl")?.as_f64()?,
+            keep_completed: count("keep_completed")?,
+            keep_failed: count("keep_failed")?,
         },
-        settings: Payload::from(&b"{}"[..]),
-    }
+        settings: Payload::from(carried.get("settings")?.as_str()?.as_bytes()),
+    })
 }
 
 fn forward(backend: Weak<SpillingBackend>) {
@@ -399,13 +431,13 @@ impl Backend for SpillingBackend {
     ) -> Result<()> {
         if self.pending.load(Ordering::Acquire) > 0 {
             let behind = QueueError::Backend("earlier pushes wait in the spill".into());
-            return self.spill(queue, jobs, &behind);
+            return self.spill(queue, jobs, &behind, declare);
         }
         match self
             .redis()
             .and_then(|redis| redis.push(queue, jobs, declare))
         {
-            Err(error) if error.is_backend() => self.spill(queue, jobs, &error),
+            Err(error) if error.is_backend() => self.spill(queue, jobs, &error, declare),
             other => other,
         }
     }

@@ -30,11 +30,7 @@ impl Default for QueueConfig {
                 cap: crate::backoff::DEFAULT_CAP,
                 jitter: 0.0,
             },
-            retention: Retention {
-                ttl: 86_400.0,
-                keep_completed: 10_000,
-                keep_failed: 100_000,
-            },
+            retention: Retention::default(),
         }
     }
 }

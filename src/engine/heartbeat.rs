@@ -41,7 +41,8 @@ pub(super) struct Heartbeat {
 
 impl Engine {
     /// Lists this process as a worker (from its first handler on), at once and then every
-    /// `HEARTBEAT_EVERY` on the timer thread.
+    /// `HEARTBEAT_EVERY` on the timer thread. Each new handler beats at once: the listing
+    /// shows its queue without waiting for the next beat.
     pub(super) fn start_heartbeat(&self) {
         let mut started = self.heartbeat.started.lock();
         if started.is_none() {
@@ -52,8 +53,8 @@ impl Engine {
                 fastrand::u32(..)
             );
             *started = Some((id, now()));
-            self.timers.arm(TimerKey::Heartbeat, now());
         }
+        self.timers.arm(TimerKey::Heartbeat, now());
     }
 
     /// The timer's beat: renews the entry and arms the next one.

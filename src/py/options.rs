@@ -197,6 +197,13 @@ pub fn batch_item<'py>(item: &Bound<'py, PyAny>, index: usize) -> PyResult<(Payl
             )));
         }
     }
+    let parsed = options_from_dict(options).map_err(|e| at(e.value(py).to_string()))?;
+    Ok((data, parsed))
+}
+
+/// Push options from a dict of known keys (`priority`, `delay`, ...), checked as `push` checks
+/// its keyword arguments.
+pub fn options_from_dict(options: &Bound<'_, PyDict>) -> PyResult<JobOptions> {
     let get = |key: &str| options.get_item(key).ok().flatten();
     let (priority, delay, attempts, timeout, tags, metadata, scheduled_at) = (
         get("priority"),
@@ -207,7 +214,7 @@ pub fn batch_item<'py>(item: &Bound<'py, PyAny>, index: usize) -> PyResult<(Payl
         get("metadata"),
         get("scheduled_at"),
     );
-    let parsed = PushArgs {
+    PushArgs {
         priority: priority.as_ref(),
         delay: delay.as_ref(),
         attempts: attempts.as_ref(),
@@ -217,8 +224,6 @@ pub fn batch_item<'py>(item: &Bound<'py, PyAny>, index: usize) -> PyResult<(Payl
         scheduled_at: scheduled_at.as_ref(),
     }
     .parse()
-    .map_err(|e| at(e.value(py).to_string()))?;
-    Ok((data, parsed))
 }
 
 /// A queue's settings by name; `None`: the base's value.

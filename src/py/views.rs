@@ -1,7 +1,7 @@
 //! Engine records as the dicts Python sees: queue settings, queue stats, schedules.
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 
 use crate::backoff::Backoff;
 use crate::engine::{
@@ -108,4 +108,17 @@ pub fn worker_dict<'py>(py: Python<'py>, info: &WorkerInfo) -> PyResult<Bound<'p
     dict.set_item("started_at", datetime(py, Some(info.started_at))?)?;
     dict.set_item("last_seen", datetime(py, Some(info.last_seen))?)?;
     Ok(dict)
+}
+
+/// Records as a list of dicts.
+pub fn dict_list<'py, T>(
+    py: Python<'py>,
+    items: &[T],
+    to_dict: impl Fn(Python<'py>, &T) -> PyResult<Bound<'py, PyDict>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let dicts = items
+        .iter()
+        .map(|item| to_dict(py, item))
+        .collect::<PyResult<Vec<_>>>()?;
+    PyList::new(py, dicts)
 }

@@ -6,6 +6,7 @@
 //! `journal.rs` what each move tells the journal; `replay.rs` applies a journal's events to a fresh store; this file the backend:
 //! the queue map, totals, schedules, and the `Backend` trait.
 
+mod counters;
 mod journal;
 mod push;
 mod queue;
@@ -15,7 +16,7 @@ mod tests;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,20 +29,18 @@ use super::{
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
 
+use counters::{RunTotals, WorkerRegistry};
 pub use journal::{Event, Journal, Lsn, NoJournal};
 use push::Stored;
-use queue::{MemoryQueue, Settled};
+use queue::MemoryQueue;
 
 pub struct MemoryBackend<J: Journal = NoJournal> {
     queues: RwLock<HashMap<Arc<str>, Arc<MemoryQueue>>>,
-    processed: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
+    totals: RunTotals,
     schedules: Mutex<HashMap<Arc<str>, ScheduleRecord>>,
     last_ticks: Mutex<HashMap<Arc<str>, Timestamp>>,
-    /// Live worker processes: their description and when it expires. Not journaled: a worker
-    /// beats again within seconds.
-    workers: Mutex<HashMap<String, (Payload, Timestamp)>>,
+    /// Live worker processes. Not journaled: a worker beats again within seconds.
+    workers: WorkerRegistry,
     journal: J,
 }
 
@@ -62,12 +61,10 @@ impl<J: Journal> MemoryBackend<J> {
     pub fn with_journal(journal: J) -> Self {
         MemoryBackend {
             queues: RwLock::default(),
-            processed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
+            totals: RunTotals::default(),
             schedules: Mutex::default(),
             last_ticks: Mutex::default(),
-            workers: Mutex::default(),
+            workers: WorkerRegistry::default(),
             journal,
         }
     }
@@ -134,15 +131,6 @@ impl<J: Journal> MemoryBackend<J> {
         let released = state.release(runs);
         handle.notify_fetchers(&state, released);
         Ok(())
-    }
-
-    fn count_settled(&self, settled: &Settled) {
-        self.processed
-            .fetch_add(settled.processed, AtomicOrdering::Relaxed);
-        self.failed
-            .fetch_add(settled.failed, AtomicOrdering::Relaxed);
-        self.retried
-            .fetch_add(settled.retried, AtomicOrdering::Relaxed);
     }
 
     /// Every queue with its name, the map's lock let go (each is then locked on its own).
@@ -379,7 +367,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
             })?;
             let settled = state.settle(acks);
             // Counted before the lock goes: whoever sees the queue idle sees these totals.
-            self.count_settled(&settled);
+            self.totals.add(&settled);
             let now = now();
             if state.promote_due(now) > 0 {
                 handle.notify_fetchers(&state, usize::MAX);
@@ -540,11 +528,7 @@ impl<J: Journal> Backend for MemoryBackend<J> {
     }
 
     fn totals(&self) -> Result<Totals> {
-        Ok(Totals {
-            processed: self.processed.load(AtomicOrdering::Relaxed),
-            failed: self.failed.load(AtomicOrdering::Relaxed),
-            retried: self.retried.load(AtomicOrdering::Relaxed),
-        })
+        Ok(self.totals.get())
     }
 
     fn is_idle(&self, queue: Option<&str>) -> Result<bool> {
@@ -591,22 +575,16 @@ impl<J: Journal> Backend for MemoryBackend<J> {
     }
 
     fn beat(&self, worker: &str, info: &Payload, ttl: f64) -> Result<()> {
-        let expires = now() + ttl;
-        self.workers
-            .lock()
-            .insert(worker.to_string(), (info.clone(), expires));
+        self.workers.beat(worker, info, ttl);
         Ok(())
     }
 
     fn workers(&self) -> Result<Vec<Payload>> {
-        let at = now();
-        let mut workers = self.workers.lock();
-        workers.retain(|_, (_, expires)| *expires > at);
-        Ok(workers.values().map(|(info, _)| info.clone()).collect())
+        Ok(self.workers.live())
     }
 
     fn leave(&self, worker: &str) -> Result<()> {
-        self.workers.lock().remove(worker);
+        self.workers.leave(worker);
         Ok(())
     }
 

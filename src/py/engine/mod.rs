@@ -22,7 +22,7 @@ use crate::py::gil;
 use crate::py::job::{PyJob, PyStats};
 use crate::py::options::{limit, payload, PushArgs, QueueArgs};
 use crate::py::views::{
-    queue_config_dict, queue_report_dict, queue_stats_dict, schedule_dict, worker_dict,
+    dict_list, queue_config_dict, queue_report_dict, queue_stats_dict, schedule_dict, worker_dict,
 };
 use crate::py::waits::{wait_interruptibly, wait_timeout};
 
@@ -285,6 +285,19 @@ impl PyEngine {
         self.push_many_uncommitted(py, &queue, items)
     }
 
+    /// `push(queue, data, **options)` stored in place, durable after `commit(ticket)`: `(id,
+    /// ticket)`, or `None` where that needs a wait. `options`: `push`'s keyword arguments,
+    /// their keys checked by the caller (an async push: no batch item to build and read).
+    fn push_one_uncommitted<'py>(
+        &self,
+        py: Python<'py>,
+        queue: QueueName,
+        data: &Bound<'_, PyAny>,
+        options: &Bound<'_, PyDict>,
+    ) -> PyResult<Option<(Bound<'py, PyString>, u64)>> {
+        self.push_one_in_place(py, &queue, data, options)
+    }
+
     /// Returns once the pushes stored with tickets up to `ticket` are durable (without the GIL).
     fn commit(&self, py: Python<'_>, ticket: u64) -> PyResult<()> {
         Ok(gil::detach(py, || self.engine().commit(ticket))?)
@@ -294,15 +307,7 @@ impl PyEngine {
     /// owns and closes): 0 if the pushes are durable, 1 if not (`commit` then says why). The
     /// thread never takes the GIL: an event loop watching the pipe resolves its waiters.
     fn commit_in_background(&self, ticket: u64, fd: i32) -> PyResult<()> {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: the caller hands over a descriptor of its own (a dup of a pipe's write end).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(self.engine().commit_in_background(ticket, move |outcome| {
-            let byte = [u8::from(outcome.is_err())];
-            // A reader gone meanwhile (the manager closed) is no error worth a word.
-            // SAFETY: a one-byte write from a live buffer to a descriptor owned here.
-            let _ = unsafe { libc::write(fd.as_raw_fd(), byte.as_ptr().cast(), 1) };
-        })?)
+        self.commit_to_pipe(ticket, fd)
     }
 
     /// Declares a cron schedule (5 fields, 6 with seconds, or a macro; UTC); returns its id.
@@ -401,21 +406,13 @@ impl PyEngine {
     /// The live worker processes sharing the backend.
     fn get_workers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let workers = gil::detach(py, || self.engine().workers())?;
-        let dicts = workers
-            .iter()
-            .map(|info| worker_dict(py, info))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, dicts)
+        dict_list(py, &workers, worker_dict)
     }
 
     /// Per queue: this process's counters and run-time histogram, and the store's counts.
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let reports = gil::detach(py, || self.engine().metrics_report())?;
-        let dicts = reports
-            .iter()
-            .map(|report| queue_report_dict(py, report))
-            .collect::<PyResult<Vec<_>>>()?;
-        PyList::new(py, dicts)
+        dict_list(py, &reports, queue_report_dict)
     }
 
     /// One INFO record per completed run, through the `rnode_queue` logger (off by default).

@@ -8,7 +8,7 @@ use super::PyEngine;
 use crate::engine::Pushed;
 use crate::job::{JobId, JobOptions, Payload};
 use crate::py::gil;
-use crate::py::options::{batch_item, payload, PushArgs};
+use crate::py::options::{batch_item, options_from_dict, payload, PushArgs};
 
 impl PyEngine {
     /// Pushes without releasing the GIL when no lock is contended; otherwise waits detached.
@@ -111,5 +111,37 @@ impl PyEngine {
         }
         let ids = self.push_specs(py, queue, &specs)?;
         PyList::new(py, ids.iter().map(|id| Self::id_text(py, *id)))
+    }
+
+    /// One job stored in place, made durable by a later `commit`: its id and the ticket, or
+    /// `None` where that cannot be done without waiting.
+    pub(super) fn push_one_in_place<'py>(
+        &self,
+        py: Python<'py>,
+        queue: &str,
+        data: &Bound<'_, PyAny>,
+        options: &Bound<'_, PyDict>,
+    ) -> PyResult<Option<(Bound<'py, PyString>, u64)>> {
+        let options = options_from_dict(options)?;
+        let data = payload(data, "job data")?;
+        match self.engine().push_uncommitted(queue, &[(data, options)])? {
+            Pushed::Uncommitted(ids, ticket) => Ok(Some((Self::id_text(py, ids[0]), ticket))),
+            Pushed::Done(_) => unreachable!("an uncommitted push is committed by its caller"),
+            Pushed::WouldBlock => Ok(None),
+        }
+    }
+
+    /// `commit` on the engine's commit thread, which then writes one byte to `fd` (owned and
+    /// closed here): 0 if the pushes are durable, 1 if not. That thread never takes the GIL.
+    pub(super) fn commit_to_pipe(&self, ticket: u64, fd: i32) -> PyResult<()> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: the caller hands over a descriptor of its own (a dup of a pipe's write end).
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(self.engine().commit_in_background(ticket, move |outcome| {
+            let byte = [u8::from(outcome.is_err())];
+            // A reader gone meanwhile (the manager closed) is no error worth a word.
+            // SAFETY: a one-byte write from a live buffer to a descriptor owned here.
+            let _ = unsafe { libc::write(fd.as_raw_fd(), byte.as_ptr().cast(), 1) };
+        })?)
     }
 }

@@ -1,0 +1,60 @@
+//! What an in-process store keeps beside its queues: the totals of settled runs, and the
+//! registry of live worker processes (their heartbeats). Neither is journaled: totals count
+//! since the store was opened, and a worker beats again within seconds.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::queue::Settled;
+use crate::backend::Totals;
+use crate::job::{now, Payload, Timestamp};
+use crate::sync::Mutex;
+
+#[derive(Default)]
+pub(super) struct RunTotals {
+    processed: AtomicU64,
+    failed: AtomicU64,
+    retried: AtomicU64,
+}
+
+impl RunTotals {
+    pub fn add(&self, settled: &Settled) {
+        self.processed
+            .fetch_add(settled.processed, Ordering::Relaxed);
+        self.failed.fetch_add(settled.failed, Ordering::Relaxed);
+        self.retried.fetch_add(settled.retried, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> Totals {
+        Totals {
+            processed: self.processed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Each worker's description and when it expires.
+#[derive(Default)]
+pub(super) struct WorkerRegistry(Mutex<HashMap<String, (Payload, Timestamp)>>);
+
+impl WorkerRegistry {
+    pub fn beat(&self, worker: &str, info: &Payload, ttl: f64) {
+        let expires = now() + ttl;
+        self.0
+            .lock()
+            .insert(worker.to_string(), (info.clone(), expires));
+    }
+
+    /// The descriptions not expired (the expired ones are dropped).
+    pub fn live(&self) -> Vec<Payload> {
+        let at = now();
+        let mut workers = self.0.lock();
+        workers.retain(|_, (_, expires)| *expires > at);
+        workers.values().map(|(info, _)| info.clone()).collect()
+    }
+
+    pub fn leave(&self, worker: &str) {
+        self.0.lock().remove(worker);
+    }
+}
