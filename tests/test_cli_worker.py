@@ -217,6 +217,8 @@ def wait_done(qm: QueueManager, job_ids: list[str]) -> list[str]:
         ("rediss://s3cret@host:6380/#insecure", "rediss://***@host:6380/#insecure"),
         ("redis://host:6379/0", "redis://host:6379/0"),
         ("redis://a:p1@n1:1,redis://a:p2@n2:2", "redis://a:***@n1:1,redis://a:***@n2:2"),
+        ("redis+unix:///run/r.sock?db=0&pass=s3cret", "redis+unix:///run/r.sock?db=0&pass=***"),
+        ("unix:///run/r.sock?password=s3cret&db=1", "unix:///run/r.sock?password=***&db=1"),
     ],
 )
 def test_redact_url_hides_the_password(url: str, shown: str) -> None:
@@ -362,7 +364,7 @@ def test_sigterm_lets_running_jobs_finish(
     worker.wait_for(f"running {job_id}", stream="stdout")
     worker.wait_for(" ready: ")
     worker.proc.send_signal(signal.SIGTERM)
-    worker.wait_for("stopping (SIGTERM): waiting up to 30 s for 1 running job(s)")
+    worker.wait_for("stopping (SIGTERM): waiting up to 30 s for the running jobs")
     release.touch()  # the job ends while the worker waits for it
     assert worker.finish() == 0, worker.log()
     assert wait_done(client, [job_id]) == ["completed"]
@@ -382,12 +384,34 @@ def test_a_second_sigterm_hands_running_jobs_back_at_once(
     worker.wait_for("stopping (SIGTERM)")
     started = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
-    assert worker.finish() == 1, worker.log()
+    assert worker.finish() == 0, worker.log()  # stopped as asked; the job is safe
     assert time.monotonic() - started < 10, "the second signal did not force the exit"
     line = worker.wait_for("forced stop: 1 running job(s) handed back")
     assert f"emails {job_id}" in line, line
     job = client.get_job(job_id)
     assert job is not None and job.status == "waiting", job  # to run again elsewhere
+
+
+def test_an_app_with_its_own_sigterm_handler_still_stops_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "own.py").write_text(
+        textwrap.dedent(
+            """
+            import signal
+            from rnode_queue import QueueManager
+
+            qm = QueueManager()
+            qm.get_queue("q").process(lambda job: None)
+            # What the README's "Ctrl-C, shutdown and exit" suggests to a script of its own.
+            signal.signal(signal.SIGTERM, lambda signum, frame: qm.close(timeout=5))
+            """
+        )
+    )
+    worker = WorkerCommand(tmp_path, "own:qm")
+    worker.wait_for(" ready: ")
+    assert "the app set its own SIGTERM handler" in worker.log()
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.finish() == 0, worker.log()
+    assert "stopped: every running job finished" in worker.log()
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -419,6 +443,13 @@ def test_an_import_error_is_one_line(tmp_path: Path) -> None:
         "rnode-queue worker: cannot import 'no_such_module': "
         "ModuleNotFoundError: No module named 'no_such_module'"
     ], missing.log()
+    (tmp_path / "needs.py").write_text("import not_installed_dependency\n")
+    needs = run_to_exit(tmp_path, "needs")  # the app is there; its install is broken
+    assert needs.proc.returncode == 1
+    assert needs.stderr == [
+        "rnode-queue worker: cannot import 'needs': "
+        "ModuleNotFoundError: No module named 'not_installed_dependency'"
+    ], needs.log()
     (tmp_path / "broken.py").write_text("raise RuntimeError('no config')\n")
     broken = run_to_exit(tmp_path, "broken")
     assert broken.proc.returncode == 1

@@ -162,7 +162,7 @@ def test_a_manager_opened_while_redis_is_down_spills_until_it_is_back(
     assert sorted(e["job"].id for e in recorder.snapshot()) == sorted(ids)
 
 
-def test_a_queue_forwarded_by_another_process_keeps_the_settings_it_was_spilled_with(
+def test_a_queue_forwarded_by_another_manager_keeps_the_settings_it_was_spilled_with(
     restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
 ) -> None:
     kwargs = {

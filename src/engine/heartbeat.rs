@@ -68,6 +68,12 @@ impl Engine {
             // The workers log the backend's outage themselves; this only costs the listing.
             log::debug!(target: "rnode_queue", "worker heartbeat not recorded: {error}");
         }
+        if self.heartbeat.started.lock().is_none() {
+            // `close` took this process off while the beat was on its way: off again.
+            if let Err(error) = self.backend.leave(&id) {
+                log::debug!(target: "rnode_queue", "worker {id} not taken off again: {error}");
+            }
+        }
         self.timers
             .arm(TimerKey::Heartbeat, now() + HEARTBEAT_EVERY);
     }

@@ -52,6 +52,7 @@ impl Engine {
         let log_jobs = self.log_jobs.load(Ordering::Relaxed);
         // Completed, failed for good, retried.
         let mut counts = (0, 0, 0);
+        let mut records: Vec<(log::Level, String)> = Vec::new();
         let acks: Vec<Ack> = runs
             .map(|(job, outcome)| {
                 let settlement = match outcome {
@@ -73,29 +74,28 @@ impl Engine {
                         Self::failure(&config, job, at, error, None)
                     }
                 };
-                match &settlement {
+                // Told once the results are stored: a record may wait for the GIL.
+                let record = match &settlement {
                     Settlement::Completed { .. } => {
                         counts.0 += 1;
-                        if log_jobs {
-                            log::info!(
-                                target: "rnode_queue",
+                        log_jobs.then(|| {
+                            let text = format!(
                                 "job {} of queue {queue:?} completed (attempt {} of {})",
-                                job.id,
-                                job.attempts,
-                                job.max_attempts
+                                job.id, job.attempts, job.max_attempts
                             );
-                        }
+                            (log::Level::Info, text)
+                        })
                     }
                     Settlement::Failed { error, traceback } => {
                         counts.1 += 1;
-                        log::error!(
-                            target: "rnode_queue",
+                        let text = format!(
                             "job {} of queue {queue:?} failed for good after {} attempt(s): \
                              {error}{}",
                             job.id,
                             job.attempts,
                             traceback_lines(traceback)
                         );
+                        Some((log::Level::Error, text))
                     }
                     Settlement::Retry {
                         due,
@@ -103,8 +103,7 @@ impl Engine {
                         traceback,
                     } => {
                         counts.2 += 1;
-                        log::warn!(
-                            target: "rnode_queue",
+                        let text = format!(
                             "job {} of queue {queue:?} failed (attempt {} of {}), retrying in \
                              {:.3} s: {error}{}",
                             job.id,
@@ -113,8 +112,10 @@ impl Engine {
                             (due - at).max(0.0),
                             traceback_lines(traceback)
                         );
+                        Some((log::Level::Warn, text))
                     }
-                }
+                };
+                records.extend(record);
                 Ack {
                     id: job.id,
                     attempt: job.attempts,
@@ -123,12 +124,18 @@ impl Engine {
                 }
             })
             .collect();
+        let count = acks.len();
+        // Counted before the store has them: whoever sees the jobs finished (a `join` on
+        // another thread) sees them counted. Should the store fail to record them, the jobs
+        // run again and those runs count too.
         if let Some(metrics) = self.metrics.of(queue) {
             metrics.settled(counts.0, counts.1, counts.2);
         }
-        let count = acks.len();
         let settled = self.backend.settle(queue, acks);
         self.finished.notify();
+        for (level, text) in records {
+            log::log!(target: "rnode_queue", level, "{text}");
+        }
         match settled {
             Ok(Some(due)) => self.timers.arm(TimerKey::Queue(Arc::from(queue)), due),
             Ok(None) => {}

@@ -30,13 +30,14 @@ pub struct EngineStats {
     pub queue_sizes: Vec<(String, u64)>,
 }
 
-/// One queue as Prometheus sees it: this process's counters, its handlers running now, and
-/// the store's counts (`None` when the store could not be reached).
+/// One queue as Prometheus sees it: this process's counters, its handlers running now (`None`
+/// where this process runs none: it is no worker of the queue), and the store's counts
+/// (`None` when the store could not be reached).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueueReport {
     pub queue: String,
     pub counters: MetricsSnapshot,
-    pub busy: u64,
+    pub busy: Option<u64>,
     pub counts: Option<QueueCounts>,
 }
 
@@ -65,7 +66,7 @@ impl Engine {
                     queue: name.to_string(),
                     ..QueueReport::default()
                 })
-                .busy = pool.running() as u64;
+                .busy = Some(pool.running() as u64);
         }
         let stored = self.backend.queue_names().and_then(|names| {
             let counts = self.backend.counts_of(&names)?;

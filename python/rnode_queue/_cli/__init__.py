@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,10 +18,13 @@ from .worker import WorkerOptions, parse_queues, run_worker
 __all__ = ["build_parser", "main"]
 
 EXIT_CODES = """exit status:
-  0  clean stop: every running job finished (or the command did its work)
-  1  runtime error: jobs still running at the end were handed back or abandoned, the app
-     raised while imported, the store failed, the job or queue was not found
-  2  usage error: a bad option, an APP that cannot be imported, or that registers no handler
+  0  clean stop: every running job finished or was handed back to run again elsewhere (or
+     the command did its work)
+  1  runtime error: jobs still running at the end were abandoned (a memory backend keeps
+     them nowhere else), the app raised while imported, the store failed, the job or queue
+     was not found
+  2  usage error: a bad option, an APP that cannot be found or compiled, or that registers
+     no handler
 """
 
 WORKER_DESCRIPTION = """\
@@ -126,7 +130,13 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--metrics-port",
         metavar="PORT",
         type=_port,
-        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs [metrics])",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (needs [metrics])",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        default="0.0.0.0",
+        help="the address --metrics-port listens on (default %(default)s: every interface)",
     )
 
 
@@ -203,6 +213,7 @@ def worker_options(args: argparse.Namespace) -> WorkerOptions:
         log_format=args.log_format,
         log_jobs=args.log_jobs,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
@@ -230,3 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rnode-queue {command}: interrupted", file=sys.stderr, flush=True)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`rnode-queue jobs q | head`): nothing more to say, as for cat.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -82,9 +82,16 @@ def configure_logging(
 
 def configure_root(handler: logging.Handler, level: str) -> bool:
     """Gives the root logger ``handler`` at ``level`` unless the app configured it (it has
-    handlers already): the app's own records then look like the worker's. True if it did."""
+    handlers already): the app's own records then look like the worker's. True if it did.
+
+    An app that configured logging itself (a file, a log shipper) gets the library's records
+    too: they go to its handlers instead of the worker's stderr handler.
+    """
     root = logging.getLogger()
     if root.handlers:
+        library = logging.getLogger(LIBRARY_LOGGER)
+        library.removeHandler(handler)
+        library.propagate = True
         return False
     root.addHandler(handler)
     root.setLevel(level.upper())

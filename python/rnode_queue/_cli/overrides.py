@@ -27,24 +27,28 @@ __all__ = ["Registration", "WorkerOverrides", "apply", "redact_url"]
 
 # scheme://userinfo@ — the userinfo runs to the last "@" before the first "/", "?" or "#".
 _USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")
+# A password given as a query parameter (unix-socket URLs): ?pass=... or &password=...
+_PASSWORD_PARAM = re.compile(r"(?<=[?&])(?P<key>pass|password)=[^&#,]*")
 
 
 def redact_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (each URL of a comma-separated list).
 
     ``redis://user:secret@host/0`` gives ``redis://user:***@host/0``; a lone userinfo
-    (``redis://secret@host``) is hidden whole, as some clients read it as a password.
+    (``redis://secret@host``) is hidden whole, as some clients read it as a password; so is a
+    ``pass=`` or ``password=`` query value (``redis+unix:///run/redis.sock?pass=...``).
     """
     return ",".join(_redact_one(part) for part in url.split(","))
 
 
 def _redact_one(url: str) -> str:
-    match = _USERINFO.match(url.strip())
+    url = _PASSWORD_PARAM.sub(r"\g<key>=***", url.strip())
+    match = _USERINFO.match(url)
     if match is None:
         return url
     user, colon, _password = match["userinfo"].partition(":")
     hidden = f"{user}:***" if colon else "***"
-    return f"{match['scheme']}{hidden}@{url.strip()[match.end() :]}"
+    return f"{match['scheme']}{hidden}@{url[match.end() :]}"
 
 
 def resolved_backend(backend: str | None, options: ManagerOptions) -> str:

@@ -39,7 +39,7 @@ LISTED_IDS = 20
 _WAIT_SLICE = 1.0
 
 MetricsStop = Callable[[], None]
-ServeMetrics = Callable[[QueueManager, int], MetricsStop]
+ServeMetrics = Callable[[QueueManager, int, str], MetricsStop]
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class WorkerOptions:
     log_format: str = "text"
     log_jobs: bool = False
     metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
 
 
 def parse_queues(text: str) -> frozenset[str]:
@@ -88,6 +89,19 @@ class Stopper:
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, self._on_signal)
+
+    def reclaim(self) -> None:
+        """After the import: an app that set handlers of its own for these signals (a
+        ``qm.close()`` on SIGTERM, say) would leave the worker waiting for a stop it never
+        hears of. The worker's handlers are put back, with a warning."""
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) != self._on_signal:
+                log.warning(
+                    "the app set its own %s handler; the worker's replaces it (the worker "
+                    "closes the managers at a stop)",
+                    signal.Signals(signum).name,
+                )
+                signal.signal(signum, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if not self.started:
@@ -130,7 +144,8 @@ def import_app(module_name: str) -> ModuleType:
     """Imports the app (the current directory importable, as for ``python -m``).
 
     An error is one line naming the module and the exception: a usage error (2) when the
-    module cannot be found or compiled, or rejects its configuration; a failure (1) else.
+    module itself cannot be found or compiled, or rejects its configuration; a failure (1)
+    else, a module the app imports that is missing included (a broken install, not a typo).
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -138,7 +153,11 @@ def import_app(module_name: str) -> ModuleType:
         return importlib.import_module(module_name)
     except (ImportError, SyntaxError, ConfigError) as exc:
         log.debug("importing %r failed", module_name, exc_info=True)
-        raise UsageError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+        line = f"cannot import {module_name!r}: {type(exc).__name__}: {exc}"
+        missing = exc.name if isinstance(exc, ImportError) else None
+        if missing is None or missing == module_name or module_name.startswith(f"{missing}."):
+            raise UsageError(line) from None
+        raise CommandFailed(line) from None
     except Exception as exc:
         log.debug("importing %r failed", module_name, exc_info=True)
         raise CommandFailed(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
@@ -267,17 +286,6 @@ def describe_handlers(registrations: Iterable[Registration]) -> str:
     return "; ".join(parts)
 
 
-def running_jobs(managers: Iterable[ManagerRecord]) -> int | None:
-    """Handlers running in this process now (None if a manager cannot tell)."""
-    total = 0
-    for record in managers:
-        try:
-            total += sum(int(row["busy"]) for row in record.manager._engine.metrics())
-        except Exception:  # an unreachable backend: only the shutdown line misses it
-            return None
-    return total
-
-
 class Worker:
     """Runs an imported app's handlers until a stop is asked for, then closes its managers."""
 
@@ -364,14 +372,14 @@ class Worker:
 
     def start_metrics(self, records: list[ManagerRecord]) -> None:
         """``--metrics-port``: serves the (first) manager's metrics."""
-        port = self.options.metrics_port
+        port, host = self.options.metrics_port, self.options.metrics_host
         assert port is not None and self.serve_metrics is not None
         try:
-            self.stop_metrics = self.serve_metrics(records[0].manager, port)
+            self.stop_metrics = self.serve_metrics(records[0].manager, port, host)
         except OSError as exc:
-            raise CommandFailed(f"--metrics-port {port}: cannot listen: {exc}") from None
+            raise CommandFailed(f"--metrics-port {port}: cannot listen on {host}: {exc}") from None
         port = getattr(self.stop_metrics, "port", port)  # the one chosen for port 0
-        log.info("metrics: http://0.0.0.0:%d/metrics", port)
+        log.info("metrics: http://%s:%d/metrics", host, port)
         if len(records) > 1:
             log.warning("metrics: only the queues of the first manager are exported")
 
@@ -398,13 +406,12 @@ class Worker:
         """Closes the worker's managers: gracefully, or at once on a second signal."""
         timeout = self.options.shutdown_timeout
         records = self.app.worker_managers
-        running = running_jobs(records)
+        # Nothing here asks the store (it may be away): the stop starts at once.
         log.info(
-            "stopping (%s): waiting up to %g s for %s running job(s); "
+            "stopping (%s): waiting up to %g s for the running jobs; "
             "Ctrl-C or SIGTERM again to hand them back at once",
             self.stopper.reason,
             timeout,
-            "the" if running is None else running,
         )
         reports: dict[int, tuple[bool, list[tuple[str, str]]]] = {}
         closed = threading.Event()
@@ -446,7 +453,8 @@ class Worker:
                     log.exception("closing a manager without handlers failed")
 
     def report(self, reports: list[tuple[bool, list[tuple[str, str]]]], forced: bool) -> int:
-        """Logs what the shutdown handed back; 0 when every running job finished."""
+        """Logs what the shutdown handed back: 0 when every running job finished or was handed
+        back (to run again elsewhere: nothing is lost), 1 when some were abandoned."""
         finished = all(done for done, _ in reports)
         handed_back = [item for _, items in reports for item in items]
         how = "forced stop" if forced else "stopped"
@@ -460,7 +468,7 @@ class Worker:
                 listed,
                 f" and {more} more" if more > 0 else "",
             )
-            return EXIT_FAILURE
+            return EXIT_OK
         if not finished:
             limit = "at once" if forced else f"after {self.options.shutdown_timeout:g} s"
             log.warning(
@@ -506,6 +514,7 @@ def run_worker(options: WorkerOptions) -> int:
                 module = import_app(module_name)
             except KeyboardInterrupt:
                 raise CommandFailed(f"interrupted while importing {module_name!r}") from None
+        stopper.reclaim()
         stopper.started = True  # from now on a signal stops the worker gracefully
         app = collect_app(module, module_name, attribute, overrides)
         configure_root(handler, options.log_level)

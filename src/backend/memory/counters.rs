@@ -39,11 +39,12 @@ impl RunTotals {
 pub(super) struct WorkerRegistry(Mutex<HashMap<String, (Payload, Timestamp)>>);
 
 impl WorkerRegistry {
+    /// Also drops the expired entries: workers killed without a word do not pile up.
     pub fn beat(&self, worker: &str, info: &Payload, ttl: f64) {
-        let expires = now() + ttl;
-        self.0
-            .lock()
-            .insert(worker.to_string(), (info.clone(), expires));
+        let at = now();
+        let mut workers = self.0.lock();
+        workers.retain(|_, (_, expires)| *expires > at);
+        workers.insert(worker.to_string(), (info.clone(), at + ttl));
     }
 
     /// The descriptions not expired (the expired ones are dropped).

@@ -384,21 +384,42 @@ fn timed_out(url: &str) -> QueueError {
     ))
 }
 
-/// The url without its password, for error messages.
+/// The url without its password, for error messages: `user:***@`, a lone userinfo (read as a
+/// password) as `***@`, and a `pass=` or `password=` query value (unix-socket urls) as `***`.
 fn redacted(url: &str) -> String {
     url.split(',')
-        .map(|one| match (one.find("://"), one.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                let credentials = &one[scheme + 3..at];
-                match credentials.split_once(':') {
-                    Some((user, _)) => format!("{}{user}:***{}", &one[..scheme + 3], &one[at..]),
-                    None => one.to_string(),
-                }
-            }
-            _ => one.to_string(),
-        })
+        .map(redacted_one)
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn redacted_one(url: &str) -> String {
+    let (address, query) = match url.split_once('?') {
+        Some((address, query)) => (address, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match (address.find("://"), address.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let hidden = match address[scheme + 3..at].split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_string(),
+            };
+            format!("{}{hidden}{}", &address[..scheme + 3], &address[at..])
+        }
+        _ => address.to_string(),
+    };
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key == "pass" || key == "password" => format!("{key}=***"),
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -422,5 +443,14 @@ mod tests {
             "redis://app:***@host:6379/2"
         );
         assert_eq!(redacted("rediss://host:1/0"), "rediss://host:1/0");
+        assert_eq!(redacted("redis://secret@host/0"), "redis://***@host/0");
+        assert_eq!(
+            redacted("redis+unix:///run/redis.sock?db=0&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=0&pass=***"
+        );
+        assert_eq!(
+            redacted("unix:///tmp/r.sock?password=x,redis://u:p@h"),
+            "unix:///tmp/r.sock?password=***,redis://u:***@h"
+        );
     }
 }

@@ -171,15 +171,28 @@ impl Pool {
         let pool = self.clone();
         let host = host.clone();
         let name = format!("rnq-{role}-{}", self.queue);
+        let role_name = role.to_string();
         let spawned = thread::Builder::new().name(name).spawn(move || {
             let exiting = pool.clone();
             // A panic in the loop itself (not in a handler) must not kill the process.
-            let _ = catch_unwind(AssertUnwindSafe(|| body(pool, host)));
+            if catch_unwind(AssertUnwindSafe(|| body(pool, host))).is_err() {
+                log::error!(
+                    target: "rnode_queue",
+                    "a {role_name} thread of queue {:?} stopped on an internal error (a panic); \
+                     the queue runs with one fewer",
+                    &*exiting.queue
+                );
+            }
             *exiting.live.lock() -= 1;
             exiting.exited.notify_all();
         });
-        if spawned.is_err() {
+        if let Err(error) = spawned {
             *self.live.lock() -= 1;
+            log::error!(
+                target: "rnode_queue",
+                "a {role} thread of queue {:?} could not be started: {error}",
+                &*self.queue
+            );
         }
     }
 

@@ -96,14 +96,14 @@ impl Pool {
                     .unwrap_or_else(RunOutcome::from_panic);
                 // One clock read per job: the end of this one, the start of the next.
                 let ended = host.clock();
-                if let Some(metrics) = &self.metrics {
-                    metrics.observe(ended.saturating_sub(now));
-                }
                 if !slot.end(run) {
-                    // The watchdog settled this run and the finished ones before it, and
-                    // started a replacement worker.
+                    // The watchdog settled this run (and counted its time) and the finished
+                    // ones before it, and started a replacement worker.
                     abandoned = true;
                     break;
+                }
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe(ended.saturating_sub(now));
                 }
                 slot.record(session, index, outcome);
                 ran += 1;
@@ -189,6 +189,9 @@ impl Pool {
         let mut earliest: Option<u64> = None;
         for slot in slots {
             if let Some((batch, index)) = slot.abandon_if_late(now, &self.stuck) {
+                if let Some(metrics) = &self.metrics {
+                    metrics.observe(now.saturating_sub(slot.started.load(Ordering::Acquire)));
+                }
                 host.release(&self.queue, batch.take_rest());
                 let taken = slot.work.lock().take_finished();
                 settle_finished(&**host, &self.queue, taken);
