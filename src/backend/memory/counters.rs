@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::queue::Settled;
+use std::sync::Arc;
+
+use super::queue::{MemoryQueue, Settled};
 use crate::backend::Totals;
 use crate::job::{now, Payload, Timestamp};
 use crate::sync::Mutex;
@@ -25,12 +27,23 @@ impl RunTotals {
         self.retried.fetch_add(settled.retried, Ordering::Relaxed);
     }
 
-    pub fn get(&self) -> Totals {
-        Totals {
+    /// The totals since the store was opened; with `queues`, processed and failed are theirs
+    /// instead (since each was created: a durable store's outlive a restart).
+    pub fn get(&self, queues: Option<&[(Arc<str>, Arc<MemoryQueue>)]>) -> Totals {
+        let mut totals = Totals {
             processed: self.processed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             retried: self.retried.load(Ordering::Relaxed),
+        };
+        if let Some(queues) = queues {
+            (totals.processed, totals.failed) = (0, 0);
+            for (_, queue) in queues {
+                let counts = queue.state.lock().counts();
+                totals.processed += counts.completed;
+                totals.failed += counts.failed;
+            }
         }
+        totals
     }
 }
 
