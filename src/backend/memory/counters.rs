@@ -1,10 +1,9 @@
 //! What an in-process store keeps beside its queues: the totals of settled runs, and the
-//! registry of live worker processes (their heartbeats). Neither is journaled: totals count
-//! since the store was opened, and a worker beats again within seconds.
+//! registry of live worker processes (their heartbeats). Neither is journaled: a worker beats
+//! again within seconds, and a durable store's totals come from its queues' (which are).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::sync::Arc;
 
 use super::queue::{MemoryQueue, Settled};
