@@ -4,6 +4,7 @@ completed jobs when asked, a lost and regained backend; and the worker-process r
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -177,3 +178,34 @@ def test_a_manager_without_handlers_is_not_a_worker(make_qm: Callable[..., Queue
     qm.get_queue("q").process(lambda job: None)
     listed = wait_until(qm.get_workers, what="this process listed")
     assert listed[0]["queues"] == ["q"]
+
+
+def test_one_broken_queue_is_logged_once_while_the_others_work(
+    redis_kwargs: dict[str, Any], records: Records
+) -> None:
+    """A queue whose data Redis refuses (a key of the wrong type) fails every fetch while the
+    other queues fetch fine: one warning, and no "reachable again" flapping per retry."""
+    port = redis_kwargs["url"].rsplit(":", 1)[1].split("/")[0]
+    broken_key = f"{redis_kwargs['prefix']}:{{broken}}:waiting"
+    subprocess.run(
+        ["redis-cli", "-p", port, "SET", broken_key, "not a sorted set"],
+        check=True,
+        capture_output=True,
+    )
+    qm = QueueManager(**redis_kwargs)
+    try:
+        qm.get_queue("broken").process(lambda job: None)
+        good = qm.get_queue("good")
+        good.process(lambda job: None)
+        records.wait_for(lambda r: r.getMessage().startswith("lost the backend"))
+        for n in range(3):
+            qm.wait_for(good.push(n), timeout=20)
+        # Two more failed tries of the broken queue, each after the good queue fetched.
+        records.wait_for(
+            lambda r: len([m for m in records.messages(logging.DEBUG) if "still cannot" in m]) >= 2
+        )
+        lost = [m for m in records.messages(logging.WARNING) if m.startswith("lost the backend")]
+        assert len(lost) == 1 and '"broken"' in lost[0], lost
+        assert not [m for m in records.messages(logging.INFO) if "reachable again" in m]
+    finally:
+        qm.close()

@@ -113,8 +113,9 @@ pub struct Engine {
     metrics: metrics::Metrics,
     /// One INFO record per completed run (`set_job_logging`).
     log_jobs: AtomicBool,
-    /// The backend failed a fetch and has not served one since: logged once, not per retry.
-    backend_down: AtomicBool,
+    /// The queues whose fetches fail (the backend is away, or one queue's data is broken):
+    /// logged when the first one fails and when the last one recovers, not per retry.
+    backend_down: settle::FailingQueues,
     /// A metrics report found the backend away (logged once per outage).
     metrics_backend_down: AtomicBool,
     /// This process's entry in the backend's list of worker processes, once it runs handlers.
@@ -151,7 +152,7 @@ impl Engine {
             committer: Mutex::new(None),
             metrics: metrics::Metrics::new(options_metrics),
             log_jobs: AtomicBool::new(false),
-            backend_down: AtomicBool::new(false),
+            backend_down: settle::FailingQueues::default(),
             metrics_backend_down: AtomicBool::new(false),
             heartbeat: heartbeat::Heartbeat::default(),
         });

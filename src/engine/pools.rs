@@ -130,7 +130,7 @@ impl WorkerHost for Engine {
         Engine::backend_failed(self, queue, error)
     }
 
-    fn backend_ok(&self) {
-        Engine::backend_ok(self)
+    fn backend_ok(&self, queue: &str) {
+        Engine::backend_ok(self, queue)
     }
 }

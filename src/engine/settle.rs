@@ -1,12 +1,14 @@
 //! What a finished run means for its job: completed, retried after the backoff, or failed.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{Ack, Settlement};
 use crate::error::QueueError;
 use crate::job::{now, Job, JobId, Timestamp};
+use crate::sync::Mutex;
 
 use super::config::QueueConfig;
 use super::timers::TimerKey;
@@ -37,6 +39,14 @@ fn bounded_text(mut text: String) -> String {
         text.push_str(&format!("\n... (cut: {total} bytes in all)"));
     }
     text
+}
+
+/// The queues whose workers cannot fetch (see `Engine::backend_failed`); `count` lets a
+/// successful fetch skip the lock while none fails.
+#[derive(Default)]
+pub(super) struct FailingQueues {
+    queues: Mutex<HashSet<String>>,
+    count: AtomicUsize,
 }
 
 impl Engine {
@@ -189,12 +199,22 @@ impl Engine {
         }
     }
 
-    /// A fetch succeeded: if the backend was lost, says that it is back.
-    pub fn backend_ok(&self) {
-        if self.backend_down.load(Ordering::Relaxed)
-            && self.backend_down.swap(false, Ordering::AcqRel)
-        {
-            log::info!(target: "rnode_queue", "the backend is reachable again: workers fetch jobs");
+    /// A fetch of `queue` succeeded: once no queue fails any more, says that the backend is back.
+    pub fn backend_ok(&self, queue: &str) {
+        if self.backend_down.count.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut failing = self.backend_down.queues.lock();
+        if failing.remove(queue) {
+            self.backend_down
+                .count
+                .store(failing.len(), Ordering::Relaxed);
+            if failing.is_empty() {
+                log::info!(
+                    target: "rnode_queue",
+                    "the backend is reachable again: workers fetch jobs"
+                );
+            }
         }
     }
 
@@ -207,7 +227,16 @@ impl Engine {
         match error {
             QueueError::Backend(_) | QueueError::Indeterminate(_) => {
                 // Once when the backend goes away (every queue's workers notice), not per try.
-                if !self.backend_down.swap(true, Ordering::AcqRel) {
+                let first = {
+                    let mut failing = self.backend_down.queues.lock();
+                    let first = failing.is_empty();
+                    failing.insert(queue.to_string());
+                    self.backend_down
+                        .count
+                        .store(failing.len(), Ordering::Relaxed);
+                    first
+                };
+                if first {
                     log::warn!(
                         target: "rnode_queue",
                         "lost the backend: workers of queue {queue:?} cannot fetch jobs \

@@ -48,7 +48,7 @@ impl Pool {
                 return;
             }
             if fetched.is_ok() {
-                host.backend_ok();
+                host.backend_ok(&self.queue);
             }
             match fetched {
                 Ok(jobs) if jobs.is_empty() => {}

@@ -50,8 +50,8 @@ pub trait WorkerHost: Send + Sync + 'static {
     fn watch_deadline(&self, deadline: u64);
     /// A fetch failed: logs it and waits before the next try. False: stop.
     fn backend_failed(&self, queue: &str, error: &QueueError) -> bool;
-    /// A fetch succeeded (logs that the backend is back, after `backend_failed`).
-    fn backend_ok(&self);
+    /// A fetch of `queue` succeeded (logs that the backend is back, after `backend_failed`).
+    fn backend_ok(&self, queue: &str);
 }
 
 /// A queue's workers.

@@ -60,7 +60,7 @@ impl Pool {
                     });
             });
             if fetched.is_ok() {
-                host.backend_ok();
+                host.backend_ok(&self.queue);
             }
             let batch = match fetched {
                 Ok(Some(batch)) => batch,
