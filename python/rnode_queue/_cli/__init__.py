@@ -1,4 +1,5 @@
-"""The ``rnode-queue`` command line: ``demo``, ``version``, ``worker`` and the admin commands."""
+"""The ``rnode-queue`` command line: ``demo``, ``version``, ``worker``, the admin commands and
+``dashboard``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from .. import __version__
 from .._core import DEFAULT_CLOSE_TIMEOUT, MAX_CONCURRENCY
 from .admin import ADMIN_COMMANDS, STATUSES, run_admin
+from .dashboard import DEFAULT_PORT, TOKEN_ENV, run_dashboard
 from .errors import CommandFailed
 from .logs import LEVELS
 from .worker import WorkerOptions, parse_queues, run_worker
@@ -176,6 +178,45 @@ def _add_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             command.add_argument("--yes", "-y", action="store_true", help="do not ask")
 
 
+DASHBOARD_DESCRIPTION = f"""\
+Serves the web dashboard of a shared store (needs pip install 'rnode-queue[dashboard]'):
+queues, jobs, schedules, workers, /metrics, and actions (retry, pause, resume, clear).
+Connects as the admin commands do: --url/--prefix (else REDIS_URL, REDIS_PREFIX) or --path.
+
+Listens on 127.0.0.1 by default. On any other address, actions need a token (--token or
+${TOKEN_ENV}): without one it refuses to start (exit 2) unless --read-only. With a token,
+every page asks for it (browsers sign in once; scripts send Authorization: Bearer TOKEN).
+"""
+
+
+def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the web dashboard (queues, jobs, schedules, workers, actions)",
+        description=DASHBOARD_DESCRIPTION,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    group = dashboard.add_argument_group("store")
+    group.add_argument("--url", help="redis://... (default: $REDIS_URL)")
+    group.add_argument(
+        "--prefix", help="redis key prefix (default: $REDIS_PREFIX, else the default)"
+    )
+    group.add_argument("--path", help="the directory of a file store")
+    dashboard.add_argument(
+        "--host", default="127.0.0.1", help="the address to listen on (default %(default)s)"
+    )
+    dashboard.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="the port (default %(default)s)"
+    )
+    dashboard.add_argument(
+        "--read-only", action="store_true", help="no actions: show only (no token needed)"
+    )
+    dashboard.add_argument(
+        "--token", help=f"the token pages and actions need (default: ${TOKEN_ENV})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every ``rnode-queue`` command."""
     parser = argparse.ArgumentParser(
@@ -195,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("version", help="print the version")
     _add_worker(commands)
     _add_admin(commands)
+    _add_dashboard(commands)
     return parser
 
 
@@ -234,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo(quiet=args.quiet or getattr(args, "demo_quiet", False))
         if command == "worker":
             return run_worker(worker_options(args))
+        if command == "dashboard":
+            return run_dashboard(args)
         return run_admin(args)
     except CommandFailed as exc:
         print(f"rnode-queue {command}: {exc}", file=sys.stderr, flush=True)

@@ -14,25 +14,17 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
-from .. import ConfigError, Job, QueueError, QueueManager
+from .. import ConfigError, QueueError, QueueManager
+from .. import _queries as queries
+from .._queries import STATUSES
 from .errors import EXIT_OK, CommandFailed, UsageError
 from .overrides import redact_url
 from .tables import age, cell, render_table, shorten, timestamp, to_json
 
-__all__ = ["ADMIN_COMMANDS", "connect", "run_admin"]
-
-#: The window of the rates ``stats`` shows, in seconds.
-RATE_WINDOW = 60.0
-#: How many of a queue's newest completed (failed) jobs ``stats`` reads, in turn, to count those
-#: that finished in the window: it stops at the first read that reaches past the window.
-RATE_READS = (100, 1_000, 10_000)
-#: Failed jobs read per page by ``retry --failed``.
-RETRY_PAGE = 500
-
-STATUSES = ("waiting", "delayed", "active", "completed", "failed")
+__all__ = ["ADMIN_COMMANDS", "STATUSES", "connect", "run_admin"]
 
 
 def connect(args: argparse.Namespace) -> QueueManager:
@@ -66,11 +58,7 @@ def _open(backend: str, where: str, **options: Any) -> QueueManager:
 
 def _queue(qm: QueueManager, name: str) -> str:
     """``name`` if the store has that queue (else a failure listing those it has)."""
-    names = qm._engine.queue_names()
-    if name not in names:
-        known = ", ".join(sorted(names)) or "none"
-        raise CommandFailed(f"no queue {name!r} in this store (queues: {known})")
-    return name
+    return queries.check_queue(qm, name)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -81,44 +69,9 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
 # -- stats ----------------------------------------------------------------------------------
 
 
-def finished_since(qm: QueueManager, queue: str, status: str, since: datetime) -> tuple[int, bool]:
-    """How many of the queue's retained ``status`` jobs (completed or failed) finished at or
-    after ``since``, and whether that count is exact (False: at least that many).
-
-    The lists are newest first: a read that also returns an older job saw the whole window.
-    """
-    count = 0
-    for limit in RATE_READS:
-        jobs = qm.get_jobs(queue, status, limit)
-        finished = [job.completed_at if status == "completed" else job.failed_at for job in jobs]
-        count = sum(1 for at in finished if at is not None and at >= since)
-        if len(jobs) < limit or count < len(jobs):
-            return count, True
-    return count, False
-
-
 def stats(qm: QueueManager, args: argparse.Namespace) -> int:
     """Every queue: its jobs by state, its totals, and what finished in the last minute."""
-    since = datetime.now(timezone.utc) - timedelta(seconds=RATE_WINDOW)
-    entries = []
-    for name in sorted(qm._engine.queue_names()):
-        counts = qm._engine.queue_stats(name)
-        completed, completed_exact = finished_since(qm, name, "completed", since)
-        failed, failed_exact = finished_since(qm, name, "failed", since)
-        entries.append(
-            {
-                "queue": name,
-                "waiting": counts["waiting"],
-                "delayed": counts["delayed"],
-                "active": counts["processing"],
-                "completed": counts["completed"],
-                "failed": counts["failed"],
-                "paused": bool(counts["paused"]),
-                "completed_last_minute": completed,
-                "failed_last_minute": failed,
-                "last_minute_exact": completed_exact and failed_exact,
-            }
-        )
+    entries = queries.queue_stats(qm)
 
     def rate(entry: dict[str, Any], key: str) -> str:
         return f"{entry[key]}" if entry["last_minute_exact"] else f">={entry[key]}"
@@ -178,35 +131,10 @@ def jobs(qm: QueueManager, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _get_job(qm: QueueManager, job_id: str) -> Job:
-    job = qm.get_job(job_id)
-    if job is None:
-        raise CommandFailed(f"no job {job_id!r} (it never existed, or is no longer retained)")
-    return job
-
-
 def job(qm: QueueManager, args: argparse.Namespace) -> int:
     """One job: its data, result, error and traceback, attempts and times."""
-    found = _get_job(qm, args.id)
-    fields: list[tuple[str, Any]] = [
-        ("id", found.id),
-        ("queue", found.queue),
-        ("status", found.status),
-        ("priority", found.priority),
-        ("attempts", f"{found.attempts} of {found.max_attempts}"),
-        ("created", found.created_at),
-        ("scheduled", found.scheduled_at),
-        ("started", found.started_at),
-        ("completed", found.completed_at),
-        ("failed", found.failed_at),
-        ("timeout", f"{found.timeout:g} s"),
-        ("schedule", found.schedule_id),
-        ("tags", ", ".join(found.tags) or None),
-        ("metadata", found.metadata or None),
-        ("data", found.data),
-        ("result", found.result),
-        ("error", found.error),
-    ]
+    found = queries.get_job(qm, args.id)
+    fields = queries.job_fields(found)
     width = max(len(name) for name, _ in fields)
     lines = [f"{name.ljust(width)}  {_value(value)}" for name, value in fields]
     if found.traceback:
@@ -231,29 +159,16 @@ def retry(qm: QueueManager, args: argparse.Namespace) -> int:
         raise UsageError("give a job ID, or --failed QUEUE (not both)")
     if args.failed is not None:
         return _retry_failed(qm, args)
-    if qm.retry_job(args.id):
-        _emit(args, {"id": args.id, "retried": True}, f"job {args.id} is waiting again")
-        return EXIT_OK
-    found = _get_job(qm, args.id)
-    raise CommandFailed(f"job {args.id} is {found.status}, not failed: nothing to retry")
+    queries.retry_job(qm, args.id)
+    _emit(args, {"id": args.id, "retried": True}, f"job {args.id} is waiting again")
+    return EXIT_OK
 
 
 def _retry_failed(qm: QueueManager, args: argparse.Namespace) -> int:
     """Retries the failed jobs of a queue a page at a time, each once (a job that fails again
     meanwhile is not retried again)."""
-    queue = _queue(qm, args.failed)
-    done: set[str] = set()
-    retried = 0
-    seen_again = 0
-    while True:
-        page = qm.get_jobs(queue, "failed", RETRY_PAGE + seen_again)
-        new = [found.id for found in page if found.id not in done]
-        if not new:
-            break
-        seen_again = len(page) - len(new)
-        for job_id in new:
-            done.add(job_id)
-            retried += qm.retry_job(job_id)
+    queue = args.failed
+    retried = queries.retry_failed(qm, queue)
     text = f"{retried} failed job(s) of queue {queue!r} are waiting again"
     _emit(args, {"queue": queue, "retried": retried}, text)
     return EXIT_OK
@@ -264,16 +179,14 @@ def _retry_failed(qm: QueueManager, args: argparse.Namespace) -> int:
 
 def pause(qm: QueueManager, args: argparse.Namespace) -> int:
     """Workers stop starting the queue's jobs."""
-    queue = _queue(qm, args.queue)
-    qm.pause_queue(queue)
+    queue = queries.pause_queue(qm, args.queue)
     _emit(args, {"queue": queue, "paused": True}, f"queue {queue!r} is paused")
     return EXIT_OK
 
 
 def resume(qm: QueueManager, args: argparse.Namespace) -> int:
     """Workers start the queue's jobs again."""
-    queue = _queue(qm, args.queue)
-    qm.resume_queue(queue)
+    queue = queries.resume_queue(qm, args.queue)
     _emit(args, {"queue": queue, "paused": False}, f"queue {queue!r} is running again")
     return EXIT_OK
 
@@ -284,12 +197,12 @@ def clear(qm: QueueManager, args: argparse.Namespace) -> int:
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(f"refusing to clear {queue!r} without --yes (no terminal to ask)")
-        counts = qm._engine.queue_stats(queue)
+        counts = queries.queue_counts(qm, queue)
         pending = counts["waiting"] + counts["delayed"]
         answer = input(f"Remove the {pending} waiting and delayed job(s) of {queue!r}? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             raise CommandFailed("not cleared")
-    removed = qm.clear_queue(queue)
+    removed = queries.clear_queue(qm, queue)
     _emit(args, {"queue": queue, "removed": removed}, f"removed {removed} job(s) from {queue!r}")
     return EXIT_OK
 
@@ -299,7 +212,7 @@ def clear(qm: QueueManager, args: argparse.Namespace) -> int:
 
 def schedules(qm: QueueManager, args: argparse.Namespace) -> int:
     """The cron schedules, soonest first."""
-    found = sorted(qm.list_schedules(), key=lambda s: (s["next_run"] is None, s["next_run"]))
+    found = queries.schedules(qm)
     headers = ["ID", "QUEUE", "CRON", "NEXT RUN (UTC)", "DATA"]
     rows = [
         [s["id"], s["queue"], s["cron"], timestamp(s["next_run"]), shorten(cell(s["data"]), 40)]
@@ -311,7 +224,7 @@ def schedules(qm: QueueManager, args: argparse.Namespace) -> int:
 
 def workers(qm: QueueManager, args: argparse.Namespace) -> int:
     """The live worker processes (from their heartbeats)."""
-    found = sorted(qm.get_workers(), key=lambda w: (w["host"], w["pid"]))
+    found = queries.workers(qm)
     now = datetime.now(timezone.utc)
     headers = ["HOST", "PID", "QUEUES (CONCURRENCY)", "RUNNING", "STARTED", "LAST SEEN"]
     rows = [
@@ -354,6 +267,8 @@ def run_admin(args: argparse.Namespace) -> int:
     qm = connect(args)
     try:
         return command(qm, args)
+    except (queries.NotFound, queries.NotFailed) as exc:
+        raise CommandFailed(str(exc)) from None
     except QueueError as exc:
         raise CommandFailed(f"{type(exc).__name__}: {exc}") from None
     finally:
