@@ -442,3 +442,60 @@ def test_queues_are_isolated(qm: QueueManager) -> None:
         assert all(e["job"].data["q"] == name for e in entries)
         assert all(e["job"].queue == name for e in entries)
         assert {j.id for j in qm.get_jobs(name, limit=1000)} == set(ids)
+
+
+def test_get_jobs_pages_through_one_status_with_an_offset(qm: QueueManager) -> None:
+    q = qm.create_queue("paged", max_retries=0, concurrency=1)
+    q.pause()
+    waiting = q.push_batch([{"data": n} for n in range(30)])
+    delayed = [q.push(n, delay=600 + n) for n in range(5)]
+    page = q.get_jobs("waiting", limit=10, offset=10)
+    assert [job.id for job in page] == waiting[10:20], "the second page, in run order"
+    assert [job.id for job in q.get_jobs("waiting", limit=10, offset=25)] == waiting[25:]
+    assert q.get_jobs("waiting", limit=10, offset=30) == []
+    assert [job.id for job in q.get_jobs("delayed", limit=2, offset=3)] == delayed[3:5]
+    # Finished jobs come newest first: a page counts back from the newest.
+    q.resume()
+    q.process(lambda job: None)
+    assert qm.wait_for(waiting[-1], timeout=WAIT) is not None  # one worker: the last runs last
+    newest_first = list(reversed(waiting))
+    done = q.get_jobs("completed", limit=4, offset=2)
+    assert [job.id for job in done] == newest_first[2:6]
+    with pytest.raises(QueueError, match="an offset needs a status"):
+        q.get_jobs(None, limit=10, offset=5)
+    with pytest.raises(QueueError, match="offset"):
+        q.get_jobs("waiting", offset=-1)
+
+
+def test_delete_job_removes_any_job_but_a_running_one(qm: QueueManager) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def handler(job: Job) -> None:
+        if job.data == "fail":
+            raise ValueError("kept until deleted")
+        if job.data == "hold":
+            started.set()
+            release.wait(WAIT)
+
+    q = qm.create_queue("deleting", max_retries=0, concurrency=1)
+    q.process(handler)
+    done, failed = q.push("done"), q.push("fail")
+    assert qm.wait_for(done, timeout=WAIT) is not None
+    assert qm.wait_for(failed, timeout=WAIT) is not None
+    held = q.push("hold")
+    assert started.wait(WAIT)
+    waiting, delayed = q.push("waiting"), q.push("later", delay=600)
+    with pytest.raises(QueueError, match="is running"):
+        qm.delete_job(held)
+    for job_id in (done, failed, waiting, delayed):
+        assert qm.delete_job(job_id) is True, job_id
+        assert qm.get_job(job_id) is None
+    assert qm.delete_job(waiting) is False, "gone already"
+    assert qm.delete_job(str(uuid.uuid4())) is False
+    stats = q.get_stats()
+    assert (stats["waiting"], stats["delayed"]) == (0, 0)
+    assert [job.id for job in q.get_jobs("failed")] == []
+    release.set()
+    assert qm.join("deleting", timeout=WAIT), "nothing left to wait for"
+    job = qm.get_job(held)
+    assert job is not None and job.status == "completed"

@@ -44,10 +44,13 @@ def test_jobs_survive_a_restart(durable_kwargs: dict[str, Any], manager_pool: An
     low = first.push("persist", {"n": 1}, priority="low", tags=["t"], metadata={"m": 1})
     critical = first.push("persist", {"n": 2}, priority="critical")
     delayed = first.push("persist", {"n": 3}, delay=1.0)
+    gone = first.push("persist", {"n": 4})
+    assert first.delete_job(gone) is True
     original = first.get_job(delayed)
     assert first.close(timeout=5) is True
 
     second = manager_pool.open(**kwargs)
+    assert second.get_job(gone) is None, "a deleted job stays deleted"
     job = second.get_job(low)
     assert job is not None
     assert job.status == "waiting"

@@ -351,13 +351,20 @@ class AsyncQueueManager:
         """A snapshot of the job, or None if unknown."""
         return await self._call(self._engine.get_job, job_id)
 
-    async def get_jobs(self, queue: str, status: str | None = None, limit: int = 100) -> list[Job]:
-        """Jobs of ``queue`` with ``status`` (all when None), at most ``limit``."""
-        return await self._call(self._engine.get_jobs, queue, status, limit)
+    async def get_jobs(
+        self, queue: str, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs of ``queue`` with ``status`` (all when None), at most ``limit``, after
+        ``offset`` (see :meth:`QueueManager.get_jobs`)."""
+        return await self._call(self._engine.get_jobs, queue, status, limit, offset)
 
     async def retry_job(self, job_id: str) -> bool:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return await self._call(self._engine.retry_job, job_id)
+
+    async def delete_job(self, job_id: str) -> bool:
+        """Remove a job that is not running (see :meth:`QueueManager.delete_job`)."""
+        return await self._call(self._engine.delete_job, job_id)
 
     def set_job_logging(self, enabled: bool = True) -> None:
         """Log one INFO line per completed run (see :meth:`QueueManager.set_job_logging`)."""
@@ -472,6 +479,9 @@ class AsyncQueue(_QueueHandle):
         """``{"size", "processing", "completed", "failed", ...}`` of this queue."""
         return await self._amanager._queue_stats(self.name)
 
-    async def get_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
-        """This queue's jobs with ``status`` (all when None), at most ``limit``."""
-        return await self._amanager.get_jobs(self.name, status, limit)
+    async def get_jobs(
+        self, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """This queue's jobs with ``status`` (all when None), at most ``limit``, after
+        ``offset``."""
+        return await self._amanager.get_jobs(self.name, status, limit, offset)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from ._core import QueueError
+
 if TYPE_CHECKING:
     from . import Job, QueueManager
 
@@ -21,8 +23,10 @@ __all__ = [
     "STATUSES",
     "NotFailed",
     "NotFound",
+    "Running",
     "check_queue",
     "clear_queue",
+    "delete_job",
     "finished_since",
     "get_job",
     "job_fields",
@@ -46,9 +50,10 @@ RATE_WINDOW = 60.0
 RATE_READS = (100, 1_000, 10_000)
 #: Failed jobs read per page by ``retry --failed``.
 RETRY_PAGE = 500
-#: The deepest job a page of :func:`jobs_page` may start at, and how many jobs a tag search
-#: reads: the engine lists a queue's jobs from the start only (no offset), so a page at offset
-#: N reads N + size jobs.
+#: The deepest job a page of :func:`jobs_page` of every status at once may start at, and how
+#: many jobs a tag search reads: a page of one status is read from its offset in the store, but
+#: every status at once has no single order to page through, so such a page at offset N reads
+#: N + size jobs.
 MAX_OFFSET = 10_000
 
 STATUSES = ("waiting", "delayed", "active", "completed", "failed")
@@ -60,6 +65,10 @@ class NotFound(LookupError):
 
 class NotFailed(ValueError):
     """``retry_job`` of a job that is not failed; the message says its status."""
+
+
+class Running(ValueError):
+    """``delete_job`` of a job that runs: it stays (its run must have somewhere to report)."""
 
 
 # -- queues -----------------------------------------------------------------------------------
@@ -150,9 +159,13 @@ def jobs_page(
     qm: QueueManager, queue: str, status: str | None, offset: int, size: int
 ) -> tuple[list[Job], bool]:
     """The jobs ``offset`` to ``offset + size`` of a queue (of one status) in the engine's
-    order, and whether more follow. ``offset`` is at most :data:`MAX_OFFSET` (else
-    ``ValueError``): without an offset in the engine, this page reads every job before it.
+    order, and whether more follow. With a status the page is read from its offset in the
+    store, however deep; for every status at once ``offset`` is at most :data:`MAX_OFFSET`
+    (else ``ValueError``), since that page reads every job before it.
     """
+    if status is not None:
+        found = qm.get_jobs(queue, status, size + 1, offset=max(0, offset))
+        return found[:size], len(found) > size
     if not 0 <= offset <= MAX_OFFSET:
         raise ValueError(f"offset {offset} is past the deepest page ({MAX_OFFSET})")
     found = qm.get_jobs(queue, status, offset + size + 1)
@@ -207,6 +220,19 @@ def retry_job(qm: QueueManager, job_id: str) -> None:
         return
     found = get_job(qm, job_id)
     raise NotFailed(f"job {job_id} is {found.status}, not failed: nothing to retry")
+
+
+def delete_job(qm: QueueManager, job_id: str) -> None:
+    """Removes a job; :class:`NotFound` or :class:`Running` otherwise."""
+    found = get_job(qm, job_id)
+    if found.status == "active":
+        raise Running(f"job {job_id} is running: it can be deleted once its run ends")
+    try:
+        deleted = qm.delete_job(job_id)
+    except QueueError as exc:  # it started meanwhile
+        raise Running(str(exc)) from None
+    if not deleted:
+        raise NotFound(f"no job {job_id} (it may have expired)")
 
 
 def retry_failed(qm: QueueManager, queue: str) -> int:

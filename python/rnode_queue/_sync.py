@@ -400,13 +400,22 @@ class QueueManager:
         """A snapshot of the job, or None if unknown (or no longer retained)."""
         return self._engine.get_job(job_id)
 
-    def get_jobs(self, queue: str, status: str | None = None, limit: int = 100) -> list[Job]:
-        """Jobs of ``queue`` with ``status`` (waiting, delayed, active, completed, failed)."""
-        return self._engine.get_jobs(queue, status, limit)
+    def get_jobs(
+        self, queue: str, status: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Job]:
+        """Jobs of ``queue`` with ``status`` (waiting, delayed, active, completed, failed):
+        at most ``limit``, after the first ``offset`` of that status (a page, read without
+        loading the jobs before it; an ``offset`` needs a ``status``)."""
+        return self._engine.get_jobs(queue, status, limit, offset)
 
     def retry_job(self, job_id: str) -> bool:
         """Put a failed job back to waiting with a fresh count of attempts."""
         return self._engine.retry_job(job_id)
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a job, whatever its state, unless it is running (a :class:`QueueError` says
+        so: its run must have somewhere to report); False if no job has this id."""
+        return self._engine.delete_job(job_id)
 
     def get_workers(self) -> list[dict[str, Any]]:
         """The live worker processes sharing this backend (this one included, if it runs
@@ -570,6 +579,7 @@ class Queue(_QueueHandle):
         """``{"size", "processing", "completed", "failed", ...}`` of this queue."""
         return self._engine.queue_stats(self.name)
 
-    def get_jobs(self, status: str | None = None, limit: int = 100) -> list[Job]:
-        """This queue's jobs with ``status`` (all when None), at most ``limit``."""
-        return self._engine.get_jobs(self.name, status, limit)
+    def get_jobs(self, status: str | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """This queue's jobs with ``status`` (all when None), at most ``limit``, after
+        ``offset`` (see :meth:`QueueManager.get_jobs`)."""
+        return self._engine.get_jobs(self.name, status, limit, offset)

@@ -103,6 +103,15 @@ pub struct QueueCounts {
     pub paused: bool,
 }
 
+/// What `Backend::remove_job` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// A worker runs it: it stays (removing it would leave the run nowhere to report).
+    Running,
+    NotFound,
+}
+
 /// Manager-wide totals since the backend was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -220,9 +229,20 @@ pub trait Backend: Send + Sync + 'static {
     fn wake(&self, queue: &str);
 
     fn get_job(&self, id: JobId) -> Result<Option<Job>>;
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>>;
+    /// Up to `limit` jobs of `state` (or of every state), after the first `offset` of them:
+    /// a page, read without loading the jobs before it. The engine passes an `offset` only
+    /// with a `state`.
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>>;
     /// A failed job back to waiting with its attempts reset; false if it is not failed.
     fn retry_failed(&self, id: JobId) -> Result<bool>;
+    /// Removes one job, whatever its state, unless it is running.
+    fn remove_job(&self, id: JobId) -> Result<Removal>;
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()>;
     /// Removes waiting and delayed jobs; returns how many.
     fn clear(&self, queue: &str) -> Result<usize>;

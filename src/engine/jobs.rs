@@ -1,5 +1,6 @@
 //! Pushing jobs, and looking them up: get, list, retry, wait.
 
+use crate::backend::Removal;
 use crate::error::{QueueError, Result};
 use crate::job::{now, validate_queue_name, Job, JobId, JobOptions, JobState, Payload, Timestamp};
 
@@ -198,14 +199,40 @@ impl Engine {
         &self,
         queue: &str,
         state: Option<JobState>,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<Job>> {
         self.check_open()?;
         validate_queue_name(queue)?;
-        match self.backend.list_jobs(queue, state, limit) {
+        if offset > 0 && state.is_none() {
+            // Pages run through one state's order; every state at once has no single order.
+            return Err(QueueError::Config(
+                "get_jobs: an offset needs a status (waiting, delayed, active, completed or \
+                 failed)"
+                    .into(),
+            ));
+        }
+        match self.backend.list_jobs(queue, state, offset, limit) {
             // Deleted meanwhile: it holds no jobs.
             Err(QueueError::UnknownQueue(_)) => Ok(Vec::new()),
             other => other,
+        }
+    }
+
+    /// Removes a job that is not running; false if no job has this id. A running job stays
+    /// (its run must have somewhere to report): a `QueueError` says so.
+    pub fn delete_job(&self, id: JobId) -> Result<bool> {
+        self.check_open()?;
+        match self.backend.remove_job(id)? {
+            Removal::Removed => {
+                // A `join` may be waiting for just this job to go.
+                self.finished.notify();
+                Ok(true)
+            }
+            Removal::NotFound => Ok(false),
+            Removal::Running => Err(QueueError::Other(format!(
+                "job {id} is running: it can be deleted once its run ends"
+            ))),
         }
     }
 

@@ -326,8 +326,17 @@ impl Backend for FlakyTicks {
     fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         self.inner.get_job(id)
     }
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
-        self.inner.list_jobs(queue, state, limit)
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        self.inner.list_jobs(queue, state, offset, limit)
+    }
+    fn remove_job(&self, id: JobId) -> Result<crate::backend::Removal> {
+        self.inner.remove_job(id)
     }
     fn retry_failed(&self, id: JobId) -> Result<bool> {
         self.inner.retry_failed(id)
@@ -404,14 +413,14 @@ fn a_tick_whose_push_fails_is_pushed_again_until_it_lands() {
     engine.schedule(every_second("cron")).unwrap();
     let pushed = engine
         .backend()
-        .list_jobs("cron", None, 10)
+        .list_jobs("cron", None, 0, 10)
         .map(|jobs| jobs.len())
         .unwrap_or(0);
     assert_eq!(pushed, 0);
     // The first tick fails twice, then lands (before: it was dropped without a word).
     let deadline = Instant::now() + Duration::from_secs(5);
     let first = loop {
-        let jobs = engine.list_jobs("cron", None, 10).unwrap();
+        let jobs = engine.list_jobs("cron", None, 0, 10).unwrap();
         if let Some(job) = jobs.first() {
             break job.clone();
         }

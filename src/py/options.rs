@@ -308,7 +308,11 @@ impl QueueArgs<'_, '_> {
     }
 }
 
-/// A whole-number argument of a call (`limit`): `ConfigError` when it is not one.
-pub fn limit(value: &Bound<'_, PyAny>) -> PyResult<usize> {
-    Ok(whole(value, "limit", 0, Kind::Setting)?.min(usize::MAX as u64) as usize)
+/// A whole-number argument of a call (`limit`, `offset`): `ConfigError` when it is not one;
+/// `default` when it is not given.
+pub fn count_arg(value: Option<&Bound<'_, PyAny>>, name: &str, default: usize) -> PyResult<usize> {
+    match value.filter(|value| !value.is_none()) {
+        Some(value) => Ok(whole(value, name, 0, Kind::Setting)?.min(usize::MAX as u64) as usize),
+        None => Ok(default),
+    }
 }

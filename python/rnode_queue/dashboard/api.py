@@ -55,6 +55,10 @@ class Dashboard:
         return await run_in_threadpool(function, self.qm, *args)
 
 
+#: `max_page` of a status's listing: it pages from the store however deep.
+_NO_LAST_PAGE = 2**53 - 1
+
+
 def _default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -95,7 +99,7 @@ def _endpoint(
             return await handler(dashboard, request)
         except queries.NotFound as exc:
             return _error(404, str(exc))
-        except queries.NotFailed as exc:
+        except (queries.NotFailed, queries.Running) as exc:
             return _error(409, str(exc))
         except BackendError as exc:
             return _error(503, f"the store cannot be reached: {exc}")
@@ -165,7 +169,8 @@ def _queue_page(
         "page": page,
         "size": size,
         "search": search,
-        "max_page": queries.MAX_OFFSET // size,
+        # One status pages from the store however deep; every status at once only so far.
+        "max_page": queries.MAX_OFFSET // size if status is None else _NO_LAST_PAGE,
         "complete": True,
         "found_by": None,
     }
@@ -189,10 +194,10 @@ async def queue_jobs(dashboard: Dashboard, request: Request) -> Response:
         raise ValueError(f"status must be one of {', '.join(queries.STATUSES)}")
     size = min(_int(request, "size", dashboard.page_size), 200) or dashboard.page_size
     page = _int(request, "page", 0)
-    if page * size > queries.MAX_OFFSET:
+    if status is None and page * size > queries.MAX_OFFSET:
         raise ValueError(
-            f"page {page} is past the deepest page ({queries.MAX_OFFSET // size}): the engine "
-            "lists jobs from the start only; filter by status or search by id or tag"
+            f"page {page} is past the deepest page of every status at once "
+            f"({queries.MAX_OFFSET // size}): filter by status or search by id or tag"
         )
     search = request.query_params.get("q", "").strip()[:200]
     result = await dashboard.call(
@@ -230,6 +235,12 @@ async def retry_job(dashboard: Dashboard, request: Request) -> Response:
     return JSON({"id": job_id, "retried": True})
 
 
+async def delete_job(dashboard: Dashboard, request: Request) -> Response:
+    job_id = request.path_params["job"]
+    await dashboard.call(queries.delete_job, job_id)
+    return JSON({"id": job_id, "deleted": True})
+
+
 async def retry_failed(dashboard: Dashboard, request: Request) -> Response:
     queue = request.path_params["queue"]
     return JSON({"queue": queue, "retried": await dashboard.call(queries.retry_failed, queue)})
@@ -261,6 +272,7 @@ def api_routes(dashboard: Dashboard) -> list[Route]:
     ]
     actions: list[tuple[str, Handler]] = [
         ("/api/jobs/{job}/retry", retry_job),
+        ("/api/jobs/{job}/delete", delete_job),
         ("/api/queues/{queue}/retry-failed", retry_failed),
         ("/api/queues/{queue}/pause", pause),
         ("/api/queues/{queue}/resume", resume),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use super::codec::{Decoded, Reader, Writer};
 use super::protocol::{self, method};
-use crate::backend::{Ack, FetchRequest, QueueCounts, QueueDeclaration, ScheduleRecord, Totals};
+use crate::backend::{
+    Ack, FetchRequest, QueueCounts, QueueDeclaration, Removal, ScheduleRecord, Totals,
+};
 use crate::error::QueueError;
 use crate::job::{Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::Mutex;
@@ -313,6 +315,7 @@ impl Client {
         &self,
         queue: &str,
         state: Option<JobState>,
+        offset: usize,
         limit: usize,
     ) -> CallResult<Vec<Job>> {
         self.call(
@@ -320,9 +323,24 @@ impl Client {
             |w| {
                 w.str(queue);
                 w.opt(state.map(JobState::as_str), Writer::str);
+                w.u64(offset as u64);
                 w.u64(limit as u64);
             },
             |r| r.jobs_with_queues(),
+        )
+    }
+
+    pub fn remove_job(&self, id: JobId) -> CallResult<Removal> {
+        self.call(
+            method::REMOVE_JOB,
+            |w| w.id(id),
+            |r| {
+                Ok(match r.u8()? {
+                    0 => Removal::Removed,
+                    1 => Removal::Running,
+                    _ => Removal::NotFound,
+                })
+            },
         )
     }
 

@@ -29,6 +29,8 @@ mod tag {
     pub const TOTALS: u8 = 11;
     pub const SAVE_SCHEDULE: u8 = 12;
     pub const REMOVE_SCHEDULE: u8 = 13;
+    /// From format 2 on.
+    pub const REMOVE_JOB: u8 = 14;
 }
 
 /// Appends the event's bytes to `out`.
@@ -73,6 +75,11 @@ pub fn encode(event: &Event<'_>, out: &mut Vec<u8>) {
         }
         Event::RetryFailed { queue, id } => {
             w.u8(tag::RETRY_FAILED);
+            w.str(queue);
+            w.id(*id);
+        }
+        Event::RemoveJob { queue, id } => {
+            w.u8(tag::REMOVE_JOB);
             w.str(queue);
             w.id(*id);
         }
@@ -159,6 +166,10 @@ pub fn decode(bytes: &[u8]) -> Decoded<Event<'static>> {
             }
         }
         tag::RETRY_FAILED => Event::RetryFailed {
+            queue: r.string()?,
+            id: r.id()?,
+        },
+        tag::REMOVE_JOB => Event::RemoveJob {
             queue: r.string()?,
             id: r.id()?,
         },

@@ -132,9 +132,13 @@ fn arb_event() -> impl Strategy<Value = Event<'static>> {
                 acks: Cow::Owned(acks),
             }
         }),
-        (arb_text(), any::<bool>(), 0usize..5, any::<u64>()).prop_map(|(queue, flag, kind, n)| {
+        (arb_text(), any::<bool>(), 0usize..6, any::<u64>()).prop_map(|(queue, flag, kind, n)| {
             let queue = Cow::Owned(queue);
             match kind {
+                5 => Event::RemoveJob {
+                    queue,
+                    id: JobId(uuid::Uuid::from_u64_pair(n, n / 3)),
+                },
                 0 => Event::Paused {
                     queue,
                     paused: flag,

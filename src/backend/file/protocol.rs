@@ -47,6 +47,7 @@ pub mod method {
     pub const BEAT: u8 = 26;
     pub const WORKERS: u8 = 27;
     pub const LEAVE: u8 = 28;
+    pub const REMOVE_JOB: u8 = 29;
 }
 
 /// The socket of the store in `dir`: one per directory (its canonical path), on this host.

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 pub const MAGIC: &[u8; 8] = b"RNQLOG\r\n";
 /// The format this version writes; a log from a newer one is refused, never misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: a job removed on its own (`RemoveJob`); a format-1 log is read as ever, and new segments
+/// are written in format 2, which an older rnode-queue refuses rather than misreads.
+pub const FORMAT_VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 32;
 /// Length and checksum.
 pub const FRAME_OVERHEAD: usize = 8;

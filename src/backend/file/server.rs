@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use super::codec::{Reader, Writer};
 use super::protocol::{self, method};
 use super::FileBackend;
-use crate::backend::{Backend, FetchRequest};
+use crate::backend::{Backend, FetchRequest, Removal};
 use crate::error::{QueueError, Result};
 use crate::job::{JobId, JobState, Timestamp};
 use crate::sync::Mutex;
@@ -449,8 +449,9 @@ impl Server {
                     .map_err(bad)?
                     .map(|s| s.parse::<JobState>())
                     .transpose()?;
+                let offset = r.u64().map_err(bad)? as usize;
                 let limit = r.u64().map_err(bad)? as usize;
-                w.jobs_with_queues(&store.list_jobs(&name, state, limit)?);
+                w.jobs_with_queues(&store.list_jobs(&name, state, offset, limit)?);
             }
             method::RETRY_FAILED => {
                 w.u8(u8::from(store.retry_failed(r.id().map_err(bad)?)?));
@@ -513,6 +514,11 @@ impl Server {
                 workers.iter().for_each(|info| w.bytes(info));
             }
             method::LEAVE => store.leave(r.str().map_err(bad)?)?,
+            method::REMOVE_JOB => w.u8(match store.remove_job(r.id().map_err(bad)?)? {
+                Removal::Removed => 0,
+                Removal::Running => 1,
+                Removal::NotFound => 2,
+            }),
             other => return Err(QueueError::Backend(format!("unknown request {other}"))),
         }
         Ok(())

@@ -14,8 +14,8 @@ use super::client::{self, CallError, CallResult, Client};
 use super::server::Server;
 use super::{protocol, FileBackend, FileOptions};
 use crate::backend::{
-    Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, ScheduleRecord,
-    Totals,
+    Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, Removal,
+    ScheduleRecord, Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{Job, JobId, JobState, Payload, Timestamp};
@@ -415,11 +415,21 @@ impl Backend for FileStore {
         self.call(|s| s.get_job(id), |c| c.get_job(id))
     }
 
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
         self.call(
-            |s| s.list_jobs(queue, state, limit),
-            |c| c.list_jobs(queue, state, limit),
+            |s| s.list_jobs(queue, state, offset, limit),
+            |c| c.list_jobs(queue, state, offset, limit),
         )
+    }
+
+    fn remove_job(&self, id: JobId) -> Result<Removal> {
+        self.call(|s| s.remove_job(id), |c| c.remove_job(id))
     }
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {

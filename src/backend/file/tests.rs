@@ -277,7 +277,7 @@ fn recovered_from(bytes: &[u8]) -> Vec<JobId> {
     let backend = reopen(&dir.0);
     let mut ids: Vec<JobId> = ["q"]
         .iter()
-        .filter_map(|q| backend.list_jobs(q, None, usize::MAX).ok())
+        .filter_map(|q| backend.list_jobs(q, None, 0, usize::MAX).ok())
         .flatten()
         .map(|job| job.id)
         .collect();
@@ -466,7 +466,7 @@ fn compaction_keeps_the_log_proportional_to_what_is_live() {
     assert_eq!(again.counts("q").unwrap().completed, 1_000_000);
     assert_eq!(
         again
-            .list_jobs("q", Some(JobState::Completed), usize::MAX)
+            .list_jobs("q", Some(JobState::Completed), 0, usize::MAX)
             .unwrap()
             .len(),
         100

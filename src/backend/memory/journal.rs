@@ -44,6 +44,11 @@ pub enum Event<'a> {
         at: Timestamp,
         runs: Cow<'a, [(JobId, u32)]>,
     },
+    /// One job removed (it was not running).
+    RemoveJob {
+        queue: Cow<'a, str>,
+        id: JobId,
+    },
     RetryFailed {
         queue: Cow<'a, str>,
         id: JobId,

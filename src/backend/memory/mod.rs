@@ -6,6 +6,7 @@
 //! `journal.rs` what each move tells the journal; `replay.rs` applies a journal's events to a fresh store; this file the backend:
 //! the queue map, totals, schedules, and the `Backend` trait.
 
+mod by_id;
 mod counters;
 mod journal;
 mod push;
@@ -23,8 +24,8 @@ use std::time::Instant;
 use crate::sync::{Mutex, RwLock};
 
 use super::{
-    Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, ScheduleRecord,
-    Totals,
+    Ack, Backend, FetchRequest, NonBlockingPush, QueueCounts, QueueDeclaration, Removal,
+    ScheduleRecord, Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
@@ -432,36 +433,22 @@ impl<J: Journal> Backend for MemoryBackend<J> {
             .find_map(|q| q.state.lock().jobs.get(&id).map(|job| (**job).clone())))
     }
 
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
-        Ok(self.queue(queue)?.state.lock().list(state, limit))
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        Ok(self.queue(queue)?.state.lock().list(state, offset, limit))
     }
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {
-        let Some((name, handle)) = self.queue_holding(id) else {
-            return Ok(false);
-        };
-        let lsn;
-        {
-            let mut state = handle.state.lock();
-            if state.deleted {
-                return Ok(false);
-            }
-            if !state
-                .jobs
-                .get(&id)
-                .is_some_and(|job| job.state == JobState::Failed)
-            {
-                return Ok(false);
-            }
-            lsn = self.record(|| Event::RetryFailed {
-                queue: Cow::Borrowed(&name),
-                id,
-            })?;
-            state.retry_failed(id);
-            handle.notify_fetchers(&state, 1);
-        }
-        self.journal.commit(lsn)?;
-        Ok(true)
+        self.retry_one(id)
+    }
+
+    fn remove_job(&self, id: JobId) -> Result<Removal> {
+        self.remove_one(id)
     }
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

@@ -448,10 +448,15 @@ impl QueueState {
         before - self.jobs.len()
     }
 
-    /// Up to `limit` jobs of one state (or all), each state in run order, touching no more
-    /// entries than needed: this holds the queue's lock.
-    pub(super) fn list(&self, state: Option<JobState>, limit: usize) -> Vec<Job> {
-        let mut jobs = Vec::new();
+    /// Up to `limit` jobs of one state (or all), each state in run order, after the first
+    /// `offset`: skipped ones are only counted, and no more entries are touched than needed
+    /// (this holds the queue's lock).
+    pub(super) fn list(&self, state: Option<JobState>, offset: usize, limit: usize) -> Vec<Job> {
+        let mut page = Page {
+            skip: offset,
+            limit,
+            jobs: Vec::new(),
+        };
         let wanted = |s: JobState| state.is_none_or(|w| w == s);
         if wanted(JobState::Active) {
             let mut active: Vec<&Job> = self
@@ -460,7 +465,7 @@ impl QueueState {
                 .filter_map(|id| self.jobs.get(id).map(|job| &**job))
                 .collect();
             active.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.seq.cmp(&b.seq)));
-            jobs.extend(active.into_iter().take(limit).cloned());
+            page.take(active.into_iter());
         }
         if wanted(JobState::Waiting) {
             let live = self
@@ -473,17 +478,20 @@ impl QueueState {
                     let job = self.jobs.get(id)?;
                     (job.state == JobState::Waiting && job.seq == *seq).then_some(&**job)
                 });
-            jobs.extend(live.take(limit.saturating_sub(jobs.len())).cloned());
+            page.take(live);
         }
-        if wanted(JobState::Delayed) && jobs.len() < limit {
-            let due = self.delayed.values().filter_map(|id| self.jobs.get(id));
-            jobs.extend(due.take(limit - jobs.len()).map(|job| (**job).clone()));
+        if wanted(JobState::Delayed) {
+            page.take(
+                self.delayed
+                    .values()
+                    .filter_map(|id| self.jobs.get(id).map(|j| &**j)),
+            );
         }
         for (list, finished) in [
             (&self.completed, JobState::Completed),
             (&self.failed, JobState::Failed),
         ] {
-            if !wanted(finished) || jobs.len() >= limit {
+            if !wanted(finished) {
                 continue;
             }
             // Newest first; skip entries whose job has moved on.
@@ -491,22 +499,21 @@ impl QueueState {
                 let job = self.jobs.get(id)?;
                 (job.state == finished && job.finished_at.get() == Some(*at)).then_some(&**job)
             });
-            jobs.extend(live.take(limit - jobs.len()).cloned());
+            page.take(live);
         }
-        jobs.truncate(limit);
-        jobs
+        page.jobs
     }
 
     /// Every job, in an order that `insert` puts back in the same places: active, the lanes
     /// front to back, delayed, then the retention lists oldest first.
     pub(super) fn in_place_order(&self) -> Vec<Job> {
-        let mut jobs = self.list(Some(JobState::Active), usize::MAX);
-        let mut waiting = self.list(Some(JobState::Waiting), usize::MAX);
+        let mut jobs = self.list(Some(JobState::Active), 0, usize::MAX);
+        let mut waiting = self.list(Some(JobState::Waiting), 0, usize::MAX);
         waiting.sort_by_key(|job| job.seq);
         jobs.extend(waiting);
-        jobs.extend(self.list(Some(JobState::Delayed), usize::MAX));
+        jobs.extend(self.list(Some(JobState::Delayed), 0, usize::MAX));
         for finished in [JobState::Completed, JobState::Failed] {
-            let mut done = self.list(Some(finished), usize::MAX);
+            let mut done = self.list(Some(finished), 0, usize::MAX);
             done.reverse();
             jobs.extend(done);
         }
@@ -563,5 +570,28 @@ pub(super) fn lock_state(
         Some(queue.state.lock())
     } else {
         queue.state.try_lock()
+    }
+}
+
+/// A page of a listing: the first `skip` jobs are passed over (counted, not copied), then up
+/// to `limit` are kept.
+struct Page {
+    skip: usize,
+    limit: usize,
+    jobs: Vec<Job>,
+}
+
+impl Page {
+    fn take<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>) {
+        for job in jobs {
+            if self.jobs.len() >= self.limit {
+                return;
+            }
+            if self.skip > 0 {
+                self.skip -= 1;
+            } else {
+                self.jobs.push(job.clone());
+            }
+        }
     }
 }

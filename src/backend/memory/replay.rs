@@ -53,6 +53,7 @@ impl<J: Journal> MemoryBackend<J> {
                     | Event::Release { queue, .. }
                     | Event::Lost { queue, .. }
                     | Event::RetryFailed { queue, .. }
+                    | Event::RemoveJob { queue, .. }
                     | Event::Paused { queue, .. }
                     | Event::Clear { queue }
                     | Event::Totals { queue, .. } => queue.clone(),
@@ -75,6 +76,9 @@ impl<J: Journal> MemoryBackend<J> {
                     }
                     Event::RetryFailed { id, .. } => {
                         state.retry_failed(id);
+                    }
+                    Event::RemoveJob { id, .. } => {
+                        state.remove(&id);
                     }
                     Event::Paused { paused, .. } => state.paused = paused,
                     Event::Clear { .. } => {

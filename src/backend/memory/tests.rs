@@ -138,7 +138,7 @@ fn retention_keeps_the_newest_completed_jobs() {
         .collect();
     backend.settle(&queue, acks).unwrap();
     let kept = backend
-        .list_jobs(&queue, Some(JobState::Completed), 10)
+        .list_jobs(&queue, Some(JobState::Completed), 0, 10)
         .unwrap();
     assert_eq!(names(&kept), vec!["{\"n\":4}", "{\"n\":3}"]);
     let counts = backend.counts(&queue).unwrap();
@@ -146,7 +146,7 @@ fn retention_keeps_the_newest_completed_jobs() {
     // Age: everything finished more than `ttl` ago goes.
     backend.tick(&queue, at + RETENTION.ttl + 1.0).unwrap();
     assert!(backend
-        .list_jobs(&queue, Some(JobState::Completed), 10)
+        .list_jobs(&queue, Some(JobState::Completed), 0, 10)
         .unwrap()
         .is_empty());
     assert!(backend.get_job(fetched[3].id).unwrap().is_none());
@@ -320,7 +320,7 @@ fn listings_return_the_first_jobs_of_each_state_in_order() {
         .collect();
     backend.push(&queue, &mut jobs, &declaration).unwrap();
     let listed = backend
-        .list_jobs(&queue, Some(JobState::Delayed), 5)
+        .list_jobs(&queue, Some(JobState::Delayed), 0, 5)
         .unwrap();
     assert_eq!(
         names(&listed),
@@ -336,7 +336,7 @@ fn listings_return_the_first_jobs_of_each_state_in_order() {
     backend.push(&queue, &mut waiting, &declaration).unwrap();
     fetch_all(&backend, &queue);
     let active = backend
-        .list_jobs(&queue, Some(JobState::Active), 10)
+        .list_jobs(&queue, Some(JobState::Active), 0, 10)
         .unwrap();
     assert_eq!(names(&active), vec!["{\"n\":301}", "{\"n\":300}"]);
 }

@@ -38,7 +38,9 @@ use self::connection::Redis;
 use self::keys::{GlobalKeys, RedisQueue};
 use self::scripts::{eval_cmd, Scripts};
 use self::wakeups::Wakeups;
-use super::{Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, ScheduleRecord, Totals};
+use super::{
+    Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, Removal, ScheduleRecord, Totals,
+};
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobState, Payload, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
@@ -349,7 +351,13 @@ impl Backend for RedisBackend {
         self.shared.find_job(id)
     }
 
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
         let s = &self.shared;
         let handle = s.queue(queue);
         let order = [
@@ -364,8 +372,9 @@ impl Backend for RedisBackend {
             if state.is_some_and(|wanted| wanted != listed) || jobs.len() >= limit {
                 continue;
             }
+            // An offset comes only with one state (the engine checks).
             let reply: Value = s.invoke(&s.scripts.list, &handle, |cmd| {
-                cmd.arg(index).arg(limit - jobs.len());
+                cmd.arg(index).arg(limit - jobs.len()).arg(offset);
             })?;
             jobs.extend(decode_jobs(&handle.name, &reply));
         }
@@ -382,6 +391,21 @@ impl Backend for RedisBackend {
             cmd.arg("retry").arg(id.to_string());
         })?;
         Ok(outcome == 1)
+    }
+
+    fn remove_job(&self, id: JobId) -> Result<Removal> {
+        let s = &self.shared;
+        let Some(job) = s.find_job(id)? else {
+            return Ok(Removal::NotFound);
+        };
+        let outcome: i64 = s.invoke(&s.scripts.admin, &s.queue(&job.queue), |cmd| {
+            cmd.arg("remove").arg(id.to_string());
+        })?;
+        Ok(match outcome {
+            1 => Removal::Removed,
+            0 => Removal::Running,
+            _ => Removal::NotFound,
+        })
     }
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {

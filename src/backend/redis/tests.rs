@@ -146,7 +146,7 @@ fn jobs_run_by_priority_then_fifo_and_finished_ones_are_trimmed() {
     assert_eq!((counts.active, counts.completed), (0, 4));
     // keep_completed = 2: the two oldest are gone, the newest listed first.
     let listed = redis
-        .list_jobs(&queue, Some(JobState::Completed), 10)
+        .list_jobs(&queue, Some(JobState::Completed), 0, 10)
         .unwrap();
     let ids: Vec<JobId> = listed.iter().map(|j| j.id).collect();
     assert_eq!(ids, [taken[3].id, taken[2].id]);

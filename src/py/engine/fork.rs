@@ -1,4 +1,5 @@
-//! A forked child's engine: threads do not survive `fork`, so the child opens its own.
+//! The engine behind a `PyEngine`, and a forked child's: threads do not survive `fork`, so the
+//! child opens its own.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,6 +14,17 @@ use crate::error::QueueError;
 use crate::py::gil;
 
 impl PyEngine {
+    /// The engine this object stands for (a forked child's own, once it has one).
+    pub(super) fn engine(&self) -> &Engine {
+        // SAFETY: see the field: the pointer comes from `Arc::into_raw` and outlives `self`.
+        unsafe { &*self.engine.load(Ordering::Acquire) }
+    }
+
+    /// A fresh engine with this object's store and options (a forked child's).
+    pub(super) fn create_engine(&self) -> Result<Arc<Engine>, QueueError> {
+        Engine::new(self.store.open()?, self.options.clone())
+    }
+
     /// Notes the queue settings for a child (`os.register_at_fork(before=...)`).
     pub(super) fn snapshot_for_fork(&self) {
         if let Ok(configs) = self.engine().queue_configs() {

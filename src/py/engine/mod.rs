@@ -1,7 +1,7 @@
 //! `Engine`: the engine's Python face. Arguments are converted here (`args`, `options`) with
 //! the GIL; everything that may wait runs with the GIL released.
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::AtomicPtr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::py::dispatch::PyExecutor;
 use crate::py::errors::config_error;
 use crate::py::gil;
 use crate::py::job::{PyJob, PyStats};
-use crate::py::options::{limit, payload, PushArgs, QueueArgs};
+use crate::py::options::{count_arg, payload, PushArgs, QueueArgs};
 use crate::py::views::{
     dict_list, queue_config_dict, queue_report_dict, queue_stats_dict, schedule_dict, worker_dict,
 };
@@ -36,17 +36,6 @@ pub struct PyEngine {
     options: EngineOptions,
     /// Queue settings taken just before `fork`, for the child's fresh engine.
     fork_snapshot: std::sync::Mutex<Vec<(String, QueueConfig, bool)>>,
-}
-
-impl PyEngine {
-    fn engine(&self) -> &Engine {
-        // SAFETY: see the field: the pointer comes from `Arc::into_raw` and outlives `self`.
-        unsafe { &*self.engine.load(Ordering::Acquire) }
-    }
-
-    fn create_engine(&self) -> Result<Arc<Engine>, QueueError> {
-        Engine::new(self.store.open()?, self.options.clone())
-    }
 }
 
 #[pymethods]
@@ -377,22 +366,29 @@ impl PyEngine {
         Ok(gil::detach(py, || self.engine().get_job(id))?.map(PyJob::new))
     }
 
-    /// Jobs of `queue`, optionally only those with `status`, at most `limit`.
-    #[pyo3(signature = (queue, status = None, limit = None))]
+    /// Jobs of `queue` (only those with `status`, if given): at most `limit`, after `offset`.
+    #[pyo3(signature = (queue, status = None, limit = None, offset = None))]
     fn get_jobs(
         &self,
         py: Python<'_>,
         queue: QueueName,
         status: Option<&str>,
         limit: Option<&Bound<'_, PyAny>>,
+        offset: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<PyJob>> {
-        let limit = match limit {
-            Some(value) => self::limit(value)?,
-            None => 100,
-        };
+        let limit = count_arg(limit, "limit", 100)?;
+        let offset = count_arg(offset, "offset", 0)?;
         let state = status.map(str::parse::<JobState>).transpose()?;
-        let jobs = gil::detach(py, || self.engine().list_jobs(&queue, state, limit))?;
+        let jobs = gil::detach(py, || self.engine().list_jobs(&queue, state, offset, limit))?;
         Ok(jobs.into_iter().map(PyJob::new).collect())
+    }
+
+    /// Removes a job that is not running; false if there is none with this id.
+    fn delete_job(&self, py: Python<'_>, job_id: &str) -> PyResult<bool> {
+        let Some(id) = JobId::parse(job_id) else {
+            return Ok(false);
+        };
+        Ok(gil::detach(py, || self.engine().delete_job(id))?)
     }
 
     /// Puts a failed job back to waiting with a fresh count of attempts; false if not failed.

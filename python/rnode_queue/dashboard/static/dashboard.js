@@ -360,7 +360,13 @@
         el("p", {}, link("/", "Queues"), " / ", link(queuePath(job.queue), job.queue), " / ", job.id),
         el("h1", {}, "Job ", el("span", { className: "st " + job.status, id: "job-status", text: job.status })),
         el("div", { className: "actions" },
-          job.status === "failed" ? action("Retry", "/api/jobs/" + encodeURIComponent(job.id) + "/retry", { after: refresh, done: () => "job " + job.id + " is waiting again" }) : null),
+          job.status === "failed" ? action("Retry", "/api/jobs/" + encodeURIComponent(job.id) + "/retry", { after: refresh, done: () => "job " + job.id + " is waiting again" }) : null,
+          job.status !== "active" ? action("Delete", "/api/jobs/" + encodeURIComponent(job.id) + "/delete", {
+            danger: true,
+            confirm: "Delete job " + job.id + "? This cannot be undone.",
+            done: () => "job " + job.id + " was deleted",
+            after: () => { window.location.assign(ROOT + queuePath(job.queue)); },
+          }) : null),
         fields,
         job.traceback ? [el("h2", { text: "Traceback" }), el("pre", { id: "traceback", className: "traceback", text: job.traceback })] : null
       );

@@ -10,6 +10,8 @@
 --           has none left; returns how many jobs.
 -- ARGV[1] = 'retry' (id): a failed job back to waiting with its attempts reset; 1 if done,
 --           0 if the job is not failed, -1 if the queue does not hold it.
+-- ARGV[1] = 'remove' (id): one job removed, whatever its state but running; 1 if done, 0 if
+--           it runs, -1 if the queue does not hold it.
 -- ARGV[1] = 'wake' (token): a marker on that process's own wake list, for a stop.
 -- ARGV[1] = 'untick' (schedule id): forgets the last tick pushed for a removed schedule.
 -- ARGV[1] = 'unpush' (id, ...): removes jobs just pushed (a push that failed part way).
@@ -100,6 +102,23 @@ elseif op == 'retry' then
   redis.call('HDEL', key, 'st', 'f', 'sa')
   redis.call('ZADD', waiting, job_rank, ARGV[2])
   signal()
+  return 1
+elseif op == 'remove' then
+  local state = redis.call('HGET', job_key(ARGV[2]), 's')
+  if not state then
+    return -1
+  end
+  if state == 'active' then
+    return 0
+  end
+  redis.call('ZREM', waiting, ARGV[2])
+  redis.call('ZREM', delayed, ARGV[2])
+  if state == 'completed' then
+    redis.call('LREM', completed, 1, ARGV[2])
+  elseif state == 'failed' then
+    redis.call('LREM', failed, 1, ARGV[2])
+  end
+  del_jobs({ ARGV[2] })
   return 1
 elseif op == 'wake' then
   local own = base .. 'wake:' .. ARGV[2]

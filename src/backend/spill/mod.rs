@@ -9,6 +9,8 @@
 //! the batch in the spill, and pushing it again finds its ids in Redis (`DuplicateJob`), so no
 //! job is pushed twice and none is lost. Every other call goes to Redis.
 
+mod carried;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -17,12 +19,13 @@ use std::time::Duration;
 use super::file::{self, FileOptions, FileStore, Fsync};
 use super::redis::{RedisBackend, RedisOptions};
 use super::{
-    Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, Retention, ScheduleRecord,
+    Ack, Backend, FetchRequest, QueueCounts, QueueDeclaration, Removal, Retention, ScheduleRecord,
     Settlement, Totals,
 };
 use crate::error::{QueueError, Result};
 use crate::job::{now, Job, JobId, JobOptions, JobState, Payload, Timestamp};
 use crate::sync::{Condvar, Mutex, RwLock};
+use carried::{carried_declaration, spill_declaration};
 
 /// Jobs forwarded per push to Redis.
 const FORWARD_BATCH: usize = 500;
@@ -316,39 +319,6 @@ fn held_in_spill(job: &Job) -> Job {
     held
 }
 
-/// The spill's own declaration of a queue: spilled jobs are forgotten as soon as they are
-/// forwarded; its settings carry the queue's declaration for Redis.
-fn spill_declaration(queue: &QueueDeclaration) -> QueueDeclaration {
-    let carried = serde_json::json!({
-        "ttl": queue.retention.ttl,
-        "keep_completed": queue.retention.keep_completed,
-        "keep_failed": queue.retention.keep_failed,
-        "settings": String::from_utf8_lossy(&queue.settings),
-    });
-    QueueDeclaration {
-        retention: Retention {
-            ttl: 0.0,
-            keep_completed: 0,
-            keep_failed: usize::MAX,
-        },
-        settings: Payload::from(carried.to_string().into_bytes()),
-    }
-}
-
-/// The queue's declaration that `spill_declaration` carried.
-fn carried_declaration(held: &QueueDeclaration) -> Option<QueueDeclaration> {
-    let carried: serde_json::Value = serde_json::from_slice(&held.settings).ok()?;
-    let count = |key: &str| carried.get(key)?.as_u64().map(|n| n as usize);
-    Some(QueueDeclaration {
-        retention: Retention {
-            ttl: carried.get("ttl")?.as_f64()?,
-            keep_completed: count("keep_completed")?,
-            keep_failed: count("keep_failed")?,
-        },
-        settings: Payload::from(carried.get("settings")?.as_str()?.as_bytes()),
-    })
-}
-
 fn forward(backend: Weak<SpillingBackend>) {
     let mut pause = Duration::from_millis(100);
     loop {
@@ -510,8 +480,27 @@ impl Backend for SpillingBackend {
         }
     }
 
-    fn list_jobs(&self, queue: &str, state: Option<JobState>, limit: usize) -> Result<Vec<Job>> {
-        self.redis()?.list_jobs(queue, state, limit)
+    fn list_jobs(
+        &self,
+        queue: &str,
+        state: Option<JobState>,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<Job>> {
+        self.redis()?.list_jobs(queue, state, offset, limit)
+    }
+
+    fn remove_job(&self, id: JobId) -> Result<Removal> {
+        // A job still in the spill is removed there: it is then never forwarded.
+        match self.spill.remove_job(id)? {
+            Removal::NotFound => self.redis()?.remove_job(id),
+            removed => {
+                if removed == Removal::Removed {
+                    self.pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                Ok(removed)
+            }
+        }
     }
 
     fn retry_failed(&self, id: JobId) -> Result<bool> {
