@@ -37,8 +37,10 @@ CHROMIUM = os.environ.get("RNQ_CHROMIUM", "/usr/bin/chromium")
 SCRIPT = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
 
 
-def client(app: Any, host: tuple[str, int] = LOCAL) -> TestClient:
-    return TestClient(app, client=host, follow_redirects=False)
+def client(
+    app: Any, host: tuple[str, int] = LOCAL, base_url: str = "http://127.0.0.1:8421"
+) -> TestClient:
+    return TestClient(app, base_url=base_url, client=host, follow_redirects=False)
 
 
 def csrf(app: Any) -> dict[str, str]:
@@ -114,6 +116,48 @@ def test_actions_need_post_and_the_csrf_token(memory_qm: QueueManager) -> None:
     assert deleted.json() == {"id": job_id, "deleted": True}
     assert memory_qm.get_job(job_id) is None
     assert http.post(f"/api/jobs/{job_id}/delete", headers=csrf(app)).status_code == 404
+
+
+def test_without_a_token_only_localhost_is_served(memory_qm: QueueManager) -> None:
+    """A site whose name was rebound to 127.0.0.1 (DNS rebinding) is same-origin for the
+    browser: its requests name it in ``Host``, and are refused."""
+    memory_qm.create_queue("emails")
+    app = create_app(memory_qm)
+    rebound = client(app, base_url="http://attacker.example:8421")
+    assert rebound.get("/").status_code == 421
+    assert rebound.get("/api/queues").status_code == 421
+    refused = rebound.post("/api/queues/emails/pause", headers=csrf(app))
+    assert refused.status_code == 421 and "localhost" in refused.json()["error"]
+    assert refused.headers["x-frame-options"] == "DENY", "refusals carry the headers too"
+    assert memory_qm.get_queue("emails").get_stats()["paused"] is False
+    for local in ("http://localhost:8421", "http://[::1]:8421", "http://127.0.0.1"):
+        assert client(app, base_url=local).get("/api/queues").status_code == 200, local
+    # With a token, or mounted in an app that authenticates (remote_actions), any host.
+    tokened = create_app(memory_qm, token="t0ken")
+    bearer = {"authorization": "Bearer t0ken"}
+    assert client(tokened, base_url="http://queues.example").get("/api/queues", headers=bearer)
+    mounted = create_app(memory_qm, remote_actions=True)
+    assert client(mounted, base_url="http://app.example").get("/api/queues").status_code == 200
+    shown = create_app(memory_qm, read_only=True)  # open to whoever reaches it, by design
+    assert client(shown, base_url="http://board.example").get("/api/queues").status_code == 200
+
+
+def test_workers_of_one_app_share_the_token_secrets(memory_qm: QueueManager) -> None:
+    one, two = create_app(memory_qm, token="t0ken"), create_app(memory_qm, token="t0ken")
+    assert csrf(one) == csrf(two), "gunicorn -w N: any worker accepts another's page"
+    assert csrf(create_app(memory_qm, token="other")) != csrf(one)
+
+
+def test_the_sign_in_form_is_bounded(memory_qm: QueueManager) -> None:
+    app = create_app(memory_qm, token="t0ken")
+    http = client(app)
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    huge = http.post("/login", content=b"token=" + b"x" * 10_000, headers=form)
+    many = http.post("/login", content="&".join(f"f{n}=1" for n in range(50)), headers=form)
+    assert (huge.status_code, many.status_code) == (403, 403)  # read as empty: no CSRF token
+    local = client(create_app(memory_qm))
+    odd = local.post("/api/queues/x/pause", headers={CSRF_HEADER: b"\xe9t\xe9"})
+    assert odd.status_code == 403, "a CSRF token that is not ASCII is wrong, not a crash"
 
 
 def test_actions_from_another_host_need_the_token(memory_qm: QueueManager) -> None:

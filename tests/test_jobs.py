@@ -453,6 +453,7 @@ def test_get_jobs_pages_through_one_status_with_an_offset(qm: QueueManager) -> N
     assert [job.id for job in page] == waiting[10:20], "the second page, in run order"
     assert [job.id for job in q.get_jobs("waiting", limit=10, offset=25)] == waiting[25:]
     assert q.get_jobs("waiting", limit=10, offset=30) == []
+    assert q.get_jobs("waiting", limit=10, offset=2**60) == [], "far past the end: empty"
     assert [job.id for job in q.get_jobs("delayed", limit=2, offset=3)] == delayed[3:5]
     # Finished jobs come newest first: a page counts back from the newest.
     q.resume()

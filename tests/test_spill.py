@@ -187,6 +187,27 @@ def test_a_queue_forwarded_by_another_manager_keeps_the_settings_it_was_spilled_
     assert (config["keep_completed"], config["ttl"], config["max_retries"]) == (7, 120.0, 1)
 
 
+def test_a_spilled_job_can_be_deleted_before_it_is_forwarded(
+    restartable_redis: RedisServer, manager_pool: ManagerPool, tmp_path: Path
+) -> None:
+    restartable_redis.kill()
+    qm = manager_pool.open(
+        backend="redis",
+        url=restartable_redis.url,
+        prefix="spill-delete",
+        spill_path=str(tmp_path / "spill"),
+    )
+    kept, dropped = qm.push("work", "kept"), qm.push("work", "dropped")
+    assert qm.delete_job(dropped) is True
+    restartable_redis.start()
+    recorder = Recorder()
+    qm.get_queue("work").process(recorder.record)
+    assert recorder.wait_count(1, timeout=30)
+    assert qm.join("work", timeout=WAIT), "nothing else waits: the spill holds no phantom job"
+    assert [e["job"].id for e in recorder.snapshot()] == [kept]
+    assert qm.get_job(dropped) is None
+
+
 def test_spill_path_belongs_to_the_redis_backend(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="spill_path"):
         QueueManager(backend="memory", spill_path=str(tmp_path / "spill"))

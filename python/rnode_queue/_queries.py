@@ -229,8 +229,10 @@ def delete_job(qm: QueueManager, job_id: str) -> None:
         raise Running(f"job {job_id} is running: it can be deleted once its run ends")
     try:
         deleted = qm.delete_job(job_id)
-    except QueueError as exc:  # it started meanwhile
-        raise Running(str(exc)) from None
+    except QueueError as exc:
+        if type(exc) is not QueueError:  # the store away, the manager closed: as they are
+            raise
+        raise Running(str(exc)) from None  # it started meanwhile
     if not deleted:
         raise NotFound(f"no job {job_id} (it may have expired)")
 

@@ -250,7 +250,16 @@ impl Engine {
                 }
                 // Back off instead of spinning while the backend is down.
                 std::thread::sleep(Duration::from_millis(500));
-                registered()
+                let keep_going = registered();
+                if !keep_going {
+                    // Its workers stop: it no longer counts among the failing queues.
+                    let mut failing = self.backend_down.queues.lock();
+                    failing.remove(queue);
+                    self.backend_down
+                        .count
+                        .store(failing.len(), Ordering::Relaxed);
+                }
+                keep_going
             }
             // Deleted while its workers ran (by another process): declared again, they go on.
             QueueError::UnknownQueue(_) if registered() => {

@@ -180,7 +180,7 @@ def _add_admin(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 DASHBOARD_DESCRIPTION = f"""\
 Serves the web dashboard of a shared store (needs pip install 'rnode-queue[dashboard]'):
-queues, jobs, schedules, workers, /metrics, and actions (retry, pause, resume, clear).
+queues, jobs, schedules, workers, /metrics, and actions (retry, delete, pause, resume, clear).
 Connects as the admin commands do: --url/--prefix (else REDIS_URL, REDIS_PREFIX) or --path.
 
 Listens on 127.0.0.1 by default. On any other address, actions need a token (--token or

@@ -77,4 +77,4 @@ def create_app(
     ]
     app = Starlette(routes=routes)
     app.state.dashboard = dashboard
-    return SecurityHeaders(app)
+    return SecurityHeaders(app, guard)

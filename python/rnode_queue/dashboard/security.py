@@ -12,6 +12,14 @@
   and are refused when the browser says the request comes from another site
   (``Sec-Fetch-Site``). Without a token, actions are accepted only from a loopback client unless
   the app was made with ``remote_actions=True`` (the embedding app authenticates the mount).
+- Without a token (and without ``remote_actions``), every request to a dashboard with actions
+  must also name this machine in its ``Host`` header (``localhost``, ``127.0.0.1``, ``[::1]``):
+  a web page whose name was rebound to 127.0.0.1 (DNS rebinding) is same-origin for the
+  browser, and would otherwise act through the user's browser. A read-only dashboard without a
+  token is open to whoever reaches it, by name or address: a token keeps job data private.
+- The secrets behind the cookie and the CSRF token derive from the token when there is one, so
+  that every worker process of an app (gunicorn ``-w N``) accepts the others'; without a token
+  they are drawn per process.
 """
 
 from __future__ import annotations
@@ -59,15 +67,24 @@ def is_loopback(host: str | None) -> bool:
 
 
 class SecurityHeaders:
-    """ASGI middleware: the security headers on every response; no-store but on ``/static``."""
+    """ASGI middleware: the security headers on every response; no-store but on ``/static``;
+    a request naming another host refused where the guard says so (DNS rebinding)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, guard: Guard) -> None:
         self.app = app
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        app: ASGIApp = self.app
+        if self.guard.host_refused(scope):
+            app = _refuse(
+                421,
+                "this dashboard answers only to localhost (it has no token): open it as "
+                "http://127.0.0.1:PORT/, or start it with --token",
+            )
         static = "/static/" in str(scope.get("path", ""))
 
         async def send_with_headers(message: Message) -> None:
@@ -80,7 +97,7 @@ class SecurityHeaders:
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        await app(scope, receive, send_with_headers)
 
 
 def _refuse(status: int, message: str) -> JSONResponse:
@@ -96,7 +113,11 @@ class Guard:
         self.token = token
         self.read_only = read_only
         self.remote_actions = remote_actions
-        self._secret = secrets.token_bytes(32)
+        self._secret = (
+            hashlib.sha256(b"rnode-queue dashboard\0" + token.encode()).digest()
+            if token is not None
+            else secrets.token_bytes(32)
+        )
         #: The CSRF token pages carry; the same for every page of this process.
         self.csrf = self._mac(b"csrf")
         self._cookie = self._mac(b"auth:" + token.encode()) if token is not None else None
@@ -117,7 +138,7 @@ class Guard:
 
     def _cookie_ok(self, request: Request) -> bool:
         value = request.cookies.get(COOKIE, "")
-        return self._cookie is not None and hmac.compare_digest(value, self._cookie)
+        return self._cookie is not None and _same(value, self._cookie)
 
     def signed_in(self, request: Request) -> bool:
         """Whether the request may read: no token is set, or it carries it."""
@@ -125,9 +146,7 @@ class Guard:
 
     def check_token(self, candidate: str) -> bool:
         """Whether ``candidate`` is the token (in constant time)."""
-        return self.token is not None and hmac.compare_digest(
-            candidate.encode(), self.token.encode()
-        )
+        return self.token is not None and _same(candidate, self.token)
 
     def sign_in(self, request: Request, response: Response) -> None:
         """Sets the session cookie on ``response`` (after a right token)."""
@@ -149,7 +168,22 @@ class Guard:
         return request.headers.get("sec-fetch-site", "") in ("cross-site", "same-site")
 
     def csrf_ok(self, candidate: str | None) -> bool:
-        return candidate is not None and hmac.compare_digest(candidate, self.csrf)
+        return candidate is not None and _same(candidate, self.csrf)
+
+    def host_refused(self, scope: Scope) -> bool:
+        """Without a token (nor ``remote_actions``, nor ``read_only``): whether the request's
+        ``Host`` names another machine than this one (DNS rebinding)."""
+        if self.token is not None or self.remote_actions or self.read_only:
+            return False
+        host = ""
+        for name, value in scope.get("headers", []):
+            if name == b"host":
+                host = value.decode("latin-1")
+        # "127.0.0.1:8421", "[::1]:8421", "localhost"
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if name.startswith("[") and "]" in name:
+            name = name[: name.index("]") + 1]
+        return not is_loopback(name)
 
     def refuse_action(self, request: Request) -> Response | None:
         """Why an action request is refused (a JSON error response), or None to go ahead."""
@@ -177,9 +211,24 @@ class Guard:
         return None
 
 
+#: The largest sign-in form read (a token and the CSRF token fit many times over).
+MAX_FORM_BYTES = 4096
+
+
 def form_fields(body: bytes) -> MutableMapping[str, Any]:
-    """The fields of an ``application/x-www-form-urlencoded`` body (first value of each)."""
+    """The fields of an ``application/x-www-form-urlencoded`` body (first value of each); a
+    form too large or with too many fields reads as empty (the sign-in then fails)."""
     from urllib.parse import parse_qs
 
-    parsed = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    try:
+        parsed = parse_qs(body.decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:
+        return {}
     return {key: values[0] for key, values in parsed.items()}
+
+
+def _same(candidate: str, secret: str) -> bool:
+    """``candidate == secret`` in constant time, whatever characters it holds."""
+    return hmac.compare_digest(candidate.encode("utf-8", "replace"), secret.encode())

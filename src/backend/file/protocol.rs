@@ -14,7 +14,9 @@ use crate::error::QueueError;
 use crate::job::JobId;
 
 /// Sent first on every connection, with the client's session and the directory's path.
-pub const HELLO: &[u8; 8] = b"RNQFILE1";
+/// The `2`: `LIST_JOBS` takes an offset, `REMOVE_JOB` exists. Processes of another version
+/// sharing a directory fail at once rather than misread each other.
+pub const HELLO: &[u8; 8] = b"RNQFILE2";
 /// A request larger than this is damage (jobs are bounded by `max_job_bytes` far below it).
 const MAX_FRAME: usize = 1 << 30;
 

@@ -372,9 +372,13 @@ impl Backend for RedisBackend {
             if state.is_some_and(|wanted| wanted != listed) || jobs.len() >= limit {
                 continue;
             }
-            // An offset comes only with one state (the engine checks).
+            // An offset comes only with one state (the engine checks). Lua's numbers are exact
+            // up to 2^53: a page past that is empty anyway.
+            let offset = offset.min(1 << 52);
             let reply: Value = s.invoke(&s.scripts.list, &handle, |cmd| {
-                cmd.arg(index).arg(limit - jobs.len()).arg(offset);
+                cmd.arg(index)
+                    .arg((limit - jobs.len()).min(1 << 52))
+                    .arg(offset);
             })?;
             jobs.extend(decode_jobs(&handle.name, &reply));
         }

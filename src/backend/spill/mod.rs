@@ -494,12 +494,24 @@ impl Backend for SpillingBackend {
         // A job still in the spill is removed there: it is then never forwarded.
         match self.spill.remove_job(id)? {
             Removal::NotFound => self.redis()?.remove_job(id),
-            removed => {
-                if removed == Removal::Removed {
-                    self.pending.fetch_sub(1, Ordering::AcqRel);
+            Removal::Removed => {
+                // Another process sharing the spill may have spilled it: never below zero.
+                let less = |n: u64| Some(n.saturating_sub(1));
+                let _ = (self.pending).fetch_update(Ordering::AcqRel, Ordering::Acquire, less);
+                // A crash between forwarding a batch and marking it done leaves a copy in
+                // Redis too: it goes as well.
+                if let Some(redis) = self.redis.read().clone() {
+                    if let Err(error) = redis.remove_job(id) {
+                        log::warn!(
+                            target: "rnode_queue",
+                            "job {id} was removed from the spill; a copy Redis may hold could \
+                             not be checked ({error})"
+                        );
+                    }
                 }
-                Ok(removed)
+                Ok(Removal::Removed)
             }
+            Removal::Running => Ok(Removal::Running),
         }
     }
 

@@ -95,7 +95,7 @@ elseif op == 'retry' then
   if job[1] ~= 'failed' then
     return 0
   end
-  redis.call('LREM', failed, 1, ARGV[2])
+  redis.call('LREM', failed, -1, ARGV[2])
   local seq = redis.call('HINCRBY', meta, 'seq', 1)
   local job_rank = rerank(tonumber(job[2]), seq)
   redis.call('HSET', key, 's', 'waiting', 'a', 0, 'n', 0, 'u', 0, 'k', job_rank)
@@ -113,10 +113,11 @@ elseif op == 'remove' then
   end
   redis.call('ZREM', waiting, ARGV[2])
   redis.call('ZREM', delayed, ARGV[2])
+  -- From the newest end (-1): a recent job is found at once.
   if state == 'completed' then
-    redis.call('LREM', completed, 1, ARGV[2])
+    redis.call('LREM', completed, -1, ARGV[2])
   elseif state == 'failed' then
-    redis.call('LREM', failed, 1, ARGV[2])
+    redis.call('LREM', failed, -1, ARGV[2])
   end
   del_jobs({ ARGV[2] })
   return 1
