@@ -223,18 +223,16 @@ def retry_job(qm: QueueManager, job_id: str) -> None:
 
 
 def delete_job(qm: QueueManager, job_id: str) -> None:
-    """Removes a job; :class:`NotFound` or :class:`Running` otherwise."""
-    found = get_job(qm, job_id)
-    if found.status == "active":
-        raise Running(f"job {job_id} is running: it can be deleted once its run ends")
+    """Removes a job; :class:`NotFound` or :class:`Running` otherwise (one call: the engine
+    tells a running job by a plain :class:`QueueError`)."""
     try:
         deleted = qm.delete_job(job_id)
     except QueueError as exc:
         if type(exc) is not QueueError:  # the store away, the manager closed: as they are
             raise
-        raise Running(str(exc)) from None  # it started meanwhile
+        raise Running(str(exc)) from None
     if not deleted:
-        raise NotFound(f"no job {job_id} (it may have expired)")
+        raise NotFound(f"no job {job_id!r} (it never existed, or is no longer retained)")
 
 
 def retry_failed(qm: QueueManager, queue: str) -> int:

@@ -167,10 +167,17 @@ impl Engine {
             .collect())
     }
 
-    pub(super) fn config_of(&self, queue: &str) -> Arc<QueueConfig> {
+    /// The queue's settings and this process's counters of it, in one look-up.
+    pub(super) fn config_and_metrics_of(
+        &self,
+        queue: &str,
+    ) -> (Arc<QueueConfig>, Option<Arc<super::metrics::QueueMetrics>>) {
         match self.queues.read().get(queue) {
-            Some(entry) => entry.config.read().clone(),
-            None => Arc::new(self.options.defaults.clone()),
+            Some(entry) => (entry.config.read().clone(), entry.metrics.clone()),
+            None => (
+                Arc::new(self.options.defaults.clone()),
+                self.metrics.of(queue),
+            ),
         }
     }
 

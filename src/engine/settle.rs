@@ -56,7 +56,7 @@ impl Engine {
         if runs.peek().is_none() {
             return;
         }
-        let config = self.config_of(queue);
+        let (config, metrics) = self.config_and_metrics_of(queue);
         let at = now();
         let limit = self.options.max_job_bytes;
         let log_jobs = self.log_jobs.load(Ordering::Relaxed);
@@ -138,7 +138,7 @@ impl Engine {
         // Counted before the store has them: whoever sees the jobs finished (a `join` on
         // another thread) sees them counted. Should the store fail to record them, the jobs
         // run again and those runs count too.
-        if let Some(metrics) = self.metrics.of(queue) {
+        if let Some(metrics) = metrics {
             metrics.settled(counts.0, counts.1, counts.2);
         }
         let settled = self.backend.settle(queue, acks);
