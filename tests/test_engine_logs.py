@@ -186,9 +186,10 @@ def test_one_broken_queue_is_logged_once_while_the_others_work(
     """A queue whose data Redis refuses (a key of the wrong type) fails every fetch while the
     other queues fetch fine: one warning, and no "reachable again" flapping per retry."""
     port = redis_kwargs["url"].rsplit(":", 1)[1].split("/")[0]
-    broken_key = f"{redis_kwargs['prefix']}:{{broken}}:waiting"
+    # The list of its waiting jobs of normal priority (5).
+    broken_key = f"{redis_kwargs['prefix']}:{{broken}}:w5"
     subprocess.run(
-        ["redis-cli", "-p", port, "SET", broken_key, "not a sorted set"],
+        ["redis-cli", "-p", port, "SET", broken_key, "not a list"],
         check=True,
         capture_output=True,
     )

@@ -1,6 +1,9 @@
-//! Jobs and schedules as Redis stores them: a job is one hash with short field names; times
-//! are decimal seconds written by Rust (shortest exact form), never by Lua.
+//! Jobs and schedules as Redis stores them. A job's body is packed by Rust and written once;
+//! the scripts describe a job to Rust as field/value pairs with short names (`describe` in
+//! `lua/common.lua`); times are decimal seconds written by Rust (shortest exact form), never
+//! by Lua.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use redis::Value;
@@ -12,7 +15,8 @@ use crate::job::{Job, JobExtras, JobId, JobState, MaybeTime, Payload, Priority, 
 /// A job's immutable part, packed into one hash field (`b`): one field to write at push and
 /// read at fetch instead of ten. A header line of decimal numbers, then the variable parts:
 ///
-/// `created priority timeout delay tags_len metadata_len schedule_len\n` tags metadata schedule data
+/// `max_attempts created priority timeout delay tags_len metadata_len schedule_len\n` tags
+/// metadata schedule data (the scripts read max attempts and priority from the header).
 pub fn encode_body(job: &Job) -> Vec<u8> {
     let extras = job.extras();
     let tags = match extras {
@@ -29,7 +33,8 @@ pub fn encode_body(job: &Job) -> Vec<u8> {
     let mut body = Vec::with_capacity(64 + tags.len() + metadata.len() + job.data.len());
     body.extend_from_slice(
         format!(
-            "{} {} {} {} {} {} {}\n",
+            "{} {} {} {} {} {} {} {}\n",
+            job.max_attempts,
             job.created_at,
             job.priority as u8,
             job.timeout,
@@ -79,7 +84,8 @@ fn decode_body(queue: &Arc<str>, id: JobId, body: &[u8]) -> Result<Job> {
         .ok_or_else(|| corrupt("body"))?;
     let header = std::str::from_utf8(&body[..newline]).map_err(|_| corrupt("body"))?;
     let numbers: Vec<&str> = header.split(' ').collect();
-    let [created, priority, timeout, delay, tags_len, metadata_len, schedule_len] = numbers[..]
+    let [max_attempts, created, priority, timeout, delay, tags_len, metadata_len, schedule_len] =
+        numbers[..]
     else {
         return Err(corrupt("body"));
     };
@@ -120,7 +126,7 @@ fn decode_body(queue: &Arc<str>, id: JobId, body: &[u8]) -> Result<Job> {
         priority: Priority::from_level(length(priority)? as i64)?,
         state: JobState::Waiting,
         attempts: 0,
-        max_attempts: 1,
+        max_attempts: max_attempts.parse().map_err(|_| corrupt("body"))?,
         timeout: parse(timeout)?,
         created_at: parse(created)?,
         scheduled_at: MaybeTime::NONE,
@@ -138,7 +144,7 @@ fn parse_id(id: &[u8]) -> Result<JobId> {
         .ok_or_else(|| corrupt("id"))
 }
 
-/// A job from its id and its hash (as `HGETALL` returns it); `None` for a missing hash.
+/// A job from its id and its fields (as the scripts describe it); `None` for a missing job.
 pub fn decode_job(queue: &Arc<str>, id: &[u8], hash: &Value) -> Result<Option<Job>> {
     let pairs: Vec<(&[u8], &[u8])> = match hash {
         Value::Array(items) => items
@@ -165,11 +171,9 @@ pub fn decode_job(queue: &Arc<str>, id: &[u8], hash: &Value) -> Result<Option<Jo
             }
             b"a" => job.attempts = number(value, "attempts")?,
             b"n" => run = number(value, "run")?,
-            b"m" => job.max_attempts = number(value, "max_attempts")?,
             b"sa" => job.scheduled_at = Some(number(value, "scheduled_at")?).into(),
             b"st" => job.started_at = Some(number(value, "started_at")?).into(),
             b"f" => job.finished_at = Some(number(value, "finished_at")?).into(),
-            b"k" => job.seq = number::<f64>(value, "rank")? as u64 % (1 << 48),
             b"r" => job.extras_mut().result = Some(Payload::from(value)),
             b"e" => job.extras_mut().error = Some(String::from_utf8_lossy(value).into_owned()),
             b"tb" => job.extras_mut().traceback = Some(String::from_utf8_lossy(value).into_owned()),
@@ -212,23 +216,41 @@ pub enum Leased {
     Unreadable { id: String, run: u32, error: String },
 }
 
-/// The jobs a fetch leased: `{id, run, max_attempts, body, due, error, traceback, ...}`, each
-/// decoded on its own.
-pub fn decode_leased(queue: &Arc<str>, list: &Value, started_at: Timestamp) -> Vec<Leased> {
-    let Value::Array(items) = list else {
+/// The jobs a fetch leased, each decoded on its own: `ids` and `bodies` side by side (a body
+/// `nil` for a job that vanished: it was not leased), and `extra` for jobs with a history:
+/// `{n (1-based), run, due, error, traceback, ...}`; the others are on their first run.
+pub fn decode_leased(
+    queue: &Arc<str>,
+    ids: &Value,
+    bodies: &Value,
+    extra: &Value,
+    started_at: Timestamp,
+) -> Vec<Leased> {
+    let (Value::Array(ids), Value::Array(bodies)) = (ids, bodies) else {
         return Vec::new();
     };
-    items
-        .chunks_exact(7)
-        .map(|fields| {
-            let id = String::from_utf8_lossy(bytes_of(&fields[0]).unwrap_or_default());
-            let run = match &fields[1] {
-                Value::Int(n) => *n as u32,
-                other => number(bytes_of(other).unwrap_or_default(), "attempts").unwrap_or(1),
+    let mut pasts: HashMap<usize, &[Value]> = HashMap::new();
+    if let Value::Array(extra) = extra {
+        for fields in extra.chunks_exact(5) {
+            if let Value::Int(n) = fields[0] {
+                pasts.insert(n as usize, fields);
+            }
+        }
+    }
+    ids.iter()
+        .zip(bodies)
+        .enumerate()
+        .filter(|(_, (_, body))| !matches!(body, Value::Nil))
+        .map(|(index, (id, body))| {
+            let past = pasts.get(&(index + 1)).copied();
+            let id = String::from_utf8_lossy(bytes_of(id).unwrap_or_default()).into_owned();
+            let run = match past.map(|fields| &fields[1]) {
+                Some(Value::Int(n)) => *n as u32,
+                _ => 1,
             };
-            decode_leased_job(queue, fields, run, started_at).map_or_else(
+            decode_leased_job(queue, &id, body, past, run, started_at).map_or_else(
                 |error| Leased::Unreadable {
-                    id: id.to_string(),
+                    id: id.clone(),
                     run,
                     error: error.to_string(),
                 },
@@ -240,25 +262,28 @@ pub fn decode_leased(queue: &Arc<str>, list: &Value, started_at: Timestamp) -> V
 
 fn decode_leased_job(
     queue: &Arc<str>,
-    fields: &[Value],
+    id: &str,
+    body: &Value,
+    past: Option<&[Value]>,
     run: u32,
     started_at: Timestamp,
 ) -> Result<Job> {
-    let id = parse_id(bytes_of(&fields[0]).ok_or_else(|| corrupt("id"))?)?;
-    let body = bytes_of(&fields[3]).ok_or_else(|| corrupt("body (missing)"))?;
+    let id = parse_id(id.as_bytes())?;
+    let body = bytes_of(body).ok_or_else(|| corrupt("body (missing)"))?;
     let mut job = decode_body(queue, id, body)?;
     job.state = JobState::Active;
     job.attempts = run;
-    job.max_attempts = number(bytes_of(&fields[2]).unwrap_or_default(), "max_attempts")?;
     job.started_at = Some(started_at).into();
-    if let Some(due) = bytes_of(&fields[4]) {
-        job.scheduled_at = Some(number(due, "scheduled_at")?).into();
-    }
-    if let Some(error) = bytes_of(&fields[5]) {
-        job.extras_mut().error = Some(String::from_utf8_lossy(error).into_owned());
-    }
-    if let Some(traceback) = bytes_of(&fields[6]) {
-        job.extras_mut().traceback = Some(String::from_utf8_lossy(traceback).into_owned());
+    if let Some(fields) = past {
+        if let Some(due) = bytes_of(&fields[2]) {
+            job.scheduled_at = Some(number(due, "scheduled_at")?).into();
+        }
+        if let Some(error) = bytes_of(&fields[3]) {
+            job.extras_mut().error = Some(String::from_utf8_lossy(error).into_owned());
+        }
+        if let Some(traceback) = bytes_of(&fields[4]) {
+            job.extras_mut().traceback = Some(String::from_utf8_lossy(traceback).into_owned());
+        }
     }
     // The data must be JSON, or every handler call would fail on it.
     serde_json::from_slice::<serde::de::IgnoredAny>(&job.data)
@@ -349,8 +374,6 @@ mod tests {
             Value::BulkString(encode_body(&job)),
             field("s"),
             field("delayed"),
-            field("m"),
-            field("4"),
             field("sa"),
             Value::BulkString(job.scheduled_at.get().unwrap().to_string().into_bytes()),
         ]);

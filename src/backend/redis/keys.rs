@@ -63,7 +63,7 @@ impl RedisQueue {
         RedisQueue {
             name: Arc::from(name),
             keys: [
-                key("waiting"),
+                key("jobs"),
                 key("delayed"),
                 key("leases"),
                 key("completed"),
@@ -81,8 +81,9 @@ impl RedisQueue {
         }
     }
 
-    pub fn job_key(&self, id: JobId) -> String {
-        format!("{}j:{id}", self.keys[BASE])
+    /// The hash of the queue's job bodies, by id.
+    pub fn jobs_key(&self) -> &str {
+        &self.keys[0]
     }
 
     /// The wake list of this queue's idle workers.

@@ -74,7 +74,7 @@ impl Shared {
             .collect();
         let cmds = names
             .iter()
-            .map(|name| redis::Cmd::exists(self.queue(name).job_key(id)))
+            .map(|name| redis::Cmd::hexists(self.queue(name).jobs_key(), id.to_string()))
             .collect();
         let found = self.pipelined(None, cmds)?;
         for (name, exists) in names.iter().zip(found) {
@@ -88,7 +88,10 @@ impl Shared {
     }
 
     pub(super) fn read_job(&self, queue: &RedisQueue, id: JobId) -> Result<Option<Job>> {
-        let hash: Value = self.command(redis::Cmd::hgetall(queue.job_key(id)))?;
-        decode_job(&queue.name, id.to_string().as_bytes(), &hash)
+        let id = id.to_string();
+        let fields: Value = self.invoke(&self.scripts.job, queue, |cmd| {
+            cmd.arg(&id);
+        })?;
+        decode_job(&queue.name, id.as_bytes(), &fields)
     }
 }

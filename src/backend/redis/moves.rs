@@ -59,9 +59,9 @@ impl Shared {
             Some(Value::Int(due)) => *due,
             _ => -1,
         };
-        let leased = match parts.get(1) {
-            Some(list) => decode_leased(&queue.name, list, at),
-            None => Vec::new(),
+        let leased = match &parts[..] {
+            [_, ids, bodies, extra] => decode_leased(&queue.name, ids, bodies, extra, at),
+            _ => return Err(QueueError::Backend("redis: unexpected fetch reply".into())),
         };
         let mut jobs = Vec::with_capacity(leased.len());
         let mut unreadable = Vec::new();
@@ -115,17 +115,17 @@ impl Shared {
                 cmd.arg(ack.id.to_string())
                     .arg(ack.attempt)
                     .arg(match ack.settlement {
-                        Settlement::Completed { .. } => "c",
+                        Settlement::Completed { result: None } => "c",
+                        Settlement::Completed { result: Some(_) } => "C",
                         Settlement::Retry { .. } => "r",
                         Settlement::Failed { .. } => "f",
                     })
                     .arg(ack.at.to_string());
                 match &ack.settlement {
                     Settlement::Completed { result } => {
-                        match result {
-                            Some(result) => cmd.arg("1").arg(&**result),
-                            None => cmd.arg("0").arg(""),
-                        };
+                        if let Some(result) = result {
+                            cmd.arg(&**result);
+                        }
                     }
                     Settlement::Retry {
                         due,
@@ -250,23 +250,7 @@ impl Shared {
                 .arg(retention.keep_failed)
                 .arg(&*declaration.settings)
                 .arg(if forwarded { "1" } else { "0" });
-            for job in chunk {
-                let delayed = if job.state == JobState::Delayed {
-                    "1"
-                } else {
-                    "0"
-                };
-                cmd.arg(job.id.to_string())
-                    .arg(delayed)
-                    .arg(millis(job.due_at()))
-                    .arg(job.priority as u8)
-                    .arg(job.max_attempts)
-                    .arg(encode_body(job));
-                match job.scheduled_at.get() {
-                    Some(due) => cmd.arg(due.to_string()),
-                    None => cmd.arg(""),
-                };
-            }
+            add_sections(cmd, chunk);
         };
         if jobs.len() <= PUSH_CHUNK {
             return self.invoke(&self.scripts.push, queue, |cmd| add_args(cmd, jobs, tick));
@@ -433,6 +417,49 @@ pub(super) fn stored_declaration(reply: &Value) -> Option<QueueDeclaration> {
         },
         settings: Payload::from(text(3).unwrap_or_default()),
     })
+}
+
+/// The jobs of a push as `push.lua` reads them: runs of jobs waiting now at one priority as
+/// `'w', priority, k, id, body, ...` (stored as sent, no work per job in Lua), the others
+/// (delayed, or with a due time) as `'s', k, id, body, priority, due_ms, due, ...`; runs keep
+/// the order of the jobs.
+fn add_sections(cmd: &mut Cmd, jobs: &[Job]) {
+    let plain = |job: &Job| job.state != JobState::Delayed && job.scheduled_at.get().is_none();
+    let mut start = 0;
+    while start < jobs.len() {
+        let first = &jobs[start];
+        let end = start
+            + jobs[start..]
+                .iter()
+                .take_while(|job| {
+                    plain(job) == plain(first) && (!plain(job) || job.priority == first.priority)
+                })
+                .count();
+        let run = &jobs[start..end];
+        if plain(first) {
+            cmd.arg("w").arg(first.priority as u8).arg(run.len());
+            for job in run {
+                cmd.arg(job.id.to_string()).arg(encode_body(job));
+            }
+        } else {
+            cmd.arg("s").arg(run.len());
+            for job in run {
+                cmd.arg(job.id.to_string())
+                    .arg(encode_body(job))
+                    .arg(job.priority as u8);
+                if job.state == JobState::Delayed {
+                    cmd.arg(millis(job.due_at()));
+                } else {
+                    cmd.arg("");
+                }
+                match job.scheduled_at.get() {
+                    Some(due) => cmd.arg(due.to_string()),
+                    None => cmd.arg(""),
+                };
+            }
+        }
+        start = end;
+    }
 }
 
 pub(super) fn optional_text(cmd: &mut Cmd, text: Option<&str>) {

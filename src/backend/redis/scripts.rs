@@ -20,6 +20,7 @@ pub(super) struct Scripts {
     pub tick: Script,
     pub counts: Script,
     pub list: Script,
+    pub job: Script,
     pub admin: Script,
     /// The worker-process registry (its own keys, no queue prelude).
     pub workers: Script,
@@ -44,6 +45,7 @@ impl Scripts {
             tick: queue_script(include_str!("lua/tick.lua")),
             counts: queue_script(include_str!("lua/counts.lua")),
             list: queue_script(include_str!("lua/list.lua")),
+            job: queue_script(include_str!("lua/job.lua")),
             admin: queue_script(include_str!("lua/admin.lua")),
             workers: Script::new(&format!("{flags}{}", include_str!("lua/workers.lua"))),
             beats: Script::new(&format!("{flags}{}", include_str!("lua/beats.lua"))),
@@ -54,7 +56,7 @@ impl Scripts {
 impl Scripts {
     /// Every script, to load them all at connect: a server busy or paused later (`CLIENT PAUSE`)
     /// then never makes a push wait for a `SCRIPT LOAD` first.
-    pub fn all(&self) -> [&Script; 13] {
+    pub fn all(&self) -> [&Script; 14] {
         [
             &self.push,
             &self.fetch,
@@ -66,6 +68,7 @@ impl Scripts {
             &self.tick,
             &self.counts,
             &self.list,
+            &self.job,
             &self.admin,
             &self.workers,
             &self.beats,

@@ -167,8 +167,11 @@ fn an_unreadable_job_fails_on_its_own_and_the_others_run() {
     let mut jobs: Vec<Job> = (1..=3).map(|n| job(&queue, n, Priority::Normal)).collect();
     let bad = jobs[1].id;
     redis.push(&queue, &mut jobs, &declaration).unwrap();
-    let key = redis.shared.queue(&queue).job_key(bad);
-    let _: i64 = raw(&redis, redis::Cmd::hset(&key, "b", "not a packed body"));
+    let bodies = redis.shared.queue(&queue).jobs_key().to_string();
+    let _: i64 = raw(
+        &redis,
+        redis::Cmd::hset(&bodies, bad.to_string(), "1 not a packed body"),
+    );
     let taken = redis
         .fetch(&queue, request(10), &AtomicBool::new(false))
         .unwrap();
@@ -176,9 +179,16 @@ fn an_unreadable_job_fails_on_its_own_and_the_others_run() {
     // it was taken back by the lease rule, again and again).
     let data: Vec<&[u8]> = taken.iter().map(|j| &*j.data).collect();
     assert_eq!(data, [b"1", b"3"]);
-    let state: String = raw(&redis, redis::Cmd::hget(&key, "s"));
-    let error: String = raw(&redis, redis::Cmd::hget(&key, "e"));
-    assert_eq!(state, "failed");
+    let base = redis.shared.queue(&queue).keys[keys::BASE].clone();
+    let finished: String = raw(
+        &redis,
+        redis::Cmd::hget(format!("{base}fin"), bad.to_string()),
+    );
+    let error: String = raw(
+        &redis,
+        redis::Cmd::hget(format!("{base}err"), bad.to_string()),
+    );
+    assert!(finished.starts_with("f "), "failed: {finished}");
     assert!(
         error.contains("cannot be read") && error.contains("body"),
         "{error}"

@@ -32,14 +32,24 @@ elseif op == 'settings' then
   return stored
 elseif op == 'unpush' then
   -- ARGV[2..]: ids of jobs just pushed, removed again (a push that failed part way).
-  local ids = {}
+  local ids, gone = {}, {}
   for n = 2, #ARGV do
     ids[#ids + 1] = ARGV[n]
+    gone[ARGV[n]] = true
   end
   if #ids > 0 then
-    sliced('ZREM', waiting, ids)
+    -- Just pushed: at the back of their lists.
+    for _, p in ipairs(PRIORITIES) do
+      local list = waiting(p)
+      local tail = redis.call('LRANGE', list, -#ids, -1)
+      for _, id in ipairs(tail) do
+        if gone[id] then
+          redis.call('LREM', list, -1, id)
+        end
+      end
+    end
     sliced('ZREM', delayed, ids)
-    del_jobs(ids)
+    forget(ids)
   end
   return #ids
 elseif op == 'untick' then
@@ -53,13 +63,17 @@ elseif op == 'pause' then
   return 1
 elseif op == 'clear' or op == 'delete' then
   local removed = {}
-  for _, set in ipairs({ waiting, delayed }) do
-    local ids = {}
+  for _, p in ipairs(PRIORITIES) do
     if #removed < 1000 then
-      ids = redis.call('ZRANGE', set, 0, 999 - #removed)
+      for _, id in ipairs(redis.call('LPOP', waiting(p), 1000 - #removed) or {}) do
+        removed[#removed + 1] = id
+      end
     end
+  end
+  if #removed < 1000 then
+    local ids = redis.call('ZRANGE', delayed, 0, 999 - #removed)
     if #ids > 0 then
-      sliced('ZREM', set, ids)
+      sliced('ZREM', delayed, ids)
       for _, id in ipairs(ids) do
         removed[#removed + 1] = id
       end
@@ -75,51 +89,63 @@ elseif op == 'clear' or op == 'delete' then
     end
     for _, token in ipairs(redis.call('ZRANGE', leases, 0, -1)) do
       if #removed < 1000 then
-        for _, id in ipairs(redis.call('SPOP', active_key(token), 1000 - #removed)) do
-          removed[#removed + 1] = id
+        local theirs = active_key(token)
+        local ids = redis.call('HKEYS', theirs)
+        if #ids > 0 and #ids <= 1000 - #removed then
+          redis.call('DEL', theirs)
+          for _, id in ipairs(ids) do
+            removed[#removed + 1] = id
+          end
+        elseif #ids > 0 then
+          local some = { unpack(ids, 1, 1000 - #removed) }
+          sliced('HDEL', theirs, some)
+          for _, id in ipairs(some) do
+            removed[#removed + 1] = id
+          end
         end
       end
     end
   end
-  del_jobs(removed)
+  forget(removed)
   if op == 'delete' and #removed < 1000 then
-    redis.call('DEL', leases, meta, wake, base .. 'ticks', base .. 'forwarded')
+    -- Jobs no list held any more (a record left behind) go with the queue.
+    redis.call('DEL', leases, meta, wake, jobs, hist, errors, tracebacks, fin, base .. 'ticks',
+      base .. 'forwarded')
   end
   return #removed
 elseif op == 'retry' then
-  local key = job_key(ARGV[2])
-  local job = redis.call('HMGET', key, 's', 'k')
-  if not job[1] then
+  local state, detail = locate(ARGV[2])
+  if not state then
     return -1
   end
-  if job[1] ~= 'failed' then
+  if state ~= 'failed' then
     return 0
   end
   redis.call('LREM', failed, -1, ARGV[2])
-  local seq = redis.call('HINCRBY', meta, 'seq', 1)
-  local job_rank = rerank(tonumber(job[2]), seq)
-  redis.call('HSET', key, 's', 'waiting', 'a', 0, 'n', 0, 'u', 0, 'k', job_rank)
-  redis.call('HDEL', key, 'st', 'f', 'sa')
-  redis.call('ZADD', waiting, job_rank, ARGV[2])
+  redis.call('HDEL', fin, ARGV[2])
+  redis.call('HDEL', hist, ARGV[2])
+  redis.call('RPUSH', waiting(detail[6]), ARGV[2])
   signal()
   return 1
 elseif op == 'remove' then
-  local state = redis.call('HGET', job_key(ARGV[2]), 's')
+  local id = ARGV[2]
+  local state, detail = locate(id)
   if not state then
     return -1
   end
   if state == 'active' then
     return 0
   end
-  redis.call('ZREM', waiting, ARGV[2])
-  redis.call('ZREM', delayed, ARGV[2])
-  -- From the newest end (-1): a recent job is found at once.
-  if state == 'completed' then
-    redis.call('LREM', completed, -1, ARGV[2])
-  elseif state == 'failed' then
-    redis.call('LREM', failed, -1, ARGV[2])
+  if state == 'waiting' then
+    local _, p = body_header(redis.call('HGET', jobs, id))
+    redis.call('LREM', waiting(p), 1, id)
+  elseif state == 'delayed' then
+    redis.call('ZREM', delayed, id)
+  else
+    -- From the newest end (-1): a recent job is found at once.
+    redis.call('LREM', state == 'completed' and completed or failed, -1, id)
   end
-  del_jobs({ ARGV[2] })
+  forget({ id })
   return 1
 elseif op == 'wake' then
   local own = base .. 'wake:' .. ARGV[2]

@@ -2,7 +2,7 @@
 -- none any more (it expired and the sweeper took its jobs back), else how many jobs it still
 -- holds here.
 --
--- Also takes back the jobs in the worker's active set that it no longer knows it holds (a
+-- Also takes back the jobs in the worker's active hash that it no longer knows it holds (a
 -- fetch whose reply never arrived, results that could not be recorded), once they were leased
 -- (by Redis's clock) longer ago than a lease and than any command may take (`settled_ms`): no
 -- reply can still be on its way then.
@@ -20,17 +20,19 @@ end
 local mine = active_key(token)
 local cutoff = now_ms - math.max(lease_ms, tonumber(ARGV[5]))
 local orphans, taken = {}, new_taken()
-for _, id in ipairs(redis.call('SMEMBERS', mine)) do
+local all = redis.call('HGETALL', mine)
+for n = 1, #all, 2 do
+  local id = all[n]
   if not held[id] then
-    local leased_at = tonumber(redis.call('HGET', job_key(id), 'ls'))
-    if not leased_at or leased_at < cutoff then
+    local lease = lease_of(all[n + 1])
+    if lease[5] < cutoff then
       orphans[#orphans + 1] = id
-      take_back(id, ARGV[4], ARGV[3], taken)
+      take_back(id, lease, ARGV[4], ARGV[3], taken)
     end
   end
 end
 if #orphans > 0 then
-  sliced('SREM', mine, orphans)
+  sliced('HDEL', mine, orphans)
   file_taken_back(taken)
 end
-return redis.call('SCARD', mine)
+return redis.call('HLEN', mine)

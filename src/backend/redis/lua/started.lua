@@ -3,13 +3,20 @@
 -- may, for the run it holds.
 -- ARGV: token, count, then per run: id, run
 local mine, count = active_key(ARGV[1]), tonumber(ARGV[2])
-local marked = 0
+local ids = {}
 for n = 0, count - 1 do
-  local id, run = ARGV[3 + 2 * n], ARGV[4 + 2 * n]
-  local key = job_key(id)
-  if redis.call('HGET', key, 'n') == run and redis.call('SISMEMBER', mine, id) == 1 then
-    redis.call('HSET', key, 'a', run, 'u', 0)
-    marked = marked + 1
+  ids[#ids + 1] = ARGV[3 + 2 * n]
+end
+local records = sliced('HMGET', mine, ids)
+local marked = {}
+for n = 0, count - 1 do
+  local lease = lease_of(records[n + 1])
+  if lease and lease[1] == tonumber(ARGV[4 + 2 * n]) and not lease[2] then
+    marked[#marked + 1] = ids[n + 1]
+    marked[#marked + 1] = lease_record(lease[1], true, lease[3], lease[4], lease[5], lease[6])
   end
 end
-return marked
+if #marked > 0 then
+  sliced('HSET', mine, marked)
+end
+return #marked / 2

@@ -15,11 +15,20 @@ if expiry > server_ms() then
 end
 local theirs = active_key(token)
 local taken = new_taken()
-for _, id in ipairs(redis.call('SPOP', theirs, 1000)) do
-  take_back(id, ARGV[2], ARGV[1], taken)
+local ids = {}
+local cursor = redis.call('HSCAN', theirs, 0, 'COUNT', 1000)
+local all = cursor[2]
+for n = 1, #all, 2 do
+  if #ids < 1000 then
+    ids[#ids + 1] = all[n]
+    take_back(all[n], lease_of(all[n + 1]), ARGV[2], ARGV[1], taken)
+  end
+end
+if #ids > 0 then
+  sliced('HDEL', theirs, ids)
 end
 local count = file_taken_back(taken)
-local left = redis.call('SCARD', theirs)
+local left = redis.call('HLEN', theirs)
 if left == 0 then
   redis.call('ZREM', leases, token)
 end
