@@ -46,6 +46,10 @@ def test_only_the_boundary_touches_python() -> None:
     assert offenders == [], f"pyo3 used outside src/lib.rs and src/py/: {offenders}"
 
 
+def is_test_module(path: Path) -> bool:
+    return path.name == "tests.rs" or "tests" in path.relative_to(SRC).parts[:-1]
+
+
 def top_level_imports() -> dict[str, set[str]]:
     """Which top-level modules of the crate each one uses (`crate::name`)."""
     modules = {path.stem for path in SRC.glob("*.rs")} | {
@@ -57,8 +61,9 @@ def top_level_imports() -> dict[str, set[str]]:
         files = [SRC / f"{module}.rs"] if (SRC / f"{module}.rs").exists() else []
         files += rust_files(SRC / module) if (SRC / module).is_dir() else []
         used = set()
-        # Test modules (`tests.rs`) may drive a backend through the engine; the code may not.
-        for path in (f for f in files if f.name != "tests.rs"):
+        # Test modules (`tests.rs`, `tests/`) may drive a backend through the engine; the code
+        # may not.
+        for path in (f for f in files if not is_test_module(f)):
             used |= set(re.findall(r"\bcrate::(\w+)", code_of(path)))
         graph[module] = (used & modules) - {module}
     return graph

@@ -13,7 +13,10 @@ use redis::aio::{
 };
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Script,
+    Value,
+};
 
 use crate::error::{QueueError, Result};
 use crate::sync::Mutex;
@@ -22,6 +25,8 @@ use crate::sync::Mutex;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A note that cannot be written within this is given up.
 const NOTE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
+/// Idle blocking connections kept for `direct` calls.
+const IDLE_DIRECT: usize = 16;
 /// How long any command may take, connecting included: a push to a Redis that is down fails
 /// within this bound.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
@@ -85,6 +90,9 @@ pub struct Redis {
     /// process before the caller's next step (see `note`). One server only; `None` in a cluster
     /// or while it is down.
     notes: Mutex<Option<redis::Connection>>,
+    /// Blocking connections for calls made on the caller's own thread (`direct`), idle ones
+    /// kept, with the process that opened them (a forked child must not share them).
+    idle: Mutex<(u32, Vec<redis::Connection>)>,
     /// The server's major version (script flags need 7).
     major_version: u32,
 }
@@ -192,10 +200,65 @@ impl Redis {
             target,
             commands,
             notes: Mutex::new(None),
+            idle: Mutex::new((std::process::id(), Vec::new())),
             major_version,
         };
         redis.open_notes(CONNECT_TIMEOUT);
         Ok(redis)
+    }
+
+    /// Runs `script`'s call `cmd` on a blocking connection, from the calling thread: no hand-off
+    /// to the I/O thread and back (two thread switches per call, most of a push's latency on an
+    /// idle server). `None` in a cluster, whose connections are the I/O thread's. Errors are
+    /// those of `run` (`Indeterminate` when the command may have been carried out).
+    pub fn direct<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Option<Result<T>> {
+        let Target::Single(client) = &self.target else {
+            return None;
+        };
+        let pooled = {
+            let mut idle = self.idle.lock();
+            if idle.0 != std::process::id() {
+                // Forked: the parent's sockets are its own (closing ours is harmless, writing is
+                // not); this process opens its own.
+                idle.0 = std::process::id();
+                idle.1.clear();
+            }
+            idle.1.pop()
+        };
+        let opened = match pooled {
+            Some(conn) => Ok(conn),
+            None => client
+                .get_connection_with_timeout(CONNECT_TIMEOUT)
+                .and_then(|conn| {
+                    conn.set_read_timeout(Some(COMMAND_TIMEOUT))?;
+                    conn.set_write_timeout(Some(COMMAND_TIMEOUT))?;
+                    Ok(conn)
+                }),
+        };
+        let mut conn = match opened {
+            Ok(conn) => conn,
+            Err(error) => return Some(Err(backend_error(error))),
+        };
+        let reply = match cmd.query::<T>(&mut conn) {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                script
+                    .prepare_invoke()
+                    .load(&mut conn)
+                    .and_then(|_| cmd.query::<T>(&mut conn))
+            }
+            other => other,
+        };
+        match &reply {
+            // A connection that failed may be half read: never reused.
+            Err(error) if error.is_io_error() || error.is_timeout() => {}
+            _ => {
+                let mut idle = self.idle.lock();
+                if idle.1.len() < IDLE_DIRECT {
+                    idle.1.push(conn);
+                }
+            }
+        }
+        Some(reply.map_err(backend_error))
     }
 
     /// (Re)opens the notes connection, where there is none; true when it did. Blocks for a

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::job::JobId;
 use crate::sync::{Condvar, Mutex};
 
+use super::combine::Combiner;
 use super::connection::Conn;
 
 /// Indices into `RedisQueue::keys`, in the order the scripts take them.
@@ -45,6 +46,8 @@ pub(super) struct RedisQueue {
     pub heard: Condvar,
     /// Cluster mode: the connection this queue's listener blocks on, kept between waits.
     pub blocking: Mutex<Option<Conn>>,
+    /// Small pushes from many threads, sent together (see `combine.rs`).
+    pub combiner: Combiner,
 }
 
 /// Wake-ups of the workers of one queue: a generation bumped by whoever hears one.
@@ -78,6 +81,7 @@ impl RedisQueue {
             listen: Mutex::new(Listen::default()),
             heard: Condvar::new(),
             blocking: Mutex::new(None),
+            combiner: Combiner::default(),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - `calls.rs`: queue handles, scripts run by SHA, commands and pipelines;
 //! - `codec.rs`: jobs and schedules as Redis stores them;
 //! - `moves.rs`: the state moves (take, settle, store, declare, give back);
+//! - `combine.rs`: small pushes from many threads sharing round trips;
 //! - `lookups.rs`: queue names, counts, jobs by id;
 //! - `leases.rs`: leases, their renewal and the sweeper, the worker-process registry;
 //! - `wakeups.rs`: how idle workers hear of new jobs;
@@ -16,6 +17,7 @@
 
 mod calls;
 mod codec;
+mod combine;
 mod connection;
 mod keys;
 mod leases;
@@ -200,6 +202,9 @@ impl Backend for RedisBackend {
         declare: &dyn Fn() -> QueueDeclaration,
     ) -> Result<()> {
         let handle = self.shared.queue(queue);
+        if jobs.len() <= combine::COMBINED_AT_MOST {
+            return handle.combiner.push(&self.shared, &handle, jobs, declare);
+        }
         self.shared.store(&handle, jobs, None, &declare(), false)?;
         self.shared.remember_pushed(&handle.name, jobs);
         jobs.clear();

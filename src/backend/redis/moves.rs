@@ -178,7 +178,11 @@ impl Shared {
         let give_up = Instant::now() + retry_for;
         let mut unanswered = 0;
         loop {
-            let outcome = match self.store_once(queue, jobs, tick, declaration, forwarded) {
+            // A first try goes on the caller's own connection; later ones on the shared one,
+            // where a try that got no answer stays queued (Redis runs it once it can: a push
+            // held back by a paused Redis is stored, once, when it resumes).
+            let direct = unanswered == 0;
+            let outcome = match self.store_once(queue, jobs, tick, declaration, forwarded, direct) {
                 Ok(1) => Ok(true),
                 Ok(2) => {
                     // The queue was created again (deleted meanwhile): its name is listed after
@@ -237,6 +241,7 @@ impl Shared {
         tick: Option<(&str, Timestamp)>,
         declaration: &QueueDeclaration,
         forwarded: bool,
+        direct: bool,
     ) -> Result<i64> {
         let retention = declaration.retention;
         let add_args = |cmd: &mut Cmd, chunk: &[Job], tick: Option<(&str, Timestamp)>| {
@@ -253,7 +258,15 @@ impl Shared {
             add_sections(cmd, chunk);
         };
         if jobs.len() <= PUSH_CHUNK {
-            return self.invoke(&self.scripts.push, queue, |cmd| add_args(cmd, jobs, tick));
+            let mut cmd = eval_cmd(&self.scripts.push, &queue.keys);
+            add_args(&mut cmd, jobs, tick);
+            // On the caller's thread where it can: a push waits for its round trip only.
+            if direct {
+                if let Some(reply) = self.redis.direct(&self.scripts.push, &cmd) {
+                    return reply;
+                }
+            }
+            return self.eval(&self.scripts.push, cmd);
         }
         // Several chunks in one MULTI/EXEC of EVALSHAs, the script loaded first. A transaction
         // does not roll back a chunk that failed (Redis out of memory part way): the chunks that

@@ -221,14 +221,16 @@ local function head_finished_ms(list)
 end
 
 -- Finished jobs (a list, oldest first) past their retention count or age are deleted.
+-- Returns when the oldest one left finished (ms), or nil when none is left.
 local function trim(list, keep, ttl_ms, now_ms)
   local dropped = {}
   local excess = redis.call('LLEN', list) - keep
   if excess > 0 then
     dropped = redis.call('LPOP', list, math.min(excess, 1000))
   end
+  local finished = nil
   for _ = 1, 1000 do
-    local finished = head_finished_ms(list)
+    finished = head_finished_ms(list)
     if not finished or finished > now_ms - ttl_ms then
       break
     end
@@ -242,16 +244,19 @@ local function trim(list, keep, ttl_ms, now_ms)
       sliced('HDEL', tracebacks, dropped)
     end
   end
+  return finished
 end
 
+-- Trims both lists; returns the ttl and when the oldest job left in each finished (ms or
+-- nil), or nil when the queue's record is gone.
 local function expire(now_ms)
   local ttl, keep_completed, keep_failed = retention()
   if not ttl then
     return nil
   end
-  trim(completed, keep_completed, ttl, now_ms)
-  trim(failed, keep_failed, ttl, now_ms)
-  return ttl
+  local oldest_completed = trim(completed, keep_completed, ttl, now_ms)
+  local oldest_failed = trim(failed, keep_failed, ttl, now_ms)
+  return { ttl, oldest_completed, oldest_failed }
 end
 
 local function first_score(set)
@@ -263,15 +268,17 @@ local function first_score(set)
 end
 
 -- When the queue next has something to do (a delayed job due, a finished job to expire), in
--- milliseconds; -1: nothing.
-local function next_event(ttl)
+-- milliseconds; -1: nothing. `expired` is what `expire` returned.
+local function next_event(expired)
   local best = first_score(delayed)
-  for _, list in ipairs(ttl and { completed, failed } or {}) do
-    local oldest = head_finished_ms(list)
-    if oldest then
-      oldest = oldest + ttl
-      if not best or oldest < best then
-        best = oldest
+  if expired then
+    for n = 2, 3 do
+      local oldest = expired[n]
+      if oldest then
+        oldest = oldest + expired[1]
+        if not best or oldest < best then
+          best = oldest
+        end
       end
     end
   end

@@ -548,3 +548,5 @@ fn jobs_forwarded_from_a_spill_are_refused_again_after_retention_dropped_them() 
     let mut plain = vec![job(&queue, 9, Priority::Normal)];
     redis.push(&queue, &mut plain, &declaration).unwrap();
 }
+
+mod combine;
