@@ -38,10 +38,13 @@ struct Rounds {
     forming: u64,
     callers: usize,
     pending: Vec<Job>,
-    /// Outcomes of sent rounds not yet collected by all their callers: the error and the
-    /// round's jobs (each caller takes its own back), and how many callers are still to come.
-    outcomes: HashMap<u64, (Option<(QueueError, Vec<Job>)>, usize)>,
+    /// Outcomes of sent rounds not yet collected by all their callers, and how many callers
+    /// are still to come.
+    outcomes: HashMap<u64, (Option<Failed>, usize)>,
 }
+
+/// A round that failed: the error, and the round's jobs (each caller takes its own back).
+type Failed = (QueueError, Vec<Job>);
 
 impl Combiner {
     /// Pushes `jobs` in the next round of `queue`; returns when that round is stored (or failed:
