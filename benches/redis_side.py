@@ -11,7 +11,6 @@ holds the scripts, the commands they run are listed too), before and after each 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -233,7 +232,6 @@ def end_to_end(
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
     )
     qm = _manager(url, prefix)
     marks = f"{prefix}:marks"

@@ -39,6 +39,8 @@ pub(super) struct RedisQueue {
     pub held: Mutex<HashMap<JobId, u32>>,
     /// This process registered (in the worker registry) that it leases jobs here.
     pub registered: AtomicBool,
+    /// Its layout was checked (and converted from an older one if need be) in this process.
+    pub layout_checked: AtomicBool,
     /// A fetch or settle whose reply never came may have left jobs leased here that this
     /// process does not know of: its lease is renewed (which takes them back) until none remain.
     pub unsure: AtomicBool,
@@ -77,6 +79,7 @@ impl RedisQueue {
             ],
             held: Mutex::new(HashMap::new()),
             registered: AtomicBool::new(false),
+            layout_checked: AtomicBool::new(false),
             unsure: AtomicBool::new(false),
             listen: Mutex::new(Listen::default()),
             heard: Condvar::new(),

@@ -54,6 +54,7 @@ impl Shared {
         if queue.registered.load(Ordering::Acquire) {
             return Ok(());
         }
+        self.upgrade_layout(queue)?;
         let _: i64 = self.workers(
             "register",
             &[self.token.clone(), self.lease_ms(), queue.name.to_string()],
@@ -282,6 +283,8 @@ impl Shared {
         let mut done = true;
         for name in queues {
             let queue = self.queue(name);
+            // A queue an older version stored is converted before its jobs are taken back.
+            self.upgrade_layout(&queue)?;
             loop {
                 let (count, left): (u64, i64) =
                     self.invoke(&self.scripts.sweep, &queue, |cmd| {

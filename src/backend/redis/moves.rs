@@ -355,6 +355,7 @@ impl Shared {
         declaration: &QueueDeclaration,
         replace: bool,
     ) -> Result<QueueDeclaration> {
+        self.upgrade_layout(queue)?;
         let retention = declaration.retention;
         let ttl_ms = (retention.ttl * 1000.0).round() as i64;
         let stored: Value = self.invoke(&self.scripts.admin, queue, |cmd| {
@@ -376,6 +377,32 @@ impl Shared {
             listed?;
         }
         Ok(stored_declaration(&stored).unwrap_or_else(|| declaration.clone()))
+    }
+
+    /// Converts the queue's jobs if an older rnode-queue stored them (`migrate.lua`): once per
+    /// queue and process, before it declares the queue or fetches from it.
+    pub(super) fn upgrade_layout(&self, queue: &RedisQueue) -> Result<()> {
+        if queue.layout_checked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut converted = 0;
+        loop {
+            let chunk: i64 = self.invoke(&self.scripts.migrate, queue, |_| {})?;
+            if chunk <= 0 {
+                break;
+            }
+            converted += chunk;
+        }
+        if converted > 0 {
+            log::info!(
+                target: "rnode_queue",
+                "queue {:?}: {converted} job(s) stored by an older rnode-queue were converted to \
+                 this version's Redis layout",
+                &*queue.name
+            );
+        }
+        queue.layout_checked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Hands back leased runs (`release.lua`); they leave this process's held jobs. Returns

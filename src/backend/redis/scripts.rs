@@ -21,6 +21,8 @@ pub(super) struct Scripts {
     pub counts: Script,
     pub list: Script,
     pub job: Script,
+    /// Converts a queue stored by an older version (`lua/migrate.lua`).
+    pub migrate: Script,
     pub admin: Script,
     /// The worker-process registry (its own keys, no queue prelude).
     pub workers: Script,
@@ -46,6 +48,7 @@ impl Scripts {
             counts: queue_script(include_str!("lua/counts.lua")),
             list: queue_script(include_str!("lua/list.lua")),
             job: queue_script(include_str!("lua/job.lua")),
+            migrate: queue_script(include_str!("lua/migrate.lua")),
             admin: queue_script(include_str!("lua/admin.lua")),
             workers: Script::new(&format!("{flags}{}", include_str!("lua/workers.lua"))),
             beats: Script::new(&format!("{flags}{}", include_str!("lua/beats.lua"))),
@@ -56,7 +59,7 @@ impl Scripts {
 impl Scripts {
     /// Every script, to load them all at connect: a server busy or paused later (`CLIENT PAUSE`)
     /// then never makes a push wait for a `SCRIPT LOAD` first.
-    pub fn all(&self) -> [&Script; 14] {
+    pub fn all(&self) -> [&Script; 15] {
         [
             &self.push,
             &self.fetch,
@@ -69,6 +72,7 @@ impl Scripts {
             &self.counts,
             &self.list,
             &self.job,
+            &self.migrate,
             &self.admin,
             &self.workers,
             &self.beats,

@@ -18,6 +18,10 @@
 local op = ARGV[1]
 if op == 'declare' then
   local created = redis.call('HEXISTS', meta, 'ttl') == 0
+  if created then
+    -- The layout (see common.lua; `migrate.lua` converts an older one).
+    redis.call('HSET', meta, 'v', '2')
+  end
   if ARGV[2] == '1' or created then
     redis.call('HSET', meta, 'ttl', ARGV[3], 'kc', ARGV[4], 'kf', ARGV[5], 'cfg', ARGV[6])
   end

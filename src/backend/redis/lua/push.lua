@@ -67,7 +67,7 @@ if forwarded then
   sliced('ZADD', base .. 'forwarded', scored)
 end
 if created then
-  redis.call('HSET', meta, 'ttl', ARGV[4], 'kc', ARGV[5], 'kf', ARGV[6], 'cfg', ARGV[7])
+  redis.call('HSET', meta, 'ttl', ARGV[4], 'kc', ARGV[5], 'kf', ARGV[6], 'cfg', ARGV[7], 'v', '2')
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', base .. 'ticks', ARGV[2], ARGV[3])

@@ -550,3 +550,4 @@ fn jobs_forwarded_from_a_spill_are_refused_again_after_retention_dropped_them() 
 }
 
 mod combine;
+mod migrate;
