@@ -25,35 +25,39 @@ WARMUP_JOBS = 100
 CHUNK = 1_000
 
 # The worker process of the side-by-side run: a no-op handler that counts in process
-# ("count") or with one INCR ("roundtrip"), and signals the marks.
+# ("count": a sync handler on `concurrency` threads) or does one INCR ("roundtrip": an async
+# handler with redis.asyncio, 50 at once on the manager's event loop, as BullMQ's worker runs
+# 50 async jobs at once), and signals the marks with the worker's clock.
 SIDE_WORKER = """
 import itertools, sys, time
 import redis
+import redis.asyncio as aioredis
 from rnode_queue import QueueManager
 
 url, prefix, queue, concurrency, n, handler, warmup = sys.argv[1:8]
 concurrency, n, warmup = int(concurrency), int(n), int(warmup)
-client = redis.Redis.from_url(url)
 marks = {warmup: "warm", warmup + n // 10: "10", warmup + n - n // 10: "90", warmup + n: "100"}
-counter = itertools.count(1)
 qm = QueueManager(backend="redis", url=url, prefix=prefix)
-q = qm.create_queue(queue, concurrency=concurrency)
 
-def signal(done):
-    # The mark and the worker's own clock: the steady rate is timed where the jobs run.
-    client.rpush(prefix + ":marks", f"{marks[done]} {time.perf_counter_ns()}")
+if handler == "count":
+    client = redis.Redis.from_url(url)
+    counter = itertools.count(1)
 
-def count(job):
-    done = next(counter)  # atomic under the GIL
-    if done in marks:
-        signal(done)
+    def count(job):
+        done = next(counter)  # atomic under the GIL
+        if done in marks:
+            client.rpush(prefix + ":marks", f"{marks[done]} {time.perf_counter_ns()}")
 
-def roundtrip(job):
-    done = client.incr(prefix + ":count")
-    if done in marks:
-        signal(done)
+    qm.create_queue(queue, concurrency=concurrency).process(count)
+else:
+    aclient = aioredis.Redis.from_url(url, max_connections=64)
 
-q.process(count if handler == "count" else roundtrip)
+    async def roundtrip(job):
+        done = await aclient.incr(prefix + ":count")
+        if done in marks:
+            await aclient.rpush(prefix + ":marks", f"{marks[done]} {time.perf_counter_ns()}")
+
+    qm.create_queue(queue, concurrency=50).process(roundtrip)
 print("ready", flush=True)
 sys.stdin.read()
 qm.close(timeout=10)
