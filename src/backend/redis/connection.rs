@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::mem::ManuallyDrop;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -27,6 +27,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const NOTE_WRITE_TIMEOUT: Duration = Duration::from_millis(20);
 /// Idle blocking connections kept for `direct` calls.
 const IDLE_DIRECT: usize = 16;
+/// After a blocking connection could not be opened, `direct` calls go to the shared connection
+/// for this long.
+const DIRECT_BACK_OFF: Duration = Duration::from_secs(5);
 /// How long any command may take, connecting included: a push to a Redis that is down fails
 /// within this bound.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(4);
@@ -90,9 +93,11 @@ pub struct Redis {
     /// process before the caller's next step (see `note`). One server only; `None` in a cluster
     /// or while it is down.
     notes: Mutex<Option<redis::Connection>>,
-    /// Blocking connections for calls made on the caller's own thread (`direct`), idle ones
-    /// kept, with the process that opened them (a forked child must not share them).
-    idle: Mutex<(u32, Vec<redis::Connection>)>,
+    /// Blocking connections for calls made on the caller's own thread (`direct`): the process
+    /// that opened them (a forked child must not share them), the idle ones, and when opening
+    /// one last failed (then the shared connection is used for a while: a server that cannot be
+    /// reached costs one connection attempt, not two).
+    idle: Mutex<(u32, Vec<redis::Connection>, Option<Instant>)>,
     /// The server's major version (script flags need 7).
     major_version: u32,
 }
@@ -200,7 +205,7 @@ impl Redis {
             target,
             commands,
             notes: Mutex::new(None),
-            idle: Mutex::new((std::process::id(), Vec::new())),
+            idle: Mutex::new((std::process::id(), Vec::new(), None)),
             major_version,
         };
         redis.open_notes(CONNECT_TIMEOUT);
@@ -209,8 +214,9 @@ impl Redis {
 
     /// Runs `script`'s call `cmd` on a blocking connection, from the calling thread: no hand-off
     /// to the I/O thread and back (two thread switches per call, most of a push's latency on an
-    /// idle server). `None` in a cluster, whose connections are the I/O thread's. Errors are
-    /// those of `run` (`Indeterminate` when the command may have been carried out).
+    /// idle server). `None` in a cluster, whose connections are the I/O thread's, and when no
+    /// connection can be opened (the caller uses the shared one). Errors are those of `run`
+    /// (`Indeterminate` when the command may have been carried out).
     pub fn direct<T: FromRedisValue>(&self, script: &Script, cmd: &Cmd) -> Option<Result<T>> {
         let Target::Single(client) = &self.target else {
             return None;
@@ -222,6 +228,12 @@ impl Redis {
                 // not); this process opens its own.
                 idle.0 = std::process::id();
                 idle.1.clear();
+            }
+            if idle
+                .2
+                .is_some_and(|failed| failed.elapsed() < DIRECT_BACK_OFF)
+            {
+                return None;
             }
             idle.1.pop()
         };
@@ -237,7 +249,11 @@ impl Redis {
         };
         let mut conn = match opened {
             Ok(conn) => conn,
-            Err(error) => return Some(Err(backend_error(error))),
+            // Nothing was sent: the shared connection tries (and tells a Redis that is down).
+            Err(_) => {
+                self.idle.lock().2 = Some(Instant::now());
+                return None;
+            }
         };
         let reply = match cmd.query::<T>(&mut conn) {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {

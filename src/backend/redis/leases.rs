@@ -285,6 +285,7 @@ impl Shared {
             let queue = self.queue(name);
             // A queue an older version stored is converted before its jobs are taken back.
             self.upgrade_layout(&queue)?;
+            let mut before = i64::MAX;
             loop {
                 let (count, left): (u64, i64) =
                     self.invoke(&self.scripts.sweep, &queue, |cmd| {
@@ -297,6 +298,13 @@ impl Shared {
                 if left <= 0 {
                     break;
                 }
+                if left >= before {
+                    // No progress (never expected: each call removes what it samples): the
+                    // next sweep tries again rather than this one spinning.
+                    done = false;
+                    break;
+                }
+                before = left;
             }
         }
         Ok((taken, done))

@@ -22,8 +22,8 @@ impl Shared {
     pub(super) fn counts_of(&self, names: &[String]) -> Result<Vec<(QueueCounts, u64)>> {
         let cmds = names
             .iter()
-            .map(|name| eval_cmd(&self.scripts.counts, &self.queue(name).keys))
-            .collect();
+            .map(|name| Ok(eval_cmd(&self.scripts.counts, &self.upgraded(name)?.keys)))
+            .collect::<Result<_>>()?;
         self.pipelined(Some(&self.scripts.counts), cmds)?
             .iter()
             .map(|reply| {
@@ -63,7 +63,7 @@ impl Shared {
     pub(super) fn find_job(&self, id: JobId) -> Result<Option<Job>> {
         let pushed_to = self.pushed_here.lock().get(&id).cloned();
         if let Some(name) = &pushed_to {
-            if let Some(job) = self.read_job(&self.queue(name), id)? {
+            if let Some(job) = self.read_job(&*self.upgraded(name)?, id)? {
                 return Ok(Some(job));
             }
         }
@@ -74,8 +74,11 @@ impl Shared {
             .collect();
         let cmds = names
             .iter()
-            .map(|name| redis::Cmd::hexists(self.queue(name).jobs_key(), id.to_string()))
-            .collect();
+            .map(|name| {
+                let queue = self.upgraded(name)?;
+                Ok(redis::Cmd::hexists(queue.jobs_key(), id.to_string()))
+            })
+            .collect::<Result<_>>()?;
         let found = self.pipelined(None, cmds)?;
         for (name, exists) in names.iter().zip(found) {
             if matches!(exists, Value::Int(1)) {

@@ -336,7 +336,7 @@ impl Backend for RedisBackend {
 
     fn tick(&self, queue: &str, now: Timestamp) -> Result<Option<Timestamp>> {
         let s = &self.shared;
-        let handle = s.queue(queue);
+        let handle = s.upgraded(queue)?;
         let next: i64 = s.invoke(&s.scripts.tick, &handle, |cmd| {
             cmd.arg(millis(now));
         })?;
@@ -364,7 +364,7 @@ impl Backend for RedisBackend {
         limit: usize,
     ) -> Result<Vec<Job>> {
         let s = &self.shared;
-        let handle = s.queue(queue);
+        let handle = s.upgraded(queue)?;
         let order = [
             (JobState::Active, 3),
             (JobState::Waiting, 1),
@@ -419,7 +419,7 @@ impl Backend for RedisBackend {
 
     fn set_paused(&self, queue: &str, paused: bool) -> Result<()> {
         let s = &self.shared;
-        let handle = s.queue(queue);
+        let handle = s.upgraded(queue)?;
         let _: i64 = s.invoke(&s.scripts.admin, &handle, |cmd| {
             cmd.arg("pause").arg(if paused { "1" } else { "0" });
         })?;
@@ -428,7 +428,7 @@ impl Backend for RedisBackend {
 
     fn clear(&self, queue: &str) -> Result<usize> {
         let s = &self.shared;
-        let handle = s.queue(queue);
+        let handle = s.upgraded(queue)?;
         let mut removed = 0;
         loop {
             let chunk: usize = s.invoke(&s.scripts.admin, &handle, |cmd| {
@@ -444,7 +444,7 @@ impl Backend for RedisBackend {
 
     fn delete(&self, queue: &str) -> Result<bool> {
         let s = &self.shared;
-        let handle = s.queue(queue);
+        let handle = s.upgraded(queue)?;
         // Unlisted first: a push that lands meanwhile is either deleted by a later chunk or
         // finds the queue gone and declares (and lists) it again.
         let listed: i64 = s.command(redis::Cmd::srem(&s.keys.queues, queue))?;

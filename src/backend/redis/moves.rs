@@ -379,19 +379,27 @@ impl Shared {
         Ok(stored_declaration(&stored).unwrap_or_else(|| declaration.clone()))
     }
 
+    /// The queue's handle, its jobs converted first if an older version stored them.
+    pub(super) fn upgraded(&self, name: &str) -> Result<Arc<RedisQueue>> {
+        let queue = self.queue(name);
+        self.upgrade_layout(&queue)?;
+        Ok(queue)
+    }
+
     /// Converts the queue's jobs if an older rnode-queue stored them (`migrate.lua`): once per
-    /// queue and process, before it declares the queue or fetches from it.
+    /// queue and process, before it declares the queue, fetches from, sweeps, lists, counts or
+    /// administers it.
     pub(super) fn upgrade_layout(&self, queue: &RedisQueue) -> Result<()> {
         if queue.layout_checked.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut converted = 0;
         loop {
-            let chunk: i64 = self.invoke(&self.scripts.migrate, queue, |_| {})?;
-            if chunk <= 0 {
+            let (chunk, more): (i64, i64) = self.invoke(&self.scripts.migrate, queue, |_| {})?;
+            converted += chunk;
+            if more == 0 {
                 break;
             }
-            converted += chunk;
         }
         if converted > 0 {
             log::info!(

@@ -127,7 +127,9 @@ elseif op == 'retry' then
   end
   redis.call('LREM', failed, -1, ARGV[2])
   redis.call('HDEL', fin, ARGV[2])
-  redis.call('HDEL', hist, ARGV[2])
+  -- Attempts start again; a history entry all the same, so that the run that ends it clears
+  -- the error it keeps meanwhile.
+  redis.call('HSET', hist, ARGV[2], history_record(0, 0, detail[6]))
   redis.call('RPUSH', waiting(detail[6]), ARGV[2])
   signal()
   return 1

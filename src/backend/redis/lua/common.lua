@@ -16,8 +16,9 @@
 --                 taken back unstarted, a due time): attempts counted, times taken back from
 --                 dead workers before it was known to start, priority, due time ('-': none)
 --   err, tb       hashes: id -> the last error, its traceback (jobs retried or failed)
---   fin           hash: id -> "s a f st sa p" then "\n" and the result if there is one, for a
---                 finished job (s 'c' completed or 'f' failed)
+--   fin           hash: id -> "s f run started hist p ls st[ sa]" then "\n" and the result if
+--                 there is one, for a finished job (s 'c' completed or 'f' failed; see
+--                 `finished_of`)
 --   completed, failed  lists of finished ids, oldest first: retention trims them in bulk
 --   leases        sorted set: token by lease expiry; meta, wake, ticks, forwarded
 --

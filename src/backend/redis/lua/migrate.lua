@@ -3,13 +3,16 @@
 -- layout (2, see common.lua), at most 1000 jobs per call, so that an upgrade keeps every job,
 -- in its state, with its attempts, times, result and error. Run by the first process of the
 -- new version that declares the queue (all processes of the old version stopped first).
--- Returns how many jobs it converted; 0 once none is left (the queue is then marked layout 2).
+-- Returns {jobs converted, 1 while there is work left (call again) else 0}; with 0 the queue is
+-- marked layout 2.
 if redis.call('EXISTS', meta) == 0 or redis.call('HGET', meta, 'v') == '2' then
-  return 0
+  return { 0, 0 }
 end
 local SEQ_SPAN = 281474976710656
 local budget = 1000
 local converted = 0
+-- Entries of the delayed set and finished lists walked this call (work, though not converted).
+local walked = 0
 
 local function old_key(id)
   return base .. 'j:' .. id
@@ -47,7 +50,8 @@ end
 
 local function with_history(id, job, priority, attempts)
   local a, u = tonumber(attempts or job.a or 0) or 0, tonumber(job.u or 0) or 0
-  if a > 0 or u > 0 or job.sa then
+  -- An error kept counts too: the run that ends the job clears it.
+  if a > 0 or u > 0 or job.sa or job.e or job.tb then
     redis.call('HSET', hist, id, history_record(a, u, priority, job.sa))
     return true
   end
@@ -85,46 +89,37 @@ if redis.call('TYPE', old_waiting).ok == 'zset' then
   end
 end
 
--- Delayed jobs stay in the delayed set; each needs its body and history (priority, due).
-if converted < budget then
-  for _, id in ipairs(redis.call('ZRANGE', delayed, 0, -1)) do
-    if converted >= budget then
-      break
-    end
+-- Delayed and finished jobs stay in their set or lists; each needs its body and history or
+-- finished record. They are walked from a position kept in `meta` (`md`, `mc`, `mf`), 1000 per
+-- call: only pushes (which add new-layout jobs, found by their body) change them meanwhile.
+local function walk(field, read)
+  if converted + walked >= budget then
+    return
+  end
+  local from = tonumber(redis.call('HGET', meta, field) or 0)
+  local ids = read(from, from + budget - 1)
+  for _, id in ipairs(ids) do
     if redis.call('EXISTS', old_key(id)) == 1 then
+      converted = converted + 1
       local job = read_old(id)
-      if job then
+      if job and field == 'md' then
         local priority = store_common(id, job)
         redis.call('HSET', hist, id, history_record(tonumber(job.a or 0) or 0,
           tonumber(job.u or 0) or 0, priority, job.sa))
         redis.call('DEL', old_key(id))
-      else
-        redis.call('ZREM', delayed, id)
-      end
-      converted = converted + 1
-    end
-  end
-end
-
--- Finished jobs stay in their lists; each needs its body and finished record.
-for _, pair in ipairs({ { completed, 'c' }, { failed, 'f' } }) do
-  if converted < budget then
-    for _, id in ipairs(redis.call('LRANGE', pair[1], 0, -1)) do
-      if converted >= budget then
-        break
-      end
-      if redis.call('EXISTS', old_key(id)) == 1 then
-        local job = read_old(id)
-        if job then
-          finish(id, job, pair[2])
-        else
-          redis.call('LREM', pair[1], 0, id)
-        end
-        converted = converted + 1
+      elseif job then
+        finish(id, job, field == 'mc' and 'c' or 'f')
       end
     end
   end
+  if #ids > 0 then
+    redis.call('HSET', meta, field, from + #ids)
+    walked = walked + #ids
+  end
 end
+walk('md', function(from, to) return redis.call('ZRANGE', delayed, from, to) end)
+walk('mc', function(from, to) return redis.call('LRANGE', completed, from, to) end)
+walk('mf', function(from, to) return redis.call('LRANGE', failed, from, to) end)
 
 -- Leased jobs: each worker's set becomes a hash of lease records (the run it holds, whether
 -- that run counts, when it was leased and fetched).
@@ -158,9 +153,10 @@ if converted < budget then
   end
 end
 
-if converted == 0 then
+if converted + walked == 0 then
   redis.call('DEL', old_waiting)
-  redis.call('HDEL', meta, 'seq')
+  redis.call('HDEL', meta, 'seq', 'md', 'mc', 'mf')
   redis.call('HSET', meta, 'v', '2')
+  return { 0, 0 }
 end
-return converted
+return { converted, 1 }

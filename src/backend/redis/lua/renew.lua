@@ -19,7 +19,7 @@ for n = 6, #ARGV do
 end
 local mine = active_key(token)
 local cutoff = now_ms - math.max(lease_ms, tonumber(ARGV[5]))
-local orphans, taken = {}, new_taken()
+local orphans, leased, taken = {}, {}, new_taken()
 local all = redis.call('HGETALL', mine)
 for n = 1, #all, 2 do
   local id = all[n]
@@ -27,12 +27,16 @@ for n = 1, #all, 2 do
     local lease = lease_of(all[n + 1])
     if lease[5] < cutoff then
       orphans[#orphans + 1] = id
-      take_back(id, lease, ARGV[4], ARGV[3], taken)
+      leased[#leased + 1] = lease
     end
   end
 end
 if #orphans > 0 then
+  -- The removal first: under maxmemory (before Redis 7) a script may write once it freed memory.
   sliced('HDEL', mine, orphans)
+  for n, id in ipairs(orphans) do
+    take_back(id, leased[n], ARGV[4], ARGV[3], taken)
+  end
   file_taken_back(taken)
 end
 return redis.call('HLEN', mine)

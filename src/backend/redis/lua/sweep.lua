@@ -15,17 +15,19 @@ if expiry > server_ms() then
 end
 local theirs = active_key(token)
 local taken = new_taken()
+-- A random sample of up to 1000 of its jobs (with their lease records): every call takes some,
+-- however the hash is laid out (a scan from its start may find only empty buckets).
+local sample = redis.call('HRANDFIELD', theirs, 1000, 'WITHVALUES')
 local ids = {}
-local cursor = redis.call('HSCAN', theirs, 0, 'COUNT', 1000)
-local all = cursor[2]
-for n = 1, #all, 2 do
-  if #ids < 1000 then
-    ids[#ids + 1] = all[n]
-    take_back(all[n], lease_of(all[n + 1]), ARGV[2], ARGV[1], taken)
-  end
+for n = 1, #sample, 2 do
+  ids[#ids + 1] = sample[n]
 end
+-- The removal first: under maxmemory (before Redis 7) a script may write once it freed memory.
 if #ids > 0 then
   sliced('HDEL', theirs, ids)
+end
+for n = 1, #sample, 2 do
+  take_back(sample[n], lease_of(sample[n + 1]), ARGV[2], ARGV[1], taken)
 end
 local count = file_taken_back(taken)
 local left = redis.call('HLEN', theirs)

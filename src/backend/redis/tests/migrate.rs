@@ -101,6 +101,22 @@ fn a_queue_of_the_old_layout_is_converted_with_every_job_in_its_state() {
         redis::Cmd::rpush(format!("{base}failed"), failed.to_string()),
     );
 
+    // More finished jobs than one call converts: the lists are walked over several calls.
+    let many: Vec<JobId> = (0..2_500).map(|_| JobId::new(now())).collect();
+    for id in &many {
+        old_job(
+            &redis,
+            &base,
+            *id,
+            "0",
+            &[("s", "completed"), ("m", "1"), ("a", "1"), ("f", &at)],
+        );
+        let _: i64 = raw(
+            &redis,
+            redis::Cmd::rpush(format!("{base}completed"), id.to_string()),
+        );
+    }
+
     // The first process of the new version that declares the queue converts it.
     redis.declare_queue(&queue, &declaration(), false).unwrap();
     let job = |id| redis.get_job(id).unwrap().expect("kept");

@@ -549,5 +549,7 @@ fn jobs_forwarded_from_a_spill_are_refused_again_after_retention_dropped_them() 
     redis.push(&queue, &mut plain, &declaration).unwrap();
 }
 
+mod admin;
 mod combine;
 mod migrate;
+mod sweep;
