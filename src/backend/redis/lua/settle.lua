@@ -50,6 +50,17 @@ for n = 1, count do
 end
 -- The rest: retries, failures, and jobs with a history (their due time stays on record).
 local errs, tbs, no_tb, forget_past = {}, {}, {}, {}
+-- The error at ARGV[i], then has_traceback and traceback.
+local function keep_error(id, i)
+  errs[#errs + 1] = id
+  errs[#errs + 1] = ARGV[i]
+  if ARGV[i + 1] == '1' then
+    tbs[#tbs + 1] = id
+    tbs[#tbs + 1] = ARGV[i + 2]
+  else
+    no_tb[#no_tb + 1] = id
+  end
+end
 for _, n in ipairs(slow) do
   local id, at = ids[n], starts[n]
   local lease = lease_of(held[n])
@@ -71,27 +82,13 @@ for _, n in ipairs(slow) do
     retry[#retry + 1] = ARGV[at + 4]
     retry[#retry + 1] = id
     redis.call('HSET', hist, id, history_record(attempt, 0, lease[4], ARGV[at + 5]))
-    errs[#errs + 1] = id
-    errs[#errs + 1] = ARGV[at + 6]
-    if ARGV[at + 7] == '1' then
-      tbs[#tbs + 1] = id
-      tbs[#tbs + 1] = ARGV[at + 8]
-    else
-      no_tb[#no_tb + 1] = id
-    end
+    keep_error(id, at + 6)
   else
     nf = nf + 2
     finished[nf - 1] = id
     finished[nf] = finished_record('f', attempt, when, lease[6], sa, lease[4])
     dead[#dead + 1] = id
-    errs[#errs + 1] = id
-    errs[#errs + 1] = ARGV[at + 4]
-    if ARGV[at + 5] == '1' then
-      tbs[#tbs + 1] = id
-      tbs[#tbs + 1] = ARGV[at + 6]
-    else
-      no_tb[#no_tb + 1] = id
-    end
+    keep_error(id, at + 4)
   end
 end
 if ns > 0 then
