@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redis::{Cmd, FromRedisValue, Script, Value};
 
-use super::connection::COMMAND_TIMEOUT;
+use super::connection::{is_no_script, COMMAND_TIMEOUT};
 use super::keys::RedisQueue;
 
 use super::scripts::eval_cmd;
@@ -76,9 +76,7 @@ impl Shared {
         let mut conn = self.redis.conn();
         self.redis.run_for(limit, async move {
             match cmd.query_async(&mut conn).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
+                Err(e) if is_no_script(&e) => {
                     script.load_async(&mut conn).await?;
                     cmd.query_async(&mut conn).await
                 }
@@ -118,20 +116,13 @@ impl Shared {
                         running.spawn(async move {
                             let reply = match cmd.query_async::<Value>(&mut conn).await {
                                 // A node that lost the script loads it again.
-                                Err(e)
-                                    if e.kind()
-                                        == redis::ErrorKind::Server(
-                                            redis::ServerErrorKind::NoScript,
-                                        ) =>
-                                {
-                                    match &script {
-                                        Some(script) => match script.load_async(&mut conn).await {
-                                            Ok(_) => cmd.query_async(&mut conn).await,
-                                            Err(e) => Err(e),
-                                        },
-                                        None => Err(e),
-                                    }
-                                }
+                                Err(e) if is_no_script(&e) => match &script {
+                                    Some(script) => match script.load_async(&mut conn).await {
+                                        Ok(_) => cmd.query_async(&mut conn).await,
+                                        Err(e) => Err(e),
+                                    },
+                                    None => Err(e),
+                                },
                                 other => other,
                             };
                             (index, reply)

@@ -93,13 +93,25 @@ pub struct Redis {
     /// process before the caller's next step (see `note`). One server only; `None` in a cluster
     /// or while it is down.
     notes: Mutex<Option<redis::Connection>>,
-    /// Blocking connections for calls made on the caller's own thread (`direct`): the process
-    /// that opened them (a forked child must not share them), the idle ones, and when opening
-    /// one last failed (then the shared connection is used for a while: a server that cannot be
-    /// reached costs one connection attempt, not two).
-    idle: Mutex<(u32, Vec<redis::Connection>, Option<Instant>)>,
+    /// Blocking connections for calls made on the caller's own thread (`direct`). A forked
+    /// child never uses them: it gets an engine, and so a backend, of its own.
+    direct: Mutex<DirectPool>,
     /// The server's major version (script flags need 7).
     major_version: u32,
+}
+
+/// The blocking connections of `Redis::direct`.
+#[derive(Default)]
+struct DirectPool {
+    idle: Vec<redis::Connection>,
+    /// When opening one last failed: then the shared connection is used for a while (a server
+    /// that cannot be reached costs one connection attempt per call, not two).
+    failed_at: Option<Instant>,
+}
+
+/// The server does not know the script (flushed, or restarted): it is loaded, then run again.
+pub fn is_no_script(error: &RedisError) -> bool {
+    error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
 /// A failed command: `Indeterminate` when it may have been carried out (no answer came: a
@@ -205,7 +217,7 @@ impl Redis {
             target,
             commands,
             notes: Mutex::new(None),
-            idle: Mutex::new((std::process::id(), Vec::new(), None)),
+            direct: Mutex::new(DirectPool::default()),
             major_version,
         };
         redis.open_notes(CONNECT_TIMEOUT);
@@ -222,20 +234,14 @@ impl Redis {
             return None;
         };
         let pooled = {
-            let mut idle = self.idle.lock();
-            if idle.0 != std::process::id() {
-                // Forked: the parent's sockets are its own (closing ours is harmless, writing is
-                // not); this process opens its own.
-                idle.0 = std::process::id();
-                idle.1.clear();
-            }
-            if idle
-                .2
+            let mut pool = self.direct.lock();
+            if pool
+                .failed_at
                 .is_some_and(|failed| failed.elapsed() < DIRECT_BACK_OFF)
             {
                 return None;
             }
-            idle.1.pop()
+            pool.idle.pop()
         };
         let opened = match pooled {
             Some(conn) => Ok(conn),
@@ -251,26 +257,24 @@ impl Redis {
             Ok(conn) => conn,
             // Nothing was sent: the shared connection tries (and tells a Redis that is down).
             Err(_) => {
-                self.idle.lock().2 = Some(Instant::now());
+                self.direct.lock().failed_at = Some(Instant::now());
                 return None;
             }
         };
         let reply = match cmd.query::<T>(&mut conn) {
-            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                script
-                    .prepare_invoke()
-                    .load(&mut conn)
-                    .and_then(|_| cmd.query::<T>(&mut conn))
-            }
+            Err(e) if is_no_script(&e) => script
+                .prepare_invoke()
+                .load(&mut conn)
+                .and_then(|_| cmd.query::<T>(&mut conn)),
             other => other,
         };
         match &reply {
             // A connection that failed may be half read: never reused.
             Err(error) if error.is_io_error() || error.is_timeout() => {}
             _ => {
-                let mut idle = self.idle.lock();
-                if idle.1.len() < IDLE_DIRECT {
-                    idle.1.push(conn);
+                let mut pool = self.direct.lock();
+                if pool.idle.len() < IDLE_DIRECT {
+                    pool.idle.push(conn);
                 }
             }
         }

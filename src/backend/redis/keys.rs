@@ -1,16 +1,9 @@
-//! The key layout. Per queue, all keys share the hash tag `{queue}` (one Cluster slot):
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `waiting` | sorted set | ids, scored priority above a FIFO sequence |
-//! | `delayed` | sorted set | ids by due time (ms) |
-//! | `leases` | sorted set | worker tokens by lease expiry (ms) |
-//! | `active:<token>` | set | the jobs that worker holds |
-//! | `completed`, `failed` | list | ids in finishing order, trimmed by count and age |
-//! | `meta` | hash | paused, retention, settings, totals, the FIFO sequence |
-//! | `wake` | list | markers that wake idle workers blocked in `BLPOP` |
-//! | `j:<id>` | hash | the job: its packed body and its run state |
-//! | `ticks` | hash | the last cron tick claimed, per schedule |
+//! The key layout. Per queue, all keys share the hash tag `{queue}` (one Cluster slot); what
+//! each holds, and how a job moves through them, is described once, in `lua/common.lua` (the
+//! scripts are what reads and writes them). The keys the scripts take, in order: `jobs`,
+//! `delayed`, `leases`, `completed`, `failed`, `meta`, `wake`, and the queue's key prefix, from
+//! which they derive the others (`w<priority>`, `active:<token>`, `hist`, `err`, `tb`, `fin`,
+//! `ticks`, `forwarded`).
 //!
 //! Global keys: `queues` (set of names), `schedules` (hash), and the worker-process registry in
 //! its own slot, `{workers}:leases` (tokens by expiry) and `{workers}:queues:<token>`, with the
@@ -33,7 +26,7 @@ pub(super) const BASE: usize = 7;
 /// What this process knows about one queue.
 pub(super) struct RedisQueue {
     pub name: Arc<str>,
-    /// waiting, delayed, leases, completed, failed, meta, wake, and the key prefix itself.
+    /// jobs, delayed, leases, completed, failed, meta, wake, and the key prefix itself.
     pub keys: [String; 8],
     /// Jobs this process holds a lease on, with the run it holds.
     pub held: Mutex<HashMap<JobId, u32>>,
