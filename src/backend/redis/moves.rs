@@ -473,19 +473,11 @@ pub(super) fn stored_declaration(reply: &Value) -> Option<QueueDeclaration> {
 /// the order of the jobs.
 fn add_sections(cmd: &mut Cmd, jobs: &[Job]) {
     let plain = |job: &Job| job.state != JobState::Delayed && job.scheduled_at.get().is_none();
-    let mut start = 0;
-    while start < jobs.len() {
-        let first = &jobs[start];
-        let end = start
-            + jobs[start..]
-                .iter()
-                .take_while(|job| {
-                    plain(job) == plain(first) && (!plain(job) || job.priority == first.priority)
-                })
-                .count();
-        let run = &jobs[start..end];
-        if plain(first) {
-            cmd.arg("w").arg(first.priority as u8).arg(run.len());
+    let same_section =
+        |a: &Job, b: &Job| plain(a) == plain(b) && (!plain(a) || a.priority == b.priority);
+    for run in jobs.chunk_by(same_section) {
+        if plain(&run[0]) {
+            cmd.arg("w").arg(run[0].priority as u8).arg(run.len());
             for job in run {
                 cmd.arg(job.id.to_string()).arg(encode_body(job));
             }
@@ -506,7 +498,6 @@ fn add_sections(cmd: &mut Cmd, jobs: &[Job]) {
                 };
             }
         }
-        start = end;
     }
 }
 
